@@ -1,0 +1,3 @@
+from lorafit.cli import entry
+
+entry()

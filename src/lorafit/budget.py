@@ -1,0 +1,140 @@
+"""Budget stage: exact trainable-parameter counts from a model's config alone (meta device, no weights).
+
+The count comes from building the very model that training builds (same LoRA config, same head handling) with
+no storage behind its tensors, so it is exact for any architecture peft supports.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from lorafit.config import RunConfig
+from lorafit.errors import UserError
+from lorafit.model import load_model_config, meta_model, wrap_with_lora
+
+
+@dataclass
+class BudgetReport:
+    model: str
+    r: int
+    target_modules: list
+    head: str
+    num_labels: int
+    budget: int
+    lora: int
+    head_params: int
+    other: int
+    lora_by_module: dict = field(default_factory=dict)
+    max_r: Optional[int] = None
+
+    @property
+    def total(self) -> int:
+        return self.lora + self.head_params + self.other
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.budget
+
+    def to_dict(self) -> dict:
+        out = {
+            "model": self.model, "r": self.r, "target_modules": list(self.target_modules),
+            "num_labels": self.num_labels, "total": self.total, "lora": self.lora, "head": self.head_params,
+            "head_type": self.head, "other": self.other, "lora_by_module": self.lora_by_module,
+            "budget": self.budget, "margin": self.budget - self.total, "fits": self.fits,
+        }
+        if self.max_r is not None:
+            out["max_r"] = self.max_r
+        return out
+
+    def table(self) -> str:
+        rows = [(f"lora: {name}", n) for name, n in sorted(self.lora_by_module.items())]
+        rows += [("lora total", self.lora), (f"head ({self.head})", self.head_params), ("other", self.other),
+                 ("total trainable", self.total), ("budget", self.budget), ("margin", self.budget - self.total)]
+        width = max(len(label) for label, _ in rows)
+        lines = [f"{self.model}  r={self.r}  targets={','.join(self.target_modules)}  labels={self.num_labels}"]
+        lines += [f"  {label:<{width}}  {n:>12,}" for label, n in rows]
+        lines.append(f"  {'fits' if self.fits else 'OVER BUDGET'}")
+        if self.max_r is not None:
+            lines.append(f"  largest rank that fits: {self.max_r}")
+        return "\n".join(lines)
+
+
+def count_trainable(model: torch.nn.Module) -> tuple[dict, int, int]:
+    """Split trainable parameters into LoRA (per adapted module name), head (modules_to_save) and other."""
+    lora_by_module: dict[str, int] = defaultdict(int)
+    head = other = 0
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        n = param.numel()
+        if ".modules_to_save." in name:
+            head += n
+        elif "lora_" in name:
+            # base_model.model.roberta.encoder.layer.0.attention.self.value.lora_A.default.weight -> value
+            parts = name.split(".")
+            lora_index = next(i for i, p in enumerate(parts) if p.startswith("lora_"))
+            lora_by_module[parts[lora_index - 1]] += n
+        else:
+            other += n
+    return dict(lora_by_module), head, other
+
+
+def _report_for_rank(cfg: RunConfig, model_config, r: int) -> BudgetReport:
+    model = wrap_with_lora(meta_model(model_config, cfg.model.trust_remote_code), cfg.lora, r, cfg.model.head)
+    lora_by_module, head, other = count_trainable(model)
+    return BudgetReport(
+        model=cfg.model.name_or_path, r=r, target_modules=list(cfg.lora.target_modules), head=cfg.model.head,
+        num_labels=model_config.num_labels, budget=cfg.budget, lora=sum(lora_by_module.values()),
+        head_params=head, other=other, lora_by_module=lora_by_module,
+    )
+
+
+def largest_fitting_rank(cfg: RunConfig, model_config=None) -> int:
+    """Largest r whose total fits the budget. The count is affine in r, so two meta builds give it exactly."""
+    model_config = model_config or load_model_config(cfg.model)
+    at_1 = _report_for_rank(cfg, model_config, 1)
+    at_2 = _report_for_rank(cfg, model_config, 2)
+    per_rank = at_2.total - at_1.total
+    fixed = at_1.total - per_rank
+    if per_rank <= 0:
+        raise UserError("the chosen target modules add no LoRA parameters; check lora.target_modules")
+    max_r = (cfg.budget - fixed) // per_rank
+    if max_r < 1:
+        raise UserError(
+            f"even r=1 needs {at_1.total:,} trainable parameters, over the budget of {cfg.budget:,}; "
+            "use fewer target modules or a smaller head (model.head: linear)"
+        )
+    assert _report_for_rank(cfg, model_config, max_r).total <= cfg.budget
+    return int(max_r)
+
+
+def resolve_rank(cfg: RunConfig, model_config=None) -> int:
+    return largest_fitting_rank(cfg, model_config) if cfg.lora.r == "auto" else int(cfg.lora.r)
+
+
+def budget_report(cfg: RunConfig, fit: bool = False, model_config=None) -> BudgetReport:
+    model_config = model_config or load_model_config(cfg.model)
+    max_r = largest_fitting_rank(cfg, model_config) if (fit or cfg.lora.r == "auto") else None
+    r = max_r if cfg.lora.r == "auto" else int(cfg.lora.r)
+    report = _report_for_rank(cfg, model_config, r)
+    report.max_r = max_r
+    return report
+
+
+def check_budget(cfg: RunConfig, model_config=None) -> BudgetReport:
+    """Refuse an over-budget config before any weight is loaded, saying what would fit."""
+    report = budget_report(cfg, model_config=model_config)
+    if not report.fits:
+        try:
+            hint = f"largest rank that fits: r={largest_fitting_rank(cfg, model_config)}"
+        except UserError as exc:
+            hint = str(exc)
+        raise UserError(
+            f"over budget: {report.total:,} trainable parameters > budget {cfg.budget:,} "
+            f"(r={report.r}, targets {','.join(cfg.lora.target_modules)}, head {cfg.model.head}); {hint}"
+        )
+    return report

@@ -1,0 +1,246 @@
+"""Command line: `lorafit budget | train | evaluate | predict | sweep | report`.
+
+Exit codes: 0 success, 2 user error (one line on stderr, no traceback), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from typing import Optional
+
+from lorafit.errors import UserError
+
+TRAIN_SHORTCUTS = {
+    "model": "model.name_or_path",
+    "train_file": "data.train_file",
+    "eval_file": "data.eval_file",
+    "output_dir": "output_dir",
+    "name": "name",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage mistakes are one line and exit 2 like every other user error."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def parse_dotted_overrides(extra: list[str]) -> dict:
+    """`--train.learning_rate 3e-4` / `--lora.r=16` pairs from the arguments argparse did not know."""
+    from lorafit.config import parse_override_value
+
+    overrides, i = {}, 0
+    while i < len(extra):
+        arg = extra[i]
+        if not arg.startswith("--"):
+            raise UserError(f"unexpected argument '{arg}'; overrides look like --section.key value")
+        key = arg[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(extra):
+            value = extra[i + 1]
+            i += 2
+        else:
+            raise UserError(f"{arg} needs a value, e.g. {arg} 8")
+        if "." not in key and key.replace("-", "_") not in ("name", "output_dir", "budget"):
+            raise UserError(f"unknown option {arg}; config overrides look like --section.key value (e.g. --lora.r 8)")
+        overrides[key.replace("-", "_") if "." not in key else key] = parse_override_value(value)
+    return overrides
+
+
+def _shortcut_overrides(args) -> dict:
+    return {field: getattr(args, name) for name, field in TRAIN_SHORTCUTS.items() if getattr(args, name, None) is not None}
+
+
+def cmd_budget(args, extra) -> int:
+    from lorafit.budget import budget_report
+    from lorafit.config import load_config
+
+    overrides = parse_dotted_overrides(extra)
+    overrides.update({k: v for k, v in {
+        "model.name_or_path": args.model, "lora.target_modules": args.target_modules, "lora.r": args.r,
+        "model.num_labels": args.num_labels, "budget": args.budget, "model.head": args.head,
+    }.items() if v is not None})
+    if isinstance(overrides.get("lora.r"), str) and overrides["lora.r"] != "auto":
+        overrides["lora.r"] = int(overrides["lora.r"]) if overrides["lora.r"].isdigit() else overrides["lora.r"]
+    report = budget_report(load_config(args.config, overrides), fit=args.fit)
+    print(json.dumps(report.to_dict()) if args.json else report.table())
+    return 0
+
+
+def cmd_train(args, extra) -> int:
+    from lorafit.config import load_config
+    from lorafit.train import run_training
+
+    overrides = _shortcut_overrides(args)
+    overrides.update(parse_dotted_overrides(extra))
+    cfg = load_config(args.config, overrides)
+    result = run_training(cfg, resume=args.resume, overwrite=args.overwrite)
+    if "exit_code" in result:
+        print(f"lorafit: training interrupted at step {result['global_step']}; checkpoint saved in "
+              f"{cfg.run_dir}; rerun the same command (or add --resume) to continue", file=sys.stderr)
+        return result["exit_code"]
+    print(json.dumps({k: result[k] for k in ("status", "best_eval_accuracy", "best_step", "final_eval_accuracy",
+                                             "trainable_params", "train_examples_per_second", "wall_seconds")}))
+    print(f"run folder: {cfg.run_dir}", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args, extra) -> int:
+    from lorafit.evaluate import evaluate_run, metrics_table
+
+    _no_extra(extra)
+    metrics = evaluate_run(args.run_dir, args.data, model_path=args.model)
+    print(json.dumps(metrics) if args.json else metrics_table(metrics))
+    return 0
+
+
+def cmd_predict(args, extra) -> int:
+    from lorafit.predict import predict_file
+
+    _no_extra(extra)
+    table = predict_file(args.run_dir, args.input, args.output, id_column=args.id_column, text_column=args.text_column,
+                         probabilities=args.probabilities, trust_pickle=args.trust_pickle, model_path=args.model,
+                         batch_size=args.batch_size)
+    print(f"wrote {len(table)} predictions to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_sweep(args, extra) -> int:
+    from lorafit.sweep import run_sweep
+
+    _no_extra(extra)
+    run_sweep(args.sweep, storage=args.storage, n_trials=args.n_trials, timeout=args.timeout,
+              model=args.model, train_file=args.train_file, output_dir=args.output_dir)
+    return 0
+
+
+def cmd_report(args, extra) -> int:
+    from lorafit.report import write_report
+
+    _no_extra(extra)
+    out = write_report(args.dir, args.out)
+    print(f"report written to {out}", file=sys.stderr)
+    return 0
+
+
+def _no_extra(extra: list[str]) -> None:
+    if extra:
+        raise UserError(f"unrecognized arguments: {' '.join(extra)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lorafit", description="Fit the best text classifier into a trainable-parameter budget with LoRA.")
+    parser.add_argument("--verbose", "-v", action="store_true", help="more logging")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("budget", help="exact trainable-parameter count, from the model config alone")
+    p.add_argument("config", nargs="?", help="YAML config (optional)")
+    p.add_argument("--model", help="Hub id or local folder (overrides model.name_or_path)")
+    p.add_argument("--target-modules", help="comma-separated module names, e.g. query,value")
+    p.add_argument("--r", help="LoRA rank or 'auto'")
+    p.add_argument("--num-labels", type=int)
+    p.add_argument("--budget", type=int)
+    p.add_argument("--head", choices=["full", "linear", "lora"])
+    p.add_argument("--fit", action="store_true", help="also print the largest rank that fits the budget")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_budget)
+
+    p = sub.add_parser("train", help="fine-tune with LoRA into a run folder",
+                       epilog="Any config field can be overridden as --section.key value, e.g. --train.learning_rate 3e-4")
+    p.add_argument("config", help="YAML config")
+    p.add_argument("--model", help="Hub id or local folder (model.name_or_path)")
+    p.add_argument("--train-file", help="local training file (data.train_file)")
+    p.add_argument("--eval-file", help="local validation file (data.eval_file)")
+    p.add_argument("--output-dir", help="folder holding run folders (output_dir)")
+    p.add_argument("--name", help="run name (name)")
+    p.add_argument("--resume", action="store_true", help="continue the run folder's last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy, macro-F1, per-class scores and confusion matrix of a run")
+    p.add_argument("run_dir")
+    p.add_argument("--data", required=True, help="labelled file, or a Hub split as DATASET_ID:SPLIT")
+    p.add_argument("--model", help="base model location, if it moved since training")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="write ID,Label predictions for a table of texts")
+    p.add_argument("run_dir")
+    p.add_argument("--input", required=True, help=".csv .tsv .jsonl .json .parquet, or .pkl with --trust-pickle")
+    p.add_argument("--output", required=True, help="CSV to write")
+    p.add_argument("--id-column", help="column to use as ID (default: row position 0..N-1)")
+    p.add_argument("--text-column", help="text column (default: the run's text columns, else 'text')")
+    p.add_argument("--probabilities", action="store_true", help="add one prob_<class> column per class")
+    p.add_argument("--trust-pickle", action="store_true", help="allow a pickle input (it can run code: only for files you trust)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--model", help="base model location, if it moved since training")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("sweep", help="run a grid or Optuna search of training runs")
+    p.add_argument("sweep", help="sweep YAML")
+    p.add_argument("--storage", help="Optuna storage URL (default: SQLite inside the sweep folder)")
+    p.add_argument("--n-trials", type=int, help="trials this worker runs at most (search mode)")
+    p.add_argument("--timeout", type=float, help="seconds this worker keeps starting trials (search mode)")
+    p.add_argument("--model", help="override model.name_or_path for every trial")
+    p.add_argument("--train-file", help="override data.train_file for every trial")
+    p.add_argument("--output-dir", help="folder that holds the sweep folder")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="plots and a Markdown table for every run under a folder")
+    p.add_argument("dir")
+    p.add_argument("--out", help="output folder (default: DIR/report)")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    """lorafit's own messages as `lorafit: ...`; the libraries' chatter only with --verbose."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("lorafit: %(message)s"))
+    ours = logging.getLogger("lorafit")
+    ours.addHandler(handler)
+    ours.setLevel(logging.INFO if verbose else logging.WARNING)
+    ours.propagate = False
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if verbose:
+        return
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    import datasets
+    from huggingface_hub.utils import logging as hub_logging
+    import transformers
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    hub_logging.set_verbosity_error()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    try:
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        _quiet_libraries(args.verbose)
+        return args.func(args, extra)
+    except UserError as exc:
+        print(f"lorafit: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("lorafit: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,342 @@
+"""Run configuration: dataclasses with documented fields, YAML loading, command-line overrides, fail-fast checks.
+
+A config has four sections (model, lora, data, train) plus a few top-level fields. Every field carries its help
+text in ``metadata["help"]``; ``lorafit train --help-config`` prints them. Unknown keys are refused with a
+"did you mean" hint, values are type-checked, and ranges are checked before anything is downloaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from lorafit.errors import UserError
+
+HEAD_CHOICES = ("full", "linear", "lora")
+SCHEDULER_CHOICES = ("linear", "cosine", "constant", "constant_with_warmup")
+BIAS_CHOICES = ("none", "all", "lora_only")
+PRECISION_CHOICES = ("auto", "fp32", "bf16")
+
+
+def _field(default: Any, help: str, **kwargs: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kwargs)
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = _field("roberta-base", "Hub id or local folder of a pre-trained encoder.")
+    num_labels: int = _field(4, "Number of classes; must equal the classes found in the training data.")
+    head: str = _field(
+        "full",
+        "Classifier head: 'full' (the model's own head, fully trainable), 'linear' (one linear layer on the "
+        "sentence representation), 'lora' (the model's head with its dense layer adapted by LoRA).",
+    )
+    revision: Optional[str] = _field(None, "Hub revision (branch, tag or commit) of the model.")
+    trust_remote_code: bool = _field(False, "Allow model code from the Hub to run. Off unless you turn it on.")
+
+    def validate(self) -> None:
+        _check_choice("model.head", self.head, HEAD_CHOICES)
+        if self.num_labels < 2:
+            raise UserError(f"model.num_labels is {self.num_labels}; a classifier needs at least 2 classes")
+
+
+@dataclass
+class LoraSpec:
+    r: Union[int, str] = _field(8, "LoRA rank, or 'auto' for the largest rank that fits the budget.")
+    alpha: float = _field(16.0, "LoRA scaling numerator (lora_alpha); the update is scaled by alpha / r.")
+    alpha_over_r: Optional[float] = _field(
+        None, "If set, alpha = alpha_over_r * r (useful when sweeping r, or with r: auto)."
+    )
+    dropout: float = _field(0.1, "Dropout on the LoRA input, in [0, 1).")
+    target_modules: list = _field(["query", "value"], "Names of the Linear modules to adapt (e.g. query, value).")
+    bias: str = _field("none", "Which biases train: none, all, lora_only (peft's 'bias').")
+    use_dora: bool = _field(False, "Weight-decomposed LoRA (peft use_dora).")
+    use_rslora: bool = _field(False, "Rank-stabilised scaling alpha / sqrt(r) (peft use_rslora).")
+
+    def validate(self) -> None:
+        if isinstance(self.r, str):
+            if self.r != "auto":
+                raise UserError(f"lora.r is {self.r!r}; use a positive integer or 'auto'")
+        elif self.r < 1:
+            raise UserError(f"lora.r is {self.r}; the rank must be a positive integer (e.g. 8) or 'auto'")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"lora.dropout is {self.dropout}; it must be in [0, 1), e.g. 0.1")
+        if self.alpha <= 0:
+            raise UserError(f"lora.alpha is {self.alpha}; it must be positive, e.g. 2 * r")
+        if self.alpha_over_r is not None and self.alpha_over_r <= 0:
+            raise UserError(f"lora.alpha_over_r is {self.alpha_over_r}; it must be positive, e.g. 2")
+        if not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
+            raise UserError("lora.target_modules must be a non-empty list of module names, e.g. [query, value]")
+        _check_choice("lora.bias", self.bias, BIAS_CHOICES)
+
+    def alpha_for(self, r: int) -> float:
+        return self.alpha_over_r * r if self.alpha_over_r is not None else self.alpha
+
+
+@dataclass
+class DataConfig:
+    dataset: Optional[str] = _field("fancyzhx/ag_news", "Hub dataset id, used when no train_file is given.")
+    dataset_config: Optional[str] = _field(None, "Hub dataset configuration name, if it has several.")
+    train_split: str = _field("train", "Split of the Hub dataset to train on.")
+    train_file: Optional[str] = _field(None, "Local training file (.csv .tsv .json .jsonl .parquet).")
+    eval_file: Optional[str] = _field(None, "Local validation file; when absent a split is carved from train.")
+    text_columns: list = _field(["text"], "Column(s) holding the text; several are joined with text_separator.")
+    text_separator: str = _field(" ", "String placed between text columns (AG News: title + ' ' + description).")
+    label_column: str = _field("label", "Column holding the class: integers 0..K-1 or class names.")
+    label_names: Optional[list] = _field(
+        None, "Class names in id order. Required to map string labels to fixed ids; else names are sorted."
+    )
+    validation_size: int = _field(5000, "Rows carved from train for validation (capped by validation_fraction).")
+    validation_fraction: float = _field(0.1, "Largest share of train carved for validation.")
+    max_train_samples: Optional[int] = _field(None, "Use only this many (shuffled, seeded) training rows.")
+    max_length: int = _field(256, "Tokens per text; longer texts are truncated.")
+
+    def validate(self) -> None:
+        if self.validation_size < 1:
+            raise UserError(f"data.validation_size is {self.validation_size}; it must be at least 1")
+        if not 0 < self.validation_fraction < 1:
+            raise UserError(f"data.validation_fraction is {self.validation_fraction}; it must be in (0, 1)")
+        if self.max_length < 8:
+            raise UserError(f"data.max_length is {self.max_length}; use at least 8 tokens (e.g. 256)")
+        if not self.text_columns:
+            raise UserError("data.text_columns is empty; name the text column(s), e.g. [text]")
+        if self.max_train_samples is not None and self.max_train_samples < 2:
+            raise UserError(f"data.max_train_samples is {self.max_train_samples}; use at least 2 or leave it unset")
+        if self.train_file is None and not self.dataset:
+            raise UserError("no training data: set data.train_file (or --train-file) or data.dataset (a Hub id)")
+
+
+@dataclass
+class TrainConfig:
+    learning_rate: float = _field(5e-4, "Peak learning rate of AdamW.")
+    weight_decay: float = _field(0.1, "AdamW weight decay.")
+    lr_scheduler: str = _field("linear", "Schedule after warmup: linear, cosine, constant, constant_with_warmup.")
+    warmup_ratio: float = _field(0.06, "Share of the training steps spent warming up (used when warmup_steps=0).")
+    warmup_steps: int = _field(0, "Warmup steps; overrides warmup_ratio when > 0.")
+    max_steps: int = _field(-1, "Training steps; -1 means train for num_epochs.")
+    num_epochs: float = _field(3.0, "Epochs over the training data (used when max_steps is -1).")
+    batch_size: int = _field(32, "Training examples per step (per device).")
+    eval_batch_size: int = _field(128, "Examples per evaluation / prediction batch.")
+    gradient_accumulation_steps: int = _field(1, "Steps to accumulate before an optimizer update.")
+    label_smoothing: float = _field(0.0, "Label smoothing factor in [0, 1).")
+    eval_steps: int = _field(200, "Evaluate on the validation split every N steps (a checkpoint is saved each time).")
+    early_stopping_patience: Optional[int] = _field(
+        None, "Stop after this many evaluations without a better validation accuracy; unset = never."
+    )
+    seed: int = _field(42, "Seed for initialisation, data order and the validation split.")
+    precision: str = _field("auto", "auto (bf16 where the hardware runs it fast), fp32, or bf16.")
+    logging_steps: int = _field(50, "Log the training loss every N steps.")
+    save_total_limit: int = _field(2, "Checkpoints kept on disk (the best one is always kept).")
+    group_by_length: bool = _field(True, "Batch texts of similar length together to cut padding.")
+
+    def validate(self) -> None:
+        for name in ("learning_rate", "batch_size", "eval_batch_size", "eval_steps", "logging_steps",
+                     "gradient_accumulation_steps", "save_total_limit"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"train.{name} is {getattr(self, name)}; it must be positive")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise UserError(f"train.max_steps is {self.max_steps}; use a positive count, or -1 to train by epochs")
+        if self.max_steps == -1 and self.num_epochs <= 0:
+            raise UserError(f"train.num_epochs is {self.num_epochs}; it must be positive")
+        if not 0 <= self.warmup_ratio < 1:
+            raise UserError(f"train.warmup_ratio is {self.warmup_ratio}; it must be in [0, 1)")
+        if self.warmup_steps < 0 or self.weight_decay < 0:
+            raise UserError("train.warmup_steps and train.weight_decay must not be negative")
+        if not 0 <= self.label_smoothing < 1:
+            raise UserError(f"train.label_smoothing is {self.label_smoothing}; it must be in [0, 1)")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise UserError("train.early_stopping_patience must be at least 1, or unset")
+        _check_choice("train.lr_scheduler", self.lr_scheduler, SCHEDULER_CHOICES)
+        _check_choice("train.precision", self.precision, PRECISION_CHOICES)
+
+
+@dataclass
+class RunConfig:
+    name: str = _field("run", "Run name; the run folder is <output_dir>/<name>.")
+    output_dir: str = _field("runs", "Folder that holds run folders.")
+    budget: int = _field(1_000_000, "Hard cap on trainable parameters, head included.")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "RunConfig":
+        if not self.name or "/" in self.name or self.name in (".", ".."):
+            raise UserError(f"name {self.name!r} is not a usable folder name; use letters, digits, '-', '_'")
+        if self.budget < 1:
+            raise UserError(f"budget is {self.budget}; it must be a positive number of parameters")
+        for section in (self.model, self.lora, self.data, self.train):
+            section.validate()
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+SECTIONS = {"model": ModelConfig, "lora": LoraSpec, "data": DataConfig, "train": TrainConfig}
+
+
+def _check_choice(name: str, value: str, choices: tuple) -> None:
+    if value not in choices:
+        raise UserError(f"{name} is {value!r}; choose one of: {', '.join(choices)}{_did_you_mean(value, choices)}")
+
+
+def _did_you_mean(word: str, candidates) -> str:
+    close = difflib.get_close_matches(str(word), list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(path: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a field's annotation; allow ints where floats are expected."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(path, value, option)
+            except UserError as exc:
+                errors.append(exc)
+        names = " or ".join(_type_name(o) for o in options if o is not type(None))
+        raise UserError(f"{path} is {value!r} ({type(value).__name__}); expected {names}")
+    if annotation is list or origin is list:
+        if isinstance(value, str):  # "query,value" from the command line
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise UserError(f"{path} is {value!r}; expected a list, e.g. [a, b] or a,b on the command line")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{path} is {value!r}; expected true or false")
+        return value
+    if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as text; it is the number the user meant
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{path} is {value!r} ({type(value).__name__}); expected a number")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise UserError(f"{path} is {value!r} ({type(value).__name__}); expected a whole number")
+        return int(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise UserError(f"{path} is {value!r} ({type(value).__name__}); expected text")
+        return value
+    return value
+
+
+def _build_section(cls: type, values: dict, prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise UserError(f"{prefix.rstrip('.')} must be a mapping of keys to values, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise UserError(f"unknown config key '{prefix}{key}'{_did_you_mean(key, known)}")
+        if key in SECTIONS and cls is RunConfig:
+            kwargs[key] = _build_section(SECTIONS[key], value or {}, f"{key}.")
+        else:
+            kwargs[key] = _coerce(f"{prefix}{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict) -> RunConfig:
+    return _build_section(RunConfig, values or {}, "").validate()
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path} (give the path to a YAML file, e.g. configs/agnews-roberta-base.yaml)")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}; fix the syntax") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text; save the config as UTF-8") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise UserError(f"{path} must hold a mapping (key: value lines), not {type(values).__name__}")
+    return values
+
+
+def parse_override_value(text: str) -> Any:
+    """Command-line values are parsed as YAML scalars: 8 -> int, 5e-4 -> float, true -> bool, null -> None."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    # YAML 1.1 reads '5e-4' as a string; accept it as the number the user meant.
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value.lower() for c in ".e") else int(value)
+        except ValueError:
+            return value
+    return value
+
+
+def apply_overrides(values: dict, overrides: dict[str, Any]) -> dict:
+    """Set dotted keys (``train.learning_rate``) in a nested dict; validation happens in config_from_dict."""
+    merged = yaml.safe_load(yaml.safe_dump(values))  # deep copy of plain data
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        if len(parts) == 1:
+            merged[dotted] = value
+            continue
+        section, key = parts[0], ".".join(parts[1:])
+        if section not in SECTIONS or len(parts) > 2:
+            raise UserError(f"unknown config key '{dotted}'{_did_you_mean(section, SECTIONS)}; use --section.key value")
+        if not isinstance(merged.get(section), dict):
+            merged[section] = {}
+        merged[section][key] = value
+    return merged
+
+
+def load_config(path: Optional[str | Path], overrides: Optional[dict[str, Any]] = None) -> RunConfig:
+    values = read_yaml(path) if path else {}
+    return config_from_dict(apply_overrides(values, overrides or {}))
+
+
+def describe_fields() -> str:
+    """Every config key with its default and help, for `lorafit train --help-config` and the README."""
+    lines = []
+    for f in dataclasses.fields(RunConfig):
+        if f.name in SECTIONS:
+            for sub in dataclasses.fields(SECTIONS[f.name]):
+                default = sub.default if sub.default is not dataclasses.MISSING else sub.default_factory()
+                lines.append(f"{f.name}.{sub.name} (default {default!r}): {sub.metadata['help']}")
+        else:
+            lines.append(f"{f.name} (default {f.default!r}): {f.metadata['help']}")
+    return "\n".join(lines)

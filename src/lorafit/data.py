@@ -1,0 +1,288 @@
+"""Data stage: read labelled or unlabelled tables (local files or the Hub), check them, carve validation, tokenize.
+
+Every check happens before a run folder exists, so a bad file leaves nothing behind. Rows are never dropped
+silently: a problem row stops the run with its row number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import numbers
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from lorafit.config import DataConfig
+from lorafit.errors import HubUnreachableError, UserError
+
+log = logging.getLogger(__name__)
+
+TABLE_EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+PICKLE_EXTENSIONS = (".pkl", ".pickle")
+FIRST_ROWS_SHOWN = 5
+
+
+@dataclass
+class LabelledData:
+    texts: list[str]
+    labels: np.ndarray  # int64 class ids
+    label_names: list[str]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for text, label in zip(self.texts, self.labels.tolist()):
+            digest.update(f"{label}\t{text}\n".encode("utf-8"))
+        return digest.hexdigest()[:16]
+
+    def subset(self, indices) -> "LabelledData":
+        indices = list(indices)
+        return LabelledData([self.texts[i] for i in indices], self.labels[indices], self.label_names, self.source)
+
+
+def _rows(positions) -> str:
+    positions = list(positions)
+    shown = ", ".join(str(p) for p in positions[:FIRST_ROWS_SHOWN])
+    more = f" and {len(positions) - FIRST_ROWS_SHOWN} more" if len(positions) > FIRST_ROWS_SHOWN else ""
+    return f"{shown}{more}"
+
+
+def read_table(path: str | Path, trust_pickle: bool = False) -> pd.DataFrame:
+    """A local file as a DataFrame of its columns; text stays text (no NA guessing on CSV/TSV)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"file not found: {path}")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give a data file ({', '.join(TABLE_EXTENSIONS)})")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".csv", ".tsv"):
+            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False,
+                                encoding="utf-8", on_bad_lines="error")
+        elif suffix == ".jsonl":
+            frame = pd.read_json(path, lines=True, dtype=False)
+        elif suffix == ".json":
+            try:
+                frame = pd.read_json(path, dtype=False)
+            except ValueError:
+                frame = pd.read_json(path, lines=True, dtype=False)
+        elif suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        elif suffix in PICKLE_EXTENSIONS:
+            frame = _read_pickle(path, trust_pickle)
+        else:
+            raise UserError(
+                f"unknown file type '{suffix or path.name}' for {path}; use one of {', '.join(TABLE_EXTENSIONS)}"
+            )
+    except UserError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (bad byte at position {exc.start}); re-save it as UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path} is empty; it needs a header row and at least one data row") from None
+    except pd.errors.ParserError as exc:
+        raise UserError(f"{path} is not a well-formed table: {str(exc).strip().splitlines()[-1]}; fix the ragged rows") from None
+    except (ValueError, OSError) as exc:
+        raise UserError(f"cannot read {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if len(frame) == 0:
+        raise UserError(f"{path} has no data rows (only a header, or nothing); add rows")
+    return frame
+
+
+def _read_pickle(path: Path, trust_pickle: bool) -> pd.DataFrame:
+    if not trust_pickle:
+        raise UserError(
+            f"{path} is a pickle, and loading a pickle runs any code inside it; pass --trust-pickle if you trust "
+            "its source, or convert it once: python -c \"import pandas as pd; "
+            f"pd.read_pickle('{path.name}').to_parquet('{path.stem}.parquet')\""
+        )
+    import pickle
+
+    with open(path, "rb") as handle:
+        try:
+            obj = pickle.load(handle)  # noqa: S301 - the user vouched for this file with --trust-pickle
+        except Exception as exc:  # a broken pickle can raise almost anything
+            raise UserError(f"cannot unpickle {path}: {type(exc).__name__}: {exc}") from None
+    if isinstance(obj, pd.DataFrame):
+        return obj
+    if hasattr(obj, "to_pandas"):  # datasets.Dataset, the competition's format
+        return obj.to_pandas()
+    if isinstance(obj, dict):
+        return pd.DataFrame(obj)
+    raise UserError(f"{path} holds a {type(obj).__name__}; expected a datasets.Dataset or a pandas DataFrame")
+
+
+def load_hub_split(dataset: str, config_name: Optional[str], split: str) -> tuple[pd.DataFrame, Optional[list[str]]]:
+    """A Hub dataset split as a DataFrame, plus its class names when the label column is a ClassLabel."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(dataset, config_name, split=split)
+    except Exception as exc:  # datasets raises many types for network and naming problems
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "")
+        reason = "HF_HUB_OFFLINE is set and it is not cached" if offline else "the Hugging Face Hub could not be reached or has no such dataset"
+        raise HubUnreachableError(
+            f"cannot load dataset '{dataset}' split '{split}': {reason} ({type(exc).__name__}); "
+            "pass local files instead (--train-file PATH, --eval-file PATH)"
+        ) from None
+    names = None
+    for feature in ds.features.values():
+        if hasattr(feature, "names"):
+            names = list(feature.names)
+    return ds.to_pandas(), names
+
+
+def _check_columns(frame: pd.DataFrame, columns: list[str], source: str, role: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise UserError(
+            f"{source} has no {role} column {', '.join(repr(c) for c in missing)}; available: {', '.join(map(str, frame.columns))}"
+        )
+
+
+def join_texts(frame: pd.DataFrame, columns: list[str], separator: str, source: str, allow_empty: bool) -> list[str]:
+    """The text of each row (several columns joined); missing or blank text is an error unless allowed."""
+    _check_columns(frame, columns, source, "text")
+    parts = []
+    for column in columns:
+        values = frame[column]
+        missing = values.isna().to_numpy()
+        parts.append(["" if m else str(v) for v, m in zip(values.tolist(), missing)])
+    texts = [separator.join(p for p in row if p) for row in zip(*parts)]
+    blank = [i for i, t in enumerate(texts) if not t.strip()]
+    if blank and not allow_empty:
+        raise UserError(f"{source} has {len(blank)} empty or missing texts at rows {_rows(blank)}; fill or remove those rows")
+    return texts
+
+
+def _label_value(value):
+    """int for integral numbers (1, 1.0, '1'), None for missing, str for names."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return int(value) if float(value).is_integer() else str(value)
+    text = str(value).strip()
+    if text == "" or text.lower() in ("nan", "none", "null"):
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return int(number) if number.is_integer() else text
+
+
+def encode_labels(values, label_names: Optional[list[str]], num_labels: int, source: str) -> tuple[np.ndarray, list[str]]:
+    """Class ids for a label column of ints or names; names map through label_names (else sorted)."""
+    parsed = [_label_value(v) for v in values]
+    missing = [i for i, v in enumerate(parsed) if v is None]
+    if missing:
+        raise UserError(f"{source} has {len(missing)} missing (NaN/empty) labels at rows {_rows(missing)}; fill or remove those rows")
+    kinds = {type(v) for v in parsed}
+    if kinds == {int, str}:
+        first_str = next(i for i, v in enumerate(parsed) if isinstance(v, str))
+        raise UserError(
+            f"{source} mixes integer and text labels (first text label {parsed[first_str]!r} at row {first_str}); "
+            "use one kind throughout"
+        )
+    if kinds == {int}:
+        ids = np.asarray(parsed, dtype=np.int64)
+        names = list(label_names) if label_names else [str(i) for i in range(num_labels)]
+        bad = np.flatnonzero((ids < 0) | (ids >= len(names)))
+        if len(bad):
+            raise UserError(
+                f"{source} has labels outside 0..{len(names) - 1} at rows {_rows(bad)} (e.g. {ids[bad[0]]}); "
+                f"fix those rows or set model.num_labels"
+            )
+        return ids, names
+    names = list(label_names) if label_names else sorted(set(parsed))
+    index = {name: i for i, name in enumerate(names)}
+    unknown = [i for i, v in enumerate(parsed) if v not in index]
+    if unknown:
+        raise UserError(
+            f"{source} has labels outside the label set {names} at rows {_rows(unknown)} (e.g. {parsed[unknown[0]]!r}); "
+            "fix those rows or list every class in data.label_names"
+        )
+    return np.asarray([index[v] for v in parsed], dtype=np.int64), names
+
+
+def labelled_from_frame(frame: pd.DataFrame, cfg: DataConfig, num_labels: int, source: str,
+                        label_names: Optional[list[str]] = None) -> LabelledData:
+    texts = join_texts(frame, cfg.text_columns, cfg.text_separator, source, allow_empty=False)
+    _check_columns(frame, [cfg.label_column], source, "label")
+    labels, names = encode_labels(frame[cfg.label_column].tolist(), cfg.label_names or label_names, num_labels, source)
+    return LabelledData(texts, labels, names, source)
+
+
+def load_labelled(cfg: DataConfig, num_labels: int, path: Optional[str] = None, hub_split: Optional[str] = None,
+                  label_names: Optional[list[str]] = None) -> LabelledData:
+    """Labelled rows from a local file (path) or a Hub split (cfg.dataset, hub_split)."""
+    if path is not None:
+        return labelled_from_frame(read_table(path), cfg, num_labels, str(path), label_names)
+    frame, hub_names = load_hub_split(cfg.dataset, cfg.dataset_config, hub_split or cfg.train_split)
+    return labelled_from_frame(frame, cfg, num_labels, f"{cfg.dataset}:{hub_split or cfg.train_split}",
+                               label_names or hub_names)
+
+
+def check_class_count(data: LabelledData, num_labels: int) -> None:
+    if len(data.label_names) != num_labels:
+        raise UserError(
+            f"{data.source} has {len(data.label_names)} classes ({', '.join(data.label_names)}) but model.num_labels "
+            f"is {num_labels}; set --model.num_labels {len(data.label_names)}"
+        )
+
+
+def validation_rows(n_train: int, cfg: DataConfig) -> int:
+    return max(1, min(cfg.validation_size, int(n_train * cfg.validation_fraction)))
+
+
+def carve_validation(data: LabelledData, cfg: DataConfig, seed: int) -> tuple[LabelledData, LabelledData]:
+    """Stratified, seeded split: the same seed always gives the same validation rows."""
+    from sklearn.model_selection import train_test_split
+
+    n_eval = validation_rows(len(data), cfg)
+    indices = np.arange(len(data))
+    try:
+        train_idx, eval_idx = train_test_split(indices, test_size=n_eval, stratify=data.labels, random_state=seed)
+    except ValueError as exc:
+        raise UserError(
+            f"cannot carve a stratified validation split of {n_eval} rows from {len(data)} rows ({exc}); "
+            "give more rows or an --eval-file"
+        ) from None
+    return data.subset(sorted(train_idx)), data.subset(sorted(eval_idx))
+
+
+def limit_rows(data: LabelledData, limit: Optional[int], seed: int) -> LabelledData:
+    if limit is None or limit >= len(data):
+        return data
+    order = np.random.default_rng(seed).permutation(len(data))[:limit]
+    return data.subset(sorted(order))
+
+
+def tokenize(texts: list[str], tokenizer, max_length: int, labels: Optional[np.ndarray] = None):
+    """Tokenize once with the fast tokenizer (no padding: batches pad themselves); keep each row's length."""
+    import datasets
+
+    columns = {"text": texts}
+    if labels is not None:
+        columns["labels"] = labels.tolist()
+    ds = datasets.Dataset.from_dict(columns)
+
+    def encode(batch):
+        encoded = tokenizer(batch["text"], truncation=True, max_length=max_length)
+        encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+        return encoded
+
+    return ds.map(encode, batched=True, batch_size=1000, remove_columns=["text"])

@@ -1,0 +1,102 @@
+"""Evaluate stage: a finished run on labelled data -> accuracy, macro-F1, per-class scores, confusion matrix.
+
+Writes evaluation/<data name>.json and a confusion-matrix PNG into the run folder and returns the metrics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from lorafit import runs
+from lorafit.data import LabelledData, labelled_from_frame, load_hub_split, read_table
+from lorafit.errors import UserError
+from lorafit.predict import load_run, predict_probabilities
+
+
+def classification_metrics(labels: np.ndarray, predictions: np.ndarray, label_names: list[str]) -> dict:
+    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+    ids = list(range(len(label_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(labels, predictions, labels=ids, zero_division=0)
+    return {
+        "accuracy": float((labels == predictions).mean()),
+        "macro_f1": float(f1_score(labels, predictions, labels=ids, average="macro", zero_division=0)),
+        "rows": int(len(labels)),
+        "per_class": {
+            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+            for i, name in enumerate(label_names)
+        },
+        "labels": label_names,
+        "confusion_matrix": confusion_matrix(labels, predictions, labels=ids).tolist(),
+    }
+
+
+def metrics_table(metrics: dict) -> str:
+    names = metrics["labels"]
+    width = max(8, *(len(n) for n in names))
+    lines = [f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   rows {metrics['rows']}", "",
+             f"{'class':<{width}}  precision  recall      f1  support"]
+    for name in names:
+        c = metrics["per_class"][name]
+        lines.append(f"{name:<{width}}  {c['precision']:9.4f}  {c['recall']:6.4f}  {c['f1']:6.4f}  {c['support']:7d}")
+    lines += ["", "confusion matrix (rows: true, columns: predicted)"]
+    lines.append(" " * width + "  " + "".join(f"{n[:8]:>9}" for n in names))
+    for name, row in zip(names, metrics["confusion_matrix"]):
+        lines.append(f"{name:<{width}}  " + "".join(f"{v:>9d}" for v in row))
+    return "\n".join(lines)
+
+
+def plot_confusion(metrics: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = np.asarray(metrics["confusion_matrix"])
+    names = metrics["labels"]
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2.5, 1.1 * len(names) + 2))
+    image = ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{title}\naccuracy {metrics['accuracy']:.4f}")
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, str(value), ha="center", va="center", color="white" if value > matrix.max() / 2 else "black")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def load_eval_data(spec: str, run) -> tuple[LabelledData, str]:
+    """`spec` is a local file, or a Hub dataset split written `dataset_id:split` (e.g. fancyzhx/ag_news:test)."""
+    cfg = run.cfg
+    if Path(spec).exists():
+        frame, source, name = read_table(spec), spec, Path(spec).stem
+    elif ":" in spec and not spec.startswith((".", "/")):
+        dataset, split = spec.rsplit(":", 1)
+        frame, _ = load_hub_split(dataset, cfg.data.dataset_config, split)
+        source, name = spec, f"{dataset.replace('/', '_')}-{split}"
+    else:
+        raise UserError(f"--data {spec}: no such file; give a file path or a Hub split as DATASET_ID:SPLIT")
+    data = labelled_from_frame(frame, cfg.data, len(run.label_names), source, run.label_names)
+    return data, name
+
+
+def evaluate_run(run_dir: str | Path, data_spec: str, model_path: Optional[str] = None) -> dict:
+    run = load_run(run_dir, model_path)
+    data, name = load_eval_data(data_spec, run)
+    probs = predict_probabilities(run.model, run.tokenizer, data.texts, run.cfg.data.max_length, run.cfg.train.eval_batch_size)
+    metrics = classification_metrics(data.labels, probs.argmax(axis=1), run.label_names)
+    metrics["data"] = data.source
+    out_dir = run.run_dir / "evaluation"
+    out_dir.mkdir(exist_ok=True)
+    runs.atomic_write_json(out_dir / f"{name}.json", metrics)
+    plot_confusion(metrics, out_dir / f"{name}-confusion.png", f"{run.run_dir.name} on {name}")
+    return metrics

@@ -1,0 +1,187 @@
+"""Model stage: resolve a model's config, load its weights (Hub or local, safetensors only), wrap it with LoRA.
+
+The same functions build the model on the meta device for budgeting, so the count that `lorafit budget` prints
+is the count of the model that `lorafit train` trains.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig
+
+from lorafit.config import LoraSpec, ModelConfig
+from lorafit.errors import HubUnreachableError, UserError
+
+log = logging.getLogger(__name__)
+
+# peft's sequence-classification wrapper always trains and saves modules with these names.
+PEFT_HEAD_NAMES = ("classifier", "score")
+
+
+def _hub_error(what: str, name: str, exc: Exception) -> UserError:
+    """Turn a loading failure into one actionable line: missing local folder, unreachable Hub, or unknown id."""
+    text = str(exc)
+    if Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
+        return UserError(f"cannot load the {what} from local path '{name}': {text.splitlines()[0] if text else type(exc).__name__}")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    reason = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else "the Hugging Face Hub could not be reached"
+    if offline or any(s in text for s in ("connect", "Connection", "resolve", "offline", "Network", "timed out", "couldn't")):
+        return HubUnreachableError(
+            f"cannot load the {what} '{name}': {reason}; pass a local folder instead (e.g. --model /path/to/{name.split('/')[-1]})"
+        )
+    return UserError(f"cannot load the {what} '{name}' from the Hub: {text.splitlines()[0] if text else type(exc).__name__}; check the id or pass a local folder")
+
+
+def load_model_config(model_cfg: ModelConfig, label_names: Optional[list[str]] = None) -> PretrainedConfig:
+    """The model's config with the classification labels set; downloads only config.json when on the Hub."""
+    labels = label_names or [str(i) for i in range(model_cfg.num_labels)]
+    try:
+        return AutoConfig.from_pretrained(
+            model_cfg.name_or_path,
+            revision=model_cfg.revision,
+            trust_remote_code=model_cfg.trust_remote_code,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={name: i for i, name in enumerate(labels)},
+        )
+    except (OSError, ValueError) as exc:
+        raise _hub_error("model config", model_cfg.name_or_path, exc) from None
+
+
+def load_tokenizer(name_or_path: str, revision: Optional[str] = None, trust_remote_code: bool = False):
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise _hub_error("tokenizer", name_or_path, exc) from None
+
+
+def meta_model(model_config: PretrainedConfig, trust_remote_code: bool = False) -> torch.nn.Module:
+    """The architecture with no weights at all: enough to count parameters, free to build for any size."""
+    with torch.device("meta"):
+        return AutoModelForSequenceClassification.from_config(model_config, trust_remote_code=trust_remote_code)
+
+
+def load_pretrained_model(model_cfg: ModelConfig, model_config: PretrainedConfig) -> torch.nn.Module:
+    # The head is new for most encoders; transformers says so at length, which is expected here.
+    logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            model_cfg.name_or_path,
+            config=model_config,
+            revision=model_cfg.revision,
+            trust_remote_code=model_cfg.trust_remote_code,
+            use_safetensors=True,  # never unpickle weights
+            ignore_mismatched_sizes=True,  # a checkpoint's own head for another label count is replaced
+        )
+    except (OSError, ValueError) as exc:
+        raise _hub_error("model", model_cfg.name_or_path, exc) from None
+
+
+def head_module_names(model: torch.nn.Module) -> list[str]:
+    """Top-level modules outside the encoder that hold parameters: the classification head."""
+    encoder = getattr(model, "base_model_prefix", "")
+    return [
+        name for name, child in model.named_children()
+        if name != encoder and any(True for _ in child.parameters())
+    ]
+
+
+def linear_module_names(model: torch.nn.Module) -> list[str]:
+    """Short names (last path part) of the encoder's Linear layers: what target_modules may name."""
+    head = set(head_module_names(model))
+    names = {
+        name.split(".")[-1] for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.split(".")[0] not in head
+    }
+    return sorted(names)
+
+
+def check_target_modules(model: torch.nn.Module, targets: list[str]) -> None:
+    available = linear_module_names(model)
+    full_names = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    missing = [t for t in targets if t not in available and t not in full_names]
+    if missing:
+        raise UserError(
+            f"lora.target_modules {missing} not found in {model.config.model_type}; available: {', '.join(available)}"
+        )
+
+
+def build_lora_config(spec: LoraSpec, r: int, head_modules: list[str]) -> LoraConfig:
+    return LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=r,
+        lora_alpha=spec.alpha_for(r),
+        lora_dropout=spec.dropout,
+        target_modules=list(spec.target_modules),
+        bias=spec.bias,
+        use_dora=spec.use_dora,
+        use_rslora=spec.use_rslora,
+        # peft adds classifier/score itself; other head modules (e.g. DistilBERT's pre_classifier) must be named.
+        modules_to_save=[m for m in head_modules if m not in PEFT_HEAD_NAMES] or None,
+    )
+
+
+def _output_layer(head: torch.nn.Module, num_labels: int) -> Optional[str]:
+    outputs = [n for n, m in head.named_modules() if isinstance(m, torch.nn.Linear) and m.out_features == num_labels]
+    return outputs[-1] if outputs else None
+
+
+def prepare_head(model: torch.nn.Module, head: str) -> None:
+    """Before LoRA wrapping: for 'linear', turn the head's hidden dense layers into frozen identities.
+
+    The head then computes out_proj(act(h)) on the sentence representation h: a single trainable linear layer.
+    The identity weights are saved with the head, so plain peft reloads it unchanged.
+    """
+    if head != "linear":
+        return
+    num_labels = model.config.num_labels
+    for head_name in head_module_names(model):
+        module = model.get_submodule(head_name)
+        output = _output_layer(module, num_labels)
+        for name, layer in module.named_modules():
+            if isinstance(layer, torch.nn.Linear) and name != output:
+                if layer.in_features != layer.out_features:
+                    raise UserError(f"head 'linear' cannot bypass {head_name}.{name} ({layer.in_features}->{layer.out_features}); use head: full")
+                if layer.weight.device.type != "meta":
+                    with torch.no_grad():
+                        layer.weight.copy_(torch.eye(layer.in_features, dtype=layer.weight.dtype))
+                        if layer.bias is not None:
+                            layer.bias.zero_()
+
+
+def freeze_head_hidden_layers(peft_model: torch.nn.Module, head: str) -> None:
+    """After LoRA wrapping, for 'linear', only the head's output layer stays trainable."""
+    if head != "linear":
+        return
+    num_labels = peft_model.config.num_labels
+    for head_name in head_module_names(peft_model.get_base_model()):
+        module = peft_model.get_base_model().get_submodule(head_name)
+        output = _output_layer(module, num_labels)
+        for name, param in module.named_parameters():
+            if output is None or (f".{output}." not in f".{name}" and not name.startswith(f"{output}.")):
+                param.requires_grad_(False)
+
+
+def wrap_with_lora(model: torch.nn.Module, spec: LoraSpec, r: int, head: str) -> PeftModel:
+    check_target_modules(model, spec.target_modules)
+    prepare_head(model, head)
+    peft_model = get_peft_model(model, build_lora_config(spec, r, head_module_names(model)))
+    freeze_head_hidden_layers(peft_model, head)
+    return peft_model
+
+
+def load_adapter_for_inference(adapter_dir: Path, model_cfg: ModelConfig, label_names: list[str]) -> torch.nn.Module:
+    """Base model + saved adapter (LoRA and head), merged into plain weights for fast inference."""
+    model_config = load_model_config(model_cfg, label_names)
+    base = load_pretrained_model(model_cfg, model_config)
+    try:
+        peft_model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
+    except RuntimeError as exc:  # size mismatch: adapter made for another label count / model
+        raise UserError(f"the adapter in {adapter_dir} does not match {model_cfg.name_or_path} with {len(label_names)} labels: {str(exc).splitlines()[0]}") from None
+    return peft_model.merge_and_unload().eval()
