@@ -1,0 +1,74 @@
+"""End to end with real weights and real data: all-MiniLM-L6-v2 on AG News rows, through the CLI.
+
+train -> evaluate on held-out rows -> predict a pickled datasets.Dataset -> reload with plain peft.
+"""
+
+import json
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import write_config
+
+# Measured: 100 steps of 16 on 2,700 rows reach 0.87-0.89 on held-out rows (chance 0.25, largest class 0.31).
+ACCURACY_BOUND = 0.75
+
+
+@pytest.fixture(scope="module")
+def agnews_split(tmp_path_factory, agnews_pool):
+    folder = tmp_path_factory.mktemp("agnews")
+    pool = pd.read_csv(agnews_pool)[["label", "text"]].sample(frac=1.0, random_state=7)
+    pool.iloc[:3000].to_csv(folder / "train.csv", index=False)
+    pool.iloc[3000:3400].to_csv(folder / "heldout.csv", index=False)
+    with open(folder / "test_unlabelled.pkl", "wb") as handle:
+        import datasets
+
+        pickle.dump(datasets.Dataset.from_dict({"text": pool.iloc[3000:3400]["text"].tolist()}), handle)
+    return folder
+
+
+@pytest.mark.slow
+def test_minilm_train_evaluate_predict_and_plain_peft_reload(cli, minilm_dir, agnews_split, tmp_path):
+    config = write_config(
+        tmp_path / "minilm.yaml", name="minilm", output_dir=str(tmp_path / "runs"),
+        model={"name_or_path": str(minilm_dir)},
+        lora={"r": 8, "alpha": 16, "target_modules": ["query", "key", "value", "dense"]},
+        data={"train_file": str(agnews_split / "train.csv"), "validation_size": 300, "max_length": 128},
+        train={"max_steps": 100, "batch_size": 16, "eval_steps": 50, "learning_rate": 1e-3},
+    )
+    trained = cli("train", config)
+    assert trained.code == 0, trained.err
+    run = tmp_path / "runs" / "minilm"
+    result = json.loads((run / "result.json").read_text())
+    assert result["best_eval_accuracy"] > ACCURACY_BOUND
+
+    evaluated = cli("evaluate", run, "--data", agnews_split / "heldout.csv", "--json")
+    assert evaluated.code == 0, evaluated.err
+    metrics = json.loads(evaluated.out)
+    print(f"MiniLM held-out accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
+          f"train {result['train_seconds']:.0f}s")
+    assert metrics["accuracy"] > ACCURACY_BOUND and metrics["macro_f1"] > ACCURACY_BOUND - 0.05
+
+    submission_path = tmp_path / "submission.csv"
+    predicted = cli("predict", run, "--input", agnews_split / "test_unlabelled.pkl", "--output", submission_path,
+                    "--trust-pickle")
+    assert predicted.code == 0, predicted.err
+    submission = pd.read_csv(submission_path)
+    heldout = pd.read_csv(agnews_split / "heldout.csv")
+    assert len(submission) == len(heldout) == 400 and submission["ID"].tolist() == list(range(400))
+    assert abs((submission["Label"].to_numpy() == heldout["label"].to_numpy()).mean() - metrics["accuracy"]) < 1e-9
+
+    # Plain peft, no lorafit: the saved adapter (LoRA + head) and tokenizer predict the same labels.
+    import torch
+    from peft import AutoPeftModelForSequenceClassification
+    from transformers import AutoTokenizer
+
+    model = AutoPeftModelForSequenceClassification.from_pretrained(str(run / "adapter"), num_labels=4).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(run / "adapter"))
+    texts = heldout["text"].tolist()[:64]
+    with torch.inference_mode():
+        batch = tokenizer(texts, truncation=True, max_length=128, padding=True, return_tensors="pt")
+        plain = model(**batch).logits.argmax(-1).numpy()
+    assert np.array_equal(plain, submission["Label"].to_numpy()[:64])
