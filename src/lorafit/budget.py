@@ -14,7 +14,7 @@ import torch
 
 from lorafit.config import RunConfig
 from lorafit.errors import UserError
-from lorafit.model import load_model_config, meta_model, wrap_with_lora
+from lorafit.model import head_module_names, load_model_config, meta_model, target_matches, wrap_with_lora
 
 
 @dataclass
@@ -29,6 +29,7 @@ class BudgetReport:
     head_params: int
     other: int
     lora_by_module: dict = field(default_factory=dict)
+    head_by_module: dict = field(default_factory=dict)
     max_r: Optional[int] = None
 
     @property
@@ -44,6 +45,7 @@ class BudgetReport:
             "model": self.model, "r": self.r, "target_modules": list(self.target_modules),
             "num_labels": self.num_labels, "total": self.total, "lora": self.lora, "head": self.head_params,
             "head_type": self.head, "other": self.other, "lora_by_module": self.lora_by_module,
+            "head_by_module": self.head_by_module,
             "budget": self.budget, "margin": self.budget - self.total, "fits": self.fits,
         }
         if self.max_r is not None:
@@ -52,7 +54,9 @@ class BudgetReport:
 
     def table(self) -> str:
         rows = [(f"lora: {name}", n) for name, n in sorted(self.lora_by_module.items())]
-        rows += [("lora total", self.lora), (f"head ({self.head})", self.head_params), ("other", self.other),
+        rows += [("lora total", self.lora)]
+        rows += [(f"head: {name}", n) for name, n in sorted(self.head_by_module.items())]
+        rows += [(f"head total ({self.head})", self.head_params), ("other", self.other),
                  ("total trainable", self.total), ("budget", self.budget), ("margin", self.budget - self.total)]
         width = max(len(label) for label, _ in rows)
         lines = [f"{self.model}  r={self.r}  targets={','.join(self.target_modules)}  labels={self.num_labels}"]
@@ -63,33 +67,76 @@ class BudgetReport:
         return "\n".join(lines)
 
 
-def count_trainable(model: torch.nn.Module) -> tuple[dict, int, int]:
-    """Split trainable parameters into LoRA (per adapted module name), head (modules_to_save) and other."""
+def _module_path(name: str) -> str:
+    """'base_model.model.roberta.encoder.layer.0.attention.self.value.lora_A.default.weight'
+    -> 'roberta.encoder.layer.0.attention.self.value' (the adapted or saved module, as the base model names it)."""
+    parts = name.split(".")
+    if parts[:2] == ["base_model", "model"]:
+        parts = parts[2:]
+    if "modules_to_save" in parts:  # classifier.modules_to_save.default.out_proj.weight -> classifier.out_proj
+        i = parts.index("modules_to_save")
+        parts = parts[:i] + parts[i + 2:]
+        return ".".join(p for p in parts[:-1] if p != "base_layer")
+    for marker in ("lora_A", "lora_B", "lora_magnitude_vector", "lora_embedding_A", "lora_embedding_B"):
+        if marker in parts:
+            parts = parts[:parts.index(marker)]
+            break
+    else:
+        parts = parts[:-1]
+    if parts and parts[-1] == "base_layer":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _peft_targets(model: torch.nn.Module) -> list[str]:
+    config = getattr(model, "peft_config", {}).get("default")
+    targets = getattr(config, "target_modules", None) or []
+    return sorted(targets, key=len, reverse=True) if not isinstance(targets, str) else []
+
+
+def trainable_breakdown(model: torch.nn.Module) -> tuple[dict, dict, int]:
+    """Trainable parameters as (LoRA per target name, head per module, other).
+
+    The head is everything trained for the classifier: modules_to_save, and LoRA on the head's own layers or the
+    encoder's pooler (what `head: lora` adapts). Encoder LoRA is grouped by the longest target name that matches.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head_modules = head_module_names(base)
+    targets = _peft_targets(model)
     lora_by_module: dict[str, int] = defaultdict(int)
-    head = other = 0
+    head_by_module: dict[str, int] = defaultdict(int)
+    other = 0
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         n = param.numel()
-        if ".modules_to_save." in name:
-            head += n
+        path = _module_path(name)
+        in_head = any(path == h or path.startswith(h + ".") for h in head_modules) or "pooler" in path.split(".")
+        if ".modules_to_save." in name or ("lora_" in name and in_head):
+            kind = "lora" if "lora_" in name else "full"
+            head_by_module[f"{path} ({kind})"] += n
         elif "lora_" in name:
-            # base_model.model.roberta.encoder.layer.0.attention.self.value.lora_A.default.weight -> value
-            parts = name.split(".")
-            lora_index = next(i for i, p in enumerate(parts) if p.startswith("lora_"))
-            lora_by_module[parts[lora_index - 1]] += n
+            group = next((t for t in targets if target_matches(path, t)), path.split(".")[-1])
+            lora_by_module[group] += n
         else:
             other += n
-    return dict(lora_by_module), head, other
+    return dict(lora_by_module), dict(head_by_module), other
+
+
+def count_trainable(model: torch.nn.Module) -> tuple[dict, int, int]:
+    """Split trainable parameters into LoRA (per target module name), head and other."""
+    lora_by_module, head_by_module, other = trainable_breakdown(model)
+    return lora_by_module, sum(head_by_module.values()), other
 
 
 def _report_for_rank(cfg: RunConfig, model_config, r: int) -> BudgetReport:
     model = wrap_with_lora(meta_model(model_config, cfg.model.trust_remote_code), cfg.lora, r, cfg.model.head)
-    lora_by_module, head, other = count_trainable(model)
+    lora_by_module, head_by_module, other = trainable_breakdown(model)
     return BudgetReport(
         model=cfg.model.name_or_path, r=r, target_modules=list(cfg.lora.target_modules), head=cfg.model.head,
         num_labels=model_config.num_labels, budget=cfg.budget, lora=sum(lora_by_module.values()),
-        head_params=head, other=other, lora_by_module=lora_by_module,
+        head_params=sum(head_by_module.values()), other=other, lora_by_module=lora_by_module,
+        head_by_module=head_by_module,
     )
 
 

@@ -116,10 +116,10 @@ def cmd_predict(args, extra) -> int:
 def cmd_sweep(args, extra) -> int:
     from lorafit.sweep import run_sweep
 
-    _no_extra(extra)
-    run_sweep(args.sweep, storage=args.storage, n_trials=args.n_trials, timeout=args.timeout,
-              model=args.model, train_file=args.train_file, output_dir=args.output_dir)
-    return 0
+    outcome = run_sweep(args.sweep, storage=args.storage, n_trials=args.n_trials, timeout=args.timeout,
+                        model=args.model, train_file=args.train_file, output_dir=args.output_dir,
+                        overrides=parse_dotted_overrides(extra))
+    return outcome.exit_code
 
 
 def cmd_report(args, extra) -> int:
@@ -184,11 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="base model location, if it moved since training")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("sweep", help="run a grid or Optuna search of training runs")
+    p = sub.add_parser("sweep", help="run a grid or Optuna search of training runs",
+                       epilog="Any config field can be overridden for every trial as --section.key value, "
+                              "e.g. --train.max_steps 30. Run the same command on several machines with one "
+                              "--storage postgresql://... to share the work; rerun it to resume.")
     p.add_argument("sweep", help="sweep YAML")
     p.add_argument("--storage", help="Optuna storage URL (default: SQLite inside the sweep folder)")
-    p.add_argument("--n-trials", type=int, help="trials this worker runs at most (search mode)")
-    p.add_argument("--timeout", type=float, help="seconds this worker keeps starting trials (search mode)")
+    p.add_argument("--n-trials", type=int, help="trials this worker runs at most (the sweep file's search.n_trials bounds the whole study)")
+    p.add_argument("--timeout", type=float, help="seconds this worker keeps starting new trials")
     p.add_argument("--model", help="override model.name_or_path for every trial")
     p.add_argument("--train-file", help="override data.train_file for every trial")
     p.add_argument("--output-dir", help="folder that holds the sweep folder")
@@ -201,12 +204,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is now (a handler made once would keep a stale stream when main() runs again)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def _quiet_libraries(verbose: bool) -> None:
     """lorafit's own messages as `lorafit: ...`; the libraries' chatter only with --verbose."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("lorafit: %(message)s"))
     ours = logging.getLogger("lorafit")
-    ours.addHandler(handler)
+    if not any(isinstance(h, _CurrentStderrHandler) for h in ours.handlers):  # main() may run many times in-process
+        handler = _CurrentStderrHandler()
+        handler.setFormatter(logging.Formatter("lorafit: %(message)s"))
+        ours.addHandler(handler)
     ours.setLevel(logging.INFO if verbose else logging.WARNING)
     ours.propagate = False
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

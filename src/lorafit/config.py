@@ -38,7 +38,8 @@ class ModelConfig:
     head: str = _field(
         "full",
         "Classifier head: 'full' (the model's own head, fully trainable), 'linear' (one linear layer on the "
-        "sentence representation), 'lora' (the model's head with its dense layer adapted by LoRA).",
+        "sentence representation), 'lora' (the model's head with its dense layer adapted by LoRA: RoBERTa's "
+        "classifier.dense, BERT's pooler; sensible only where that layer is pre-trained, as BERT's pooler is).",
     )
     revision: Optional[str] = _field(None, "Hub revision (branch, tag or commit) of the model.")
     trust_remote_code: bool = _field(False, "Allow model code from the Hub to run. Off unless you turn it on.")
@@ -57,7 +58,13 @@ class LoraSpec:
         None, "If set, alpha = alpha_over_r * r (useful when sweeping r, or with r: auto)."
     )
     dropout: float = _field(0.1, "Dropout on the LoRA input, in [0, 1).")
-    target_modules: list = _field(["query", "value"], "Names of the Linear modules to adapt (e.g. query, value).")
+    target_modules: list = _field(
+        ["query", "value"],
+        "Linear modules to adapt, matched like peft: a name equals the end of a module's path at a dot boundary. "
+        "query, key, value; dense = every dense layer (attention output, feed-forward in and out, BERT's pooler); "
+        "attention.output.dense, intermediate.dense (feed-forward in) name one kind; output.dense matches the "
+        "feed-forward out and the attention output.",
+    )
     bias: str = _field("none", "Which biases train: none, all, lora_only (peft's 'bias').")
     use_dora: bool = _field(False, "Weight-decomposed LoRA (peft use_dora).")
     use_rslora: bool = _field(False, "Rank-stabilised scaling alpha / sqrt(r) (peft use_rslora).")

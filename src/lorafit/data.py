@@ -60,7 +60,7 @@ def read_table(path: str | Path, trust_pickle: bool = False) -> pd.DataFrame:
     """A local file as a DataFrame of its columns; text stays text (no NA guessing on CSV/TSV)."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"file not found: {path}")
+        raise UserError(f"file not found: {path}; check the path (relative paths start from {Path.cwd()})")
     if path.is_dir():
         raise UserError(f"{path} is a folder; give a data file ({', '.join(TABLE_EXTENSIONS)})")
     suffix = path.suffix.lower()
@@ -92,7 +92,11 @@ def read_table(path: str | Path, trust_pickle: bool = False) -> pd.DataFrame:
     except pd.errors.ParserError as exc:
         raise UserError(f"{path} is not a well-formed table: {str(exc).strip().splitlines()[-1]}; fix the ragged rows") from None
     except (ValueError, OSError) as exc:
-        raise UserError(f"cannot read {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        fix = {".json": "make it a JSON array of records, or one JSON object per line",
+               ".jsonl": "make each line one valid JSON object",
+               ".parquet": "re-write it with pandas' to_parquet"}.get(suffix, "check that it is a well-formed table")
+        raise UserError(f"cannot read {path}: {detail}; {fix}") from None
     if len(frame) == 0:
         raise UserError(f"{path} has no data rows (only a header, or nothing); add rows")
     return frame
@@ -141,17 +145,19 @@ def load_hub_split(dataset: str, config_name: Optional[str], split: str) -> tupl
     return ds.to_pandas(), names
 
 
-def _check_columns(frame: pd.DataFrame, columns: list[str], source: str, role: str) -> None:
+def _check_columns(frame: pd.DataFrame, columns: list[str], source: str, role: str, setting: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise UserError(
-            f"{source} has no {role} column {', '.join(repr(c) for c in missing)}; available: {', '.join(map(str, frame.columns))}"
+            f"{source} has no {role} column {', '.join(repr(c) for c in missing)}; available: "
+            f"{', '.join(map(str, frame.columns))}; name the right one with {setting}"
         )
 
 
-def join_texts(frame: pd.DataFrame, columns: list[str], separator: str, source: str, allow_empty: bool) -> list[str]:
+def join_texts(frame: pd.DataFrame, columns: list[str], separator: str, source: str, allow_empty: bool,
+               setting: str = "data.text_columns") -> list[str]:
     """The text of each row (several columns joined); missing or blank text is an error unless allowed."""
-    _check_columns(frame, columns, source, "text")
+    _check_columns(frame, columns, source, "text", setting)
     parts = []
     for column in columns:
         values = frame[column]
@@ -221,7 +227,7 @@ def encode_labels(values, label_names: Optional[list[str]], num_labels: int, sou
 def labelled_from_frame(frame: pd.DataFrame, cfg: DataConfig, num_labels: int, source: str,
                         label_names: Optional[list[str]] = None) -> LabelledData:
     texts = join_texts(frame, cfg.text_columns, cfg.text_separator, source, allow_empty=False)
-    _check_columns(frame, [cfg.label_column], source, "label")
+    _check_columns(frame, [cfg.label_column], source, "label", "data.label_column")
     labels, names = encode_labels(frame[cfg.label_column].tolist(), cfg.label_names or label_names, num_labels, source)
     return LabelledData(texts, labels, names, source)
 

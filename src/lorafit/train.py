@@ -7,6 +7,7 @@ a final evaluation) and writes the run folder.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -28,7 +29,7 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
 )
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from lorafit import runs
 from lorafit.budget import BudgetReport, check_budget, count_trainable, resolve_rank
@@ -102,7 +103,32 @@ def prepare(cfg: RunConfig) -> Prepared:
 
 
 def is_main_process() -> bool:
+    """Rank 0 of a torchrun / accelerate launch job, or the only process: the one that writes the run folder."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+@contextlib.contextmanager
+def main_process_first():
+    """Under torchrun / accelerate launch, rank 0 runs the block first (it creates or checks the run folder) and the
+    other ranks run it after, reading only. Rank 0 reaches the barrier even when the block raises, so a user error
+    on rank 0 becomes the same user error on every rank rather than a hang."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield
+        return
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        from accelerate import PartialState
+
+        PartialState(cpu=not torch.cuda.is_available())  # the process group the Trainer joins later (gloo on CPU)
+    main = is_main_process()
+    try:
+        if not main:
+            dist.barrier()
+        yield
+    finally:
+        if main:
+            dist.barrier()
 
 
 def open_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> tuple[Path, Optional[str]]:
@@ -120,14 +146,17 @@ def open_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> tuple[Path, O
         result = run_dir / runs.RESULT
         if result.exists() and runs.read_json(result).get("status") == "completed":
             raise UserError(f"{run_dir} already holds a finished run; use another --name, or --overwrite to replace it")
-        checkpoints = run_dir / runs.CHECKPOINTS
-        checkpoint = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+        checkpoint = last_complete_checkpoint(run_dir / runs.CHECKPOINTS)
         if checkpoint is None and resume:
-            raise UserError(f"{run_dir} has no checkpoint to resume from; rerun with --overwrite to start again")
+            raise UserError(f"{run_dir} has no complete checkpoint to resume from; drop --resume to train it from the start")
+        if is_main_process():
+            resume_step = _checkpoint_step(checkpoint) if checkpoint else 0
+            _discard_checkpoints_after(run_dir / runs.CHECKPOINTS, resume_step)
+            _trim_eval_curve(run_dir, resume_step)
         if checkpoint is not None and is_main_process():
-            _trim_eval_curve(run_dir, _checkpoint_step(checkpoint))
+            print(f"lorafit: resuming {run_dir} from step {resume_step} ({Path(checkpoint).name})", file=sys.stderr, flush=True)
     elif resume:
-        raise UserError(f"nothing to resume: {run_dir} does not exist")
+        raise UserError(f"nothing to resume: no run in {run_dir}; drop --resume to start a new run")
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         runs.atomic_write_text(run_dir / runs.CONFIG, cfg.to_yaml())
@@ -136,6 +165,40 @@ def open_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> tuple[Path, O
 
 def _checkpoint_step(checkpoint: str) -> int:
     return int(Path(checkpoint).name.split("-")[-1])
+
+
+# The Trainer writes a checkpoint's files one by one, trainer_state.json last; a kill can leave a partial folder.
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth", "adapter_model.safetensors")
+
+
+def _is_complete_checkpoint(folder: Path) -> bool:
+    if not all((folder / name).is_file() for name in CHECKPOINT_FILES):
+        return False
+    try:
+        runs.read_json(folder / "trainer_state.json")
+    except ValueError:  # cut off mid-write
+        return False
+    return True
+
+
+def _numbered_checkpoints(checkpoints: Path) -> list[Path]:
+    if not checkpoints.is_dir():
+        return []
+    found = [p for p in checkpoints.iterdir() if p.is_dir() and p.name.startswith("checkpoint-")
+             and p.name.removeprefix("checkpoint-").isdigit()]
+    return sorted(found, key=lambda p: _checkpoint_step(p.name))
+
+
+def last_complete_checkpoint(checkpoints: Path) -> Optional[str]:
+    complete = [p for p in _numbered_checkpoints(checkpoints) if _is_complete_checkpoint(p)]
+    return str(complete[-1]) if complete else None
+
+
+def _discard_checkpoints_after(checkpoints: Path, step: int) -> None:
+    """Partial checkpoints past the resume point would be mistaken for real ones later; remove them."""
+    for folder in _numbered_checkpoints(checkpoints):
+        if _checkpoint_step(folder.name) > step:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _trim_eval_curve(run_dir: Path, step: int) -> None:
@@ -180,6 +243,7 @@ class GracefulInterrupt(TrainerCallback):
 
     def __init__(self):
         self.signal_received: Optional[int] = None
+        self.stopped_training = False  # the signal ended training early (not only arrived after the last step)
         self._previous: dict = {}
 
     def install(self) -> None:
@@ -201,6 +265,35 @@ class GracefulInterrupt(TrainerCallback):
         if self.signal_received is not None:
             control.should_save = True
             control.should_training_stop = True
+            self.stopped_training = True
+
+
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped order drawn from (data seed, epoch) alone.
+
+    transformers' LengthGroupedSampler draws from the global torch RNG, whose state at the start of a later epoch
+    differs between an unbroken run and a resumed one, so a run resumed past its first epoch saw other batches.
+    A generator seeded per epoch (set_epoch is called by the Trainer before each epoch) makes the order exact.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed + int(epoch))
+
+
+class ResumableTrainer(Trainer):
+    """The HF Trainer with a length-grouped sampler that resumes to the same data order."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if type(sampler) is LengthGroupedSampler:
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, seed)
+        return sampler
 
 
 def compute_metrics(eval_pred) -> dict:
@@ -268,7 +361,7 @@ def build_trainer(prepared: Prepared, model, run_dir: Path, interrupt: GracefulI
     callbacks += tensorboard_callbacks(run_dir)
     if cfg.train.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
-    trainer = Trainer(
+    trainer = ResumableTrainer(
         model=model,
         args=training_arguments(cfg, run_dir),
         train_dataset=prepared.train_ds,
@@ -312,14 +405,21 @@ def write_manifest(prepared: Prepared, run_dir: Path, started: float, wall_secon
 
 
 def summarize(curve: list[dict], status: str, prepared: Prepared, state, train_seconds: float,
-              wall_seconds: float, trainable: int) -> dict:
-    """result.json: best and final validation metrics plus throughput."""
+              wall_seconds: float, trainable: int, resumed_from_step: int = 0) -> dict:
+    """result.json: best and final validation metrics plus throughput.
+
+    Metrics cover the whole run; times and examples/s cover this process only (a resumed run did the earlier
+    steps in another process, whose time is not in train_seconds).
+    """
     evals = [row for row in curve if "accuracy" in row]
     best = max(evals, key=lambda row: (row["accuracy"], -row["step"])) if evals else {}
     final = max(evals, key=lambda row: row["step"]) if evals else {}
-    eval_seconds = sum(row.get("runtime", 0.0) for row in evals)
+    eval_seconds = sum(row.get("runtime", 0.0) for row in evals if row["step"] > resumed_from_step)
     pure_train_seconds = max(train_seconds - eval_seconds, 1e-9)
-    examples_seen = state.global_step * prepared.cfg.train.batch_size * prepared.cfg.train.gradient_accumulation_steps * int(os.environ.get("WORLD_SIZE", "1"))
+    t = prepared.cfg.train
+    examples_per_step = t.batch_size * t.gradient_accumulation_steps * int(os.environ.get("WORLD_SIZE", "1"))
+    examples_seen = state.global_step * examples_per_step
+    examples_this_process = (state.global_step - resumed_from_step) * examples_per_step
     return {
         "status": status,
         "best_eval_accuracy": best.get("accuracy"),
@@ -338,7 +438,8 @@ def summarize(curve: list[dict], status: str, prepared: Prepared, state, train_s
         "trainable_params": trainable,
         "lora_r": prepared.cfg.lora.r,
         "budget": prepared.cfg.budget,
-        "train_examples_per_second": examples_seen / pure_train_seconds,
+        "train_examples_per_second": examples_this_process / pure_train_seconds if examples_this_process else None,
+        "resumed_from_step": resumed_from_step,
         "train_seconds": train_seconds,
         "eval_seconds": eval_seconds,
         "wall_seconds": wall_seconds,
@@ -368,7 +469,8 @@ def run_training(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     if trainable != prepared.budget.total:  # the meta count is the contract; never train something else
         raise RuntimeError(f"trainable parameters {trainable} differ from the budget count {prepared.budget.total}")
 
-    run_dir, checkpoint = open_run_dir(cfg, resume, overwrite)  # the first thing written
+    with main_process_first():
+        run_dir, checkpoint = open_run_dir(cfg, resume, overwrite)  # the first thing written
     if is_main_process():
         write_manifest(prepared, run_dir, started, None)
 
@@ -384,14 +486,18 @@ def run_training(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
         interrupt.uninstall()
     train_seconds = time.time() - train_started
 
-    status = "interrupted" if interrupt.signal_received is not None else "completed"
+    # A signal that came after the last step did not cut training short: the run is complete.
+    status = "interrupted" if interrupt.stopped_training else "completed"
     result = summarize(runs.read_eval_curve(run_dir), status, prepared, trainer.state, train_seconds,
-                       time.time() - started, trainable)
+                       time.time() - started, trainable, _checkpoint_step(checkpoint) if checkpoint else 0)
+    if status == "interrupted":
+        result["signal"] = signal.Signals(interrupt.signal_received).name
+        result["resume_from"] = str(Path(runs.CHECKPOINTS) / f"checkpoint-{trainer.state.global_step}")
     if is_main_process():
-        if status == "completed":
+        if status == "completed":  # the adapter first: a completed result.json always has its adapter
             save_adapter(trainer.model, prepared.tokenizer, prepared.train_data.label_names, run_dir)
         write_manifest(prepared, run_dir, started, time.time() - started)
         runs.atomic_write_json(run_dir / runs.RESULT, result)
-    if interrupt.signal_received is not None:
+    if status == "interrupted":
         result["exit_code"] = 128 + interrupt.signal_received
     return result

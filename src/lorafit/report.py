@@ -1,0 +1,548 @@
+"""`lorafit report DIR`: plots and a Markdown table for every run folder under DIR (a sweep, or any folder of runs).
+
+Plots (PNG, matplotlib's Agg canvas, no display needed):
+  peak-by-scope.png          peak validation accuracy by adapter scope (target modules), bars with value labels
+  curve-<key>.png            validation accuracy vs step, one line per value, for each setting that varies
+  accuracy-vs-params.png     peak validation accuracy vs trainable parameters, budget line, best run marked
+report.md lists every run (failed, pruned, skipped and unfinished ones included) and embeds the plots.
+
+Which runs a curve plot compares: in a one-at-a-time sweep, the base run plus the runs that differ from it only
+in that setting (as the sweep recorded in sweep.json). Otherwise (product grid, search, plain runs), for each
+config key whose value differs between runs, the best run for each value.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+from lorafit import runs
+from lorafit.errors import UserError
+
+SWEEP_INFO = "sweep.json"  # written by lorafit.sweep into each trial's run folder
+SCOPE_KEY = "lora.target_modules"
+IGNORED_KEYS = {"name", "output_dir"}  # differ between every pair of runs by construction
+MAX_LINES = 10
+REPORT_DIR = "report"
+LABELS = {  # readable names for the usual settings; any other key shows as itself
+    "lora.target_modules": "adapter scope",
+    "lora.r": "rank r",
+    "lora.alpha": "alpha",
+    "lora.alpha_over_r": "alpha / r",
+    "lora.dropout": "LoRA dropout",
+    "train.learning_rate": "learning rate",
+    "train.max_steps": "training steps",
+    "train.label_smoothing": "label smoothing",
+    "train.warmup_ratio": "warmup ratio",
+    "model.head": "classifier head",
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading run folders
+
+
+@dataclass
+class RunRecord:
+    path: Path
+    name: str
+    config: dict  # flat: dotted key -> value
+    result: dict
+    curve: list  # eval rows with an accuracy
+    sweep: dict  # sweep.json, or {} for a plain run
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        if self.result.get("status"):
+            return str(self.result["status"])
+        return "incomplete"  # no result.json: still running, or stopped before it finished
+
+    @property
+    def peak(self) -> Optional[float]:
+        value = self.result.get("best_eval_accuracy")
+        if value is None and self.curve:
+            value = max(row["accuracy"] for row in self.curve)
+        return value
+
+    @property
+    def peak_step(self) -> Optional[int]:
+        if self.result.get("best_step") is not None:
+            return self.result["best_step"]
+        return max(self.curve, key=lambda row: (row["accuracy"], -row["step"]))["step"] if self.curve else None
+
+    @property
+    def final(self) -> Optional[float]:
+        value = self.result.get("final_eval_accuracy")
+        if value is None and self.curve:
+            value = max(self.curve, key=lambda row: row["step"])["accuracy"]
+        return value
+
+    @property
+    def trainable_params(self) -> Optional[int]:
+        if self.result.get("trainable_params") is not None:
+            return int(self.result["trainable_params"])
+        return (self.manifest.get("trainable_params") or {}).get("total")
+
+    @property
+    def budget(self) -> Optional[int]:
+        return self.config.get("budget")
+
+    @property
+    def settings(self) -> dict:
+        """What the sweep set for this run (empty for the base); for plain runs, the whole flat config."""
+        if self.sweep:
+            return dict(self.sweep.get("settings") or {})
+        return {k: v for k, v in self.config.items() if k not in IGNORED_KEYS}
+
+    @property
+    def note(self) -> str:
+        text = self.result.get("reason") or self.result.get("error") or ""
+        if not text and self.status == "pruned" and self.result.get("pruned_at_step") is not None:
+            text = f"pruned at step {self.result['pruned_at_step']}"
+        if not text and self.status == "incomplete":
+            text = "no result.json: still running, or stopped"
+        return str(text).splitlines()[0] if text else ""
+
+    @property
+    def order(self) -> tuple:
+        return (self.sweep.get("sweep", ""), self.sweep.get("trial_number", math.inf), self.name)
+
+
+def flatten(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and key in ("model", "lora", "data", "train"):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = runs.read_json(path)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def find_run_dirs(root: Path, skip: Optional[Path] = None) -> list[Path]:
+    """Every folder holding config.yaml, not looking inside run folders or hidden (temporary) folders."""
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        here = Path(folder)
+        if skip is not None and here.resolve() == skip.resolve():
+            subfolders[:] = []
+            continue
+        if runs.CONFIG in files:
+            found.append(here)
+            subfolders[:] = []
+            continue
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+    return found
+
+
+def load_run(path: Path) -> RunRecord:
+    try:
+        config = yaml.safe_load((path / runs.CONFIG).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        config = {}
+    curve = [row for row in runs.read_eval_curve(path) if isinstance(row.get("accuracy"), (int, float))]
+    return RunRecord(path=path, name=str(config.get("name") or path.name), config=flatten(config),
+                     result=_read_json(path / runs.RESULT), curve=sorted(curve, key=lambda row: row["step"]),
+                     sweep=_read_json(path / SWEEP_INFO), manifest=_read_json(path / runs.MANIFEST))
+
+
+def load_runs(root: str | Path, skip: Optional[Path] = None) -> list[RunRecord]:
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"folder not found: {root} (give a sweep folder or a folder of run folders)")
+    records = sorted((load_run(p) for p in find_run_dirs(root, skip)), key=lambda r: r.order)
+    if not records:
+        raise UserError(f"no run folders (folders with {runs.CONFIG}) under {root}; run `lorafit train` or `lorafit sweep` first")
+    return records
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Which runs each plot compares
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    if isinstance(value, float):
+        return f"{value:.3g}"  # searched values (0.000807231...) read better short
+    return str(value)
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _ordered(members: list) -> list:
+    """Numbers low to high; anything else (scopes, names) keeps the sweep's order, base first."""
+    if all(_numeric(value) for value, _, _ in members):
+        return sorted(members, key=lambda m: m[0])
+    return sorted(members, key=lambda m: (not m[2], m[1].order))
+
+
+def label(key: str) -> str:
+    return LABELS.get(key, key)
+
+
+@dataclass
+class Comparison:
+    key: str
+    members: list  # (value, RunRecord, is_base)
+    note: str = ""
+
+
+def one_at_a_time_bases(records: list[RunRecord]) -> dict[str, RunRecord]:
+    """sweep name -> its base run, for one-at-a-time sweeps."""
+    return {r.sweep["sweep"]: r for r in records
+            if r.sweep.get("mode") == "one_at_a_time" and not r.sweep.get("settings")}
+
+
+def _value(record: RunRecord, key: str) -> Any:
+    """What the run used (a rank fitted to the budget, not the rank asked for)."""
+    return record.config[key] if key in record.config else record.settings.get(key)
+
+
+def varying_keys(records: list[RunRecord]) -> list[str]:
+    """Config keys whose value differs between runs, in sweep order (first trial that set them), then by name."""
+    seen: dict[str, set] = {}
+    first: dict[str, tuple] = {}
+    for record in records:
+        for key, value in record.config.items():
+            if key in IGNORED_KEYS:
+                continue
+            seen.setdefault(key, set()).add(repr(_hashable(value)))
+        for key in record.settings:
+            first[key] = min(first.get(key, (math.inf,)), (record.sweep.get("trial_number", math.inf),))
+    keys = [k for k, values in seen.items() if len(values) > 1]
+    return sorted(keys, key=lambda k: (first.get(k, (math.inf,)), k))
+
+
+def compare(records: list[RunRecord], key: str) -> Comparison:
+    """The runs that show the effect of one setting (see the module docstring)."""
+    for sweep_name, base in one_at_a_time_bases(records).items():
+        axis_runs = [r for r in records if r.sweep.get("sweep") == sweep_name and set(r.settings) == {key}]
+        if axis_runs:
+            members = [(_value(base, key), base, True)] + [(_value(r, key), r, False) for r in axis_runs]
+            return Comparison(key, _ordered(members), f"one at a time, sweep {sweep_name}")
+    best: dict = {}
+    counts: dict = {}
+    for record in records:
+        value = _hashable(_value(record, key))
+        counts[value] = counts.get(value, 0) + 1
+        if value not in best or _score(record) > _score(best[value]):
+            best[value] = record
+    members = [(value, record, False) for value, record in best.items()]
+    note = "best run per value" if any(n > 1 for n in counts.values()) else ""
+    if _differ_elsewhere([record for _, record, _ in members], key):
+        note = ", ".join(filter(None, [note, "other settings differ too"]))
+    if len(members) > MAX_LINES:
+        members = sorted(members, key=lambda m: -_score(m[1]))[:MAX_LINES]
+        note = f"best {MAX_LINES} of {len(best)} values"
+    return Comparison(key, _ordered(members), note)
+
+
+def _score(record: RunRecord) -> float:
+    return record.peak if record.peak is not None else -1.0
+
+
+def _differ_elsewhere(records: list[RunRecord], key: str) -> bool:
+    """Whether the compared runs also differ in settings other than the one plotted (a search, a product grid)."""
+    others = {repr(sorted((k, repr(v)) for k, v in r.config.items() if k not in IGNORED_KEYS | {key}))
+              for r in records}
+    return len(others) > 1
+
+
+def curve_keys(records: list[RunRecord]) -> list[str]:
+    """Settings worth a curve plot (adapter scope has its bar chart): a one-at-a-time sweep's axes, and the keys
+    that vary among the other runs with an eval curve."""
+    trained = [r for r in records if r.curve]
+    one_at_a_time = [r for r in trained if r.sweep.get("mode") == "one_at_a_time"]
+    keys: list[str] = []
+    for record in one_at_a_time:  # records are in trial order, so axes come in the sweep's order
+        keys += [k for k in record.settings if k not in keys]
+    others = [r for r in trained if r.sweep.get("mode") != "one_at_a_time"]
+    keys += [k for k in varying_keys(others) if k not in keys]
+    return [k for k in keys if k != SCOPE_KEY and len(compare(trained, k).members) > 1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plots: each function draws one figure, saves it atomically, and returns the labels of what it drew
+
+
+def save_figure(figure: Figure, path: Path) -> None:
+    """Render to a temporary file beside the target, then rename: readers never see half a PNG."""
+    FigureCanvasAgg(figure)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            figure.savefig(handle, format="png", dpi=100, bbox_inches="tight")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a report is as readable as other files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _new_figure(width: float = 8.0, height: float = 5.0):
+    figure = Figure(figsize=(width, height))
+    axes = figure.add_subplot()
+    axes.grid(True, axis="y", alpha=0.3)
+    return figure, axes
+
+
+def _scope_label(record: RunRecord) -> str:
+    scope = format_value(record.config.get(SCOPE_KEY, "?")).replace(",", "+")
+    return f"{scope}\nr={record.config.get('lora.r')}"
+
+
+def plot_scope(records: list[RunRecord], path: Path) -> list[str]:
+    """Bar chart: peak validation accuracy per adapter scope; runs without a peak show their status instead."""
+    comparison = compare(records, SCOPE_KEY)
+    figure, axes = _new_figure(max(6.0, 1.6 * len(comparison.members) + 2), 5.0)
+    labels = [_scope_label(record) for _, record, _ in comparison.members]
+    heights = [record.peak or 0.0 for _, record, _ in comparison.members]
+    bars = axes.bar(range(len(labels)), heights, color="tab:blue", width=0.6)
+    for bar, (_, record, is_base) in zip(bars, comparison.members):
+        middle = bar.get_x() + bar.get_width() / 2
+        if record.peak is not None:
+            axes.annotate(f"{record.peak:.4f}", (middle, bar.get_height()), xytext=(0, 3),
+                          textcoords="offset points", ha="center", va="bottom", fontsize=10)
+        else:  # no bar to label: say why, just above the axis
+            axes.annotate(record.status, (middle, 0.03), xycoords=axes.get_xaxis_transform(), ha="center",
+                          va="bottom", fontsize=10, color="dimgray", style="italic")
+        if is_base:
+            bar.set_color("tab:orange")
+    axes.set_xticks(range(len(labels)), labels)
+    peaks = [h for h in heights if h > 0]
+    if peaks:  # zoom in where the bars differ, but keep the bottom honest
+        axes.set_ylim(max(0.0, min(peaks) - 0.1), min(1.0, max(peaks) + 0.05) if max(peaks) < 0.95 else 1.02)
+    axes.set_xlabel("adapter scope (LoRA target modules) and rank")
+    axes.set_ylabel("peak validation accuracy")
+    suffix = f"\n({comparison.note})" if comparison.note else ""
+    axes.set_title(f"Peak validation accuracy by adapter scope{suffix}")
+    save_figure(figure, path)
+    return [label.replace("\n", " ") for label in labels]
+
+
+def _line_label(key: str, value: Any, record: RunRecord, is_base: bool) -> str:
+    text = f"{label(key)} = {format_value(value)}"
+    if key == "lora.alpha_over_r" and record.config.get("lora.r") is not None:
+        text += f" (alpha {float(value) * record.config['lora.r']:g})"
+    if is_base:
+        text += " (base)"
+    return text
+
+
+def plot_curves(comparison: Comparison, path: Path) -> list[str]:
+    """Validation accuracy vs step, one line per value of the setting, the peak of each marked."""
+    figure, axes = _new_figure()
+    numeric = all(_numeric(value) for value, _, _ in comparison.members)
+    names = []
+    for index, (value, record, is_base) in enumerate(comparison.members):
+        steps = [row["step"] for row in record.curve]
+        accuracy = [row["accuracy"] for row in record.curve]
+        name = _line_label(comparison.key, value, record, is_base)
+        color = _palette(index, len(comparison.members), numeric)
+        axes.plot(steps, accuracy, marker="o", markersize=3, linewidth=2.2 if is_base else 1.6, color=color,
+                  label=name, linestyle="-" if record.status in ("completed", "incomplete") else "--")
+        if record.peak_step is not None and record.peak is not None:
+            axes.plot([record.peak_step], [record.peak], marker="*", markersize=11, color=color)
+        names.append(name)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("training step")
+    axes.set_ylabel("validation accuracy")
+    suffix = f"\n({comparison.note})" if comparison.note else ""
+    axes.set_title(f"Validation accuracy vs step by {label(comparison.key)}{suffix}")
+    axes.legend(title=f"{comparison.key}  (* = peak)", fontsize=9)
+    save_figure(figure, path)
+    return names
+
+
+def _palette(index: int, count: int, ordered: bool):
+    from matplotlib import colormaps
+
+    if ordered and count >= 3:  # low -> high values read as dark -> light
+        return colormaps["viridis"](0.85 * index / (count - 1))
+    return colormaps["tab10"](index % 10)
+
+
+def _thousands(value, _position) -> str:
+    return f"{value:,.0f}"
+
+
+def plot_params(records: list[RunRecord], path: Path) -> list[str]:
+    """Every run's peak accuracy against its trainable parameters, the budget as a line, the best run starred."""
+    figure, axes = _new_figure()
+    scored = [r for r in records if r.peak is not None and r.trainable_params is not None]
+    names = []
+    if scored:
+        axes.scatter([r.trainable_params for r in scored], [r.peak for r in scored], s=36, color="tab:blue",
+                     alpha=0.8, label=f"runs ({len(scored)})")
+        names.append("runs")
+        best = max(scored, key=lambda r: r.peak)
+        axes.scatter([best.trainable_params], [best.peak], s=260, marker="*", color="tab:red", zorder=3,
+                     label=f"best: {best.name} ({best.peak:.4f})")
+        names.append(f"best: {best.name}")
+    skipped = [r for r in records if r.status == "skipped" and r.trainable_params is not None]
+    if skipped:  # no accuracy to show; mark where they would have been on the parameter axis
+        axes.scatter([r.trainable_params for r in skipped], [0.02] * len(skipped), marker="x", color="gray",
+                     transform=axes.get_xaxis_transform(), label=f"skipped: over budget ({len(skipped)})")
+        names.append("skipped: over budget")
+    budgets = sorted({r.budget for r in records if r.budget})
+    for budget in budgets:
+        axes.axvline(budget, color="black", linestyle="--", linewidth=1.2, label=f"budget {budget:,}")
+        names.append(f"budget {budget:,}")
+    xs = [r.trainable_params for r in scored + skipped] + budgets
+    if xs:  # skipped marks and the budget line do not widen the axis by themselves
+        span = max(max(xs) - min(xs), max(xs) * 0.05, 1)
+        axes.set_xlim(max(0, min(xs) - 0.08 * span), max(xs) + 0.08 * span)
+    if scored:  # name the best run beside its star, on the side with room
+        low, high = axes.get_xlim()
+        right_half = (best.trainable_params - low) > 0.5 * (high - low)
+        axes.annotate(best.name, (best.trainable_params, best.peak), xytext=(-10 if right_half else 10, -14),
+                      textcoords="offset points", ha="right" if right_half else "left", fontsize=9)
+    axes.xaxis.set_major_formatter(FuncFormatter(_thousands))
+    axes.set_xlabel("trainable parameters")
+    axes.set_ylabel("peak validation accuracy")
+    axes.set_title("Validation accuracy vs trainable parameters")
+    axes.legend(fontsize=9, loc="best")
+    save_figure(figure, path)
+    return names
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The Markdown summary
+
+
+def _fmt_accuracy(value: Optional[float]) -> str:
+    return f"{value:.4f}" if value is not None else "–"
+
+
+def _fmt_seconds(value: Optional[float]) -> str:
+    if value is None:
+        return "–"
+    minutes, seconds = divmod(int(round(value)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else (f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s")
+
+
+def varied_text(record: RunRecord, keys: list[str]) -> str:
+    if record.sweep:
+        settings = record.settings
+        if not settings and record.sweep.get("mode") == "one_at_a_time":
+            return "base"
+        text = ", ".join(f"{k}={format_value(v)}" for k, v in settings.items())
+        if record.sweep.get("r_requested") is not None:
+            text += f" (r fitted to budget: {record.sweep['r_requested']} -> {record.sweep.get('r')})"
+        return text or "–"
+    return ", ".join(f"{k}={format_value(record.config.get(k))}" for k in keys) or "–"
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root)) if path != root else path.name
+    except ValueError:
+        return str(path)
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(root: Path, records: list[RunRecord], keys: list[str]) -> str:
+    header = ["run", "status", "varied settings", "trainable params", "peak val acc", "final val acc",
+              "step of peak", "wall time", "examples/s", "note"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    for r in records:
+        eps = r.result.get("train_examples_per_second")
+        wall = r.result.get("wall_seconds") or r.manifest.get("wall_seconds")
+        cells = [_relative(r.path, root), r.status, varied_text(r, keys),
+                 f"{r.trainable_params:,}" if r.trainable_params is not None else "–",
+                 _fmt_accuracy(r.peak), _fmt_accuracy(r.final), r.peak_step if r.peak_step is not None else "–",
+                 _fmt_seconds(wall), f"{eps:.1f}" if eps else "–", r.note]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown(root: Path, records: list[RunRecord], plots: dict[str, list[str]], keys: list[str]) -> str:
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    scored = [r for r in records if r.peak is not None]
+    lines = [f"# lorafit report: {root}", "",
+             f"{len(records)} runs: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + "."]
+    if scored:
+        best = max(scored, key=lambda r: r.peak)
+        lines.append(f"Best: **{best.name}**, peak validation accuracy {best.peak:.4f} at step {best.peak_step}"
+                     f" with {best.trainable_params:,} trainable parameters." if best.trainable_params else
+                     f"Best: **{best.name}**, peak validation accuracy {best.peak:.4f}.")
+    lines += ["", "## Runs", "", markdown_table(root, records, keys), "", "## Plots", ""]
+    for filename, series in plots.items():
+        lines += [f"![{filename}]({filename})", "", f"Series: {', '.join(series) if series else '(none)'}", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entry points
+
+
+@dataclass
+class Report:
+    out_dir: Path
+    records: list
+    plots: dict  # file name -> labels of the series it shows
+    markdown_path: Path
+
+
+def _safe_filename(key: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in key)
+
+
+def make_report(root: str | Path, out: Optional[str | Path] = None) -> Report:
+    root = Path(root)
+    out_dir = Path(out) if out else root / REPORT_DIR
+    records = load_runs(root, skip=out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots: dict[str, list[str]] = {}
+    plots["peak-by-scope.png"] = plot_scope(records, out_dir / "peak-by-scope.png")
+    trained = [r for r in records if r.curve]
+    for key in curve_keys(records):
+        filename = f"curve-{_safe_filename(key)}.png"
+        plots[filename] = plot_curves(compare(trained, key), out_dir / filename)
+    plots["accuracy-vs-params.png"] = plot_params(records, out_dir / "accuracy-vs-params.png")
+    table_keys = varying_keys(records)
+    markdown_path = out_dir / "report.md"
+    runs.atomic_write_text(markdown_path, markdown(root, records, plots, table_keys) + "\n")
+    return Report(out_dir, records, plots, markdown_path)
+
+
+def write_report(root: str | Path, out: Optional[str | Path] = None) -> Path:
+    """`lorafit report DIR [--out DIR]`: returns the folder holding report.md and the PNGs."""
+    return make_report(root, out).out_dir

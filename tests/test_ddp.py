@@ -1,0 +1,124 @@
+"""Multi-process training: `torchrun --nproc_per_node 2 -m lorafit train` on CPU (gloo, Trainer DDP).
+
+Only rank 0 writes the run folder; the validation metrics cover the whole validation split exactly once; the
+adapter reloads through plain peft and reproduces the best validation accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import write_config
+
+NPROC = 2
+
+
+def run_torchrun(config, cwd, *extra, timeout=300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(NPROC),
+               "--master_port", str(_free_port()), "-m", "lorafit", "train", str(config), *extra]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory, tiny_roberta, small_agnews):
+    """One 2-process training run shared by the checks below (it is the slow part)."""
+    folder = tmp_path_factory.mktemp("ddp")
+    config = write_config(
+        folder / "ddp.yaml",
+        name="ddp", output_dir=str(folder / "runs"),
+        model={"name_or_path": str(tiny_roberta)},
+        lora={"r": 4, "alpha": 8, "target_modules": ["query", "value"]},
+        data={"train_file": str(small_agnews), "validation_size": 61, "validation_fraction": 0.2},  # odd: 2 ranks cannot split it evenly
+        # fp32 so the reloaded adapter reproduces the evaluation exactly
+        train={"max_steps": 8, "batch_size": 8, "eval_steps": 4, "learning_rate": 1e-3, "logging_steps": 4,
+               "precision": "fp32"},
+    )
+    # A stale run with another config is in the way: rank 0 removes it (--overwrite) and writes the new config
+    # before the other ranks look, so none of them mistakes the old folder for a clash.
+    stale = folder / "runs" / "ddp"
+    stale.mkdir(parents=True)
+    (stale / "config.yaml").write_text("name: something-else\n")
+    (stale / "result.json").write_text('{"status": "completed"}')
+    proc = run_torchrun(config, folder, "--overwrite")
+    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return folder / "runs" / "ddp", proc
+
+
+def test_only_rank0_writes_one_result(ddp_run):
+    run_dir, proc = ddp_run
+    result = json.loads((run_dir / "result.json").read_text())
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert result["status"] == "completed"
+    assert manifest["world_size"] == NPROC
+    assert result["global_step"] == 8
+    assert result["examples_seen"] == 8 * 8 * NPROC  # each rank sees its own batches
+    # nothing but the documented layout (no per-rank copies, no leftover temporary files)
+    names = {p.name for p in run_dir.iterdir()}
+    assert names <= {"config.yaml", "manifest.json", "eval_curve.jsonl", "result.json", "labels.json", "adapter",
+                     "checkpoints", "tensorboard"}, names
+    assert not [p for p in run_dir.rglob(".*.tmp")]
+    # the one-line progress messages come from rank 0 only: 2 evaluations at steps 4 and 8
+    assert proc.stderr.count("val accuracy") == 2, proc.stderr[-3000:]
+    # one result line on stdout, not one per rank
+    result_lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(result_lines) == 1, proc.stdout
+
+
+def test_eval_curve_not_duplicated(ddp_run):
+    run_dir, _ = ddp_run
+    rows = [json.loads(line) for line in (run_dir / "eval_curve.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [4, 8]
+
+
+def test_metrics_cover_the_whole_validation_split_once(ddp_run):
+    """The reloaded best adapter, run over the full validation split in one process, gives the logged accuracy."""
+    from peft import AutoPeftModelForSequenceClassification
+    from transformers import AutoTokenizer
+
+    from lorafit.config import load_config
+    from lorafit.data import carve_validation, load_labelled
+    from lorafit.predict import predict_probabilities
+
+    run_dir, _ = ddp_run
+    result = json.loads((run_dir / "result.json").read_text())
+    cfg = load_config(run_dir / "config.yaml", {})
+    _, eval_data = carve_validation(load_labelled(cfg.data, cfg.model.num_labels, path=cfg.data.train_file), cfg.data,
+                                    cfg.train.seed)
+    assert result["eval_rows"] == len(eval_data) == 61
+
+    model = AutoPeftModelForSequenceClassification.from_pretrained(str(run_dir / "adapter"), num_labels=4,
+                                                                  ignore_mismatched_sizes=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "adapter"))
+    probs = predict_probabilities(model, tokenizer, eval_data.texts, cfg.data.max_length, bf16=False)
+    correct = int((probs.argmax(axis=1) == eval_data.labels).sum())
+    # An accuracy over 61 rows is k/61; over a padded or duplicated set (62 rows, or 2 x 61) it would not be.
+    best = result["best_eval_accuracy"]
+    assert best * 61 == pytest.approx(round(best * 61), abs=1e-6)
+    assert correct == round(best * 61), (correct, best)
+    assert np.isfinite(probs).all()
+
+
+def test_user_error_on_every_rank_without_a_hang(ddp_run):
+    """Rank 0 checks the run folder first; the others then see the same finished run and stop the same way."""
+    run_dir, _ = ddp_run
+    before = (run_dir / "result.json").read_text()
+    proc = run_torchrun(run_dir.parent.parent / "ddp.yaml", run_dir.parent.parent, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.count("already holds a finished run") == NPROC, proc.stderr[-3000:]
+    assert "lorafit/train.py" not in proc.stderr  # a one-line error per rank; torchrun's own summary follows
+    assert (run_dir / "result.json").read_text() == before

@@ -1,0 +1,168 @@
+"""SIGKILL mid-run, then resume: the run finishes exactly as an unbroken run with the same seed does.
+
+Real subprocesses (`python -m lorafit train`) on the tiny RoBERTa. The data is a small keyword task the tiny model
+learns within 40 steps, so validation accuracy actually moves (0.25, 0.15, 0.25, 0.55) and "same accuracy" means something.
+The run crosses epoch boundaries (12 steps per epoch) and is killed after the checkpoint at step 20, in its second
+epoch: the resumed run must restore model, optimizer, scheduler, RNG (dropout) and the length-grouped data order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_subprocess, write_config
+
+KEYWORDS = ["football", "election", "market", "software"]
+FILLER = "the a of to and in for on with as by at from report news today week said".split()
+# Eval losses and adapter weights of a resumed run equal the unbroken run's bit for bit on CPU: tolerance 0.
+LOSS_TOLERANCE = 0.0
+
+
+def keyword_rows(n: int, seed: int) -> pd.DataFrame:
+    """Label i's texts hold keyword i among 0-2 filler words: learnable by a tiny random model in a few steps."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % len(KEYWORDS)
+        words = [rng.choice(FILLER) for _ in range(rng.randint(0, 2))]
+        words.insert(rng.randrange(len(words) + 1), KEYWORDS[label])
+        rows.append((label, " ".join(words)))
+    rng.shuffle(rows)
+    return pd.DataFrame(rows, columns=["label", "text"])
+
+
+@pytest.fixture(scope="module")
+def keyword_csv(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("keywords") / "keywords.csv"
+    keyword_rows(400, seed=0).to_csv(path, index=False)
+    return path
+
+
+def resume_config(folder: Path, model: Path, data: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_config(
+        folder / "resume.yaml",
+        name="resume", output_dir=str(folder / "runs"),
+        model={"name_or_path": str(model)},
+        lora={"r": 4, "alpha": 8, "target_modules": ["query", "value"], "dropout": 0.1},
+        data={"train_file": str(data), "max_train_samples": 96},  # 12 steps per epoch at batch 8
+        train={"max_steps": 40, "batch_size": 8, "eval_steps": 10, "logging_steps": 5, "learning_rate": 5e-2,
+               "warmup_steps": 2, "seed": 8, "group_by_length": True, "save_total_limit": 2},
+    )
+
+
+def start_training(config: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lorafit", "train", str(config)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def kill_after_checkpoint(process: subprocess.Popen, run_dir: Path, step: int, timeout: float = 300) -> None:
+    """SIGKILL once checkpoint-<step> is complete (trainer_state.json is written last) and a few steps ran on."""
+    state = run_dir / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json"
+    deadline = time.monotonic() + timeout
+    while not state.exists():
+        assert process.poll() is None, f"training ended before checkpoint-{step}:\n{process.communicate()[1]}"
+        assert time.monotonic() < deadline, f"no checkpoint-{step} after {timeout}s"
+        time.sleep(0.02)
+    time.sleep(0.3)  # let it train past the checkpoint: that work is lost and must be redone identically
+    assert process.poll() is None, "training finished before it could be killed; make the run longer"
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+
+
+def run_outcome(run_dir: Path) -> dict:
+    result = json.loads((run_dir / "result.json").read_text())
+    curve = [json.loads(line) for line in (run_dir / "eval_curve.jsonl").read_text().splitlines()]
+    return {
+        "result": {k: result[k] for k in ("status", "global_step", "best_step", "best_eval_accuracy",
+                                          "final_eval_accuracy", "final_eval_macro_f1", "final_eval_loss")},
+        "curve": [(row["step"], row["accuracy"], row["loss"], row["train_loss"]) for row in curve],
+        "adapter": load_file(run_dir / "adapter" / "adapter_model.safetensors"),
+    }
+
+
+def assert_same_outcome(resumed: dict, unbroken: dict) -> None:
+    assert resumed["result"]["final_eval_accuracy"] == unbroken["result"]["final_eval_accuracy"]
+    assert resumed["result"]["best_eval_accuracy"] == unbroken["result"]["best_eval_accuracy"]
+    assert abs(resumed["result"]["final_eval_loss"] - unbroken["result"]["final_eval_loss"]) <= LOSS_TOLERANCE
+    assert resumed["result"] == unbroken["result"]
+    assert [row[0] for row in resumed["curve"]] == [10, 20, 30, 40], "each evaluation once, in order"
+    for got, want in zip(resumed["curve"], unbroken["curve"]):
+        assert got[:2] == want[:2]  # step, accuracy
+        assert abs(got[2] - want[2]) <= LOSS_TOLERANCE, f"eval loss at step {got[0]}: {got[2]} vs {want[2]}"
+        assert abs(got[3] - want[3]) <= LOSS_TOLERANCE, f"train loss at step {got[0]}: {got[3]} vs {want[3]}"
+    assert resumed["adapter"].keys() == unbroken["adapter"].keys()
+    for name, tensor in unbroken["adapter"].items():
+        assert torch.equal(resumed["adapter"][name], tensor), f"adapter tensor {name} differs"
+
+
+def describe(outcome: dict) -> str:
+    r = outcome["result"]
+    return (f"final acc {r['final_eval_accuracy']}, best acc {r['best_eval_accuracy']} at step {r['best_step']}, "
+            f"final eval loss {r['final_eval_loss']!r}, curve {[(s, a, round(l, 6)) for s, a, l, _ in outcome['curve']]}")
+
+
+def test_sigkilled_run_resumes_to_identical_metrics(tmp_path, tiny_roberta, keyword_csv):
+    unbroken_config = resume_config(tmp_path / "unbroken", tiny_roberta, keyword_csv)
+    done = run_subprocess("train", unbroken_config)
+    assert done.returncode == 0, done.stderr
+    unbroken = run_outcome(tmp_path / "unbroken" / "runs" / "resume")
+    assert unbroken["result"]["status"] == "completed"
+    assert len({row[1] for row in unbroken["curve"]}) > 1, "accuracy must move, or equal accuracy proves nothing"
+
+    config = resume_config(tmp_path / "killed", tiny_roberta, keyword_csv)
+    run_dir = tmp_path / "killed" / "runs" / "resume"
+    kill_after_checkpoint(start_training(config), run_dir, step=20)
+    assert not (run_dir / "result.json").exists() and not (run_dir / "adapter").exists()
+    killed_state = shutil.copytree(run_dir, tmp_path / "killed-state")
+
+    # 1. The same command again continues from the last checkpoint.
+    again = run_subprocess("train", config)
+    assert again.returncode == 0, again.stderr
+    assert "resuming" in again.stderr and "from step 20" in again.stderr, again.stderr
+    first = run_outcome(run_dir)
+    assert_same_outcome(first, unbroken)
+
+    # 2. --resume, from the same killed state plus a checkpoint cut off mid-write (no trainer_state.json yet,
+    #    as a kill during saving leaves it): the partial one is discarded and step 20 is used.
+    shutil.rmtree(run_dir)
+    shutil.copytree(killed_state, run_dir)
+    partial = run_dir / "checkpoints" / "checkpoint-30"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(run_dir / "checkpoints" / "checkpoint-20", partial)
+    (partial / "trainer_state.json").unlink()
+    flagged = run_subprocess("train", config, "--resume")
+    assert flagged.returncode == 0, flagged.stderr
+    assert "from step 20" in flagged.stderr, flagged.stderr
+    second = run_outcome(run_dir)
+    assert_same_outcome(second, unbroken)
+
+    print(f"\nunbroken: {describe(unbroken)}\nresumed (same command): {describe(first)}\n"
+          f"resumed (--resume, partial checkpoint discarded): {describe(second)}\nloss tolerance: {LOSS_TOLERANCE}")
+
+
+def test_resume_refuses_a_changed_config(tmp_path, tiny_roberta, keyword_csv, cli):
+    """Resuming with other settings would silently mix two runs; it must be refused, leaving the folder as it was."""
+    config = resume_config(tmp_path / "changed", tiny_roberta, keyword_csv)
+    run_dir = tmp_path / "changed" / "runs" / "resume"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("name: resume\ntrain: {learning_rate: 0.1}\n")
+    before = sorted(p.name for p in run_dir.iterdir())
+    result = cli("train", config, "--resume")
+    assert result.code == 2
+    assert "different config" in result.err and "--overwrite" in result.err
+    assert sorted(p.name for p in run_dir.iterdir()) == before

@@ -1,0 +1,244 @@
+"""Sweeps on the tiny RoBERTa: grid and search finish, resume without rerunning finished trials, skip over-budget
+points with a reason; the embedded SQLite study survives a killed worker; two workers on one PostgreSQL study run
+every grid point exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from lorafit import runs
+from lorafit.errors import UserError
+from lorafit.sweep import SWEEP_INFO, default_storage_url, load_sweep, run_sweep, with_installed_driver
+
+# Small enough to train in a second or two per trial; the budget admits value-only LoRA up to r=14.
+TINY_BUDGET = 3000
+FAST_TRAIN = {"max_steps": 4, "batch_size": 8, "eval_steps": 2, "logging_steps": 2, "learning_rate": 1e-3,
+              "warmup_steps": 0}
+EVALS_PER_RUN = 2  # steps 2 and 4
+
+
+def base_config(tiny_roberta: Path, data: Path) -> dict:
+    return {
+        "budget": TINY_BUDGET,
+        "model": {"name_or_path": str(tiny_roberta)},
+        "lora": {"r": 2, "alpha": 4, "dropout": 0.1, "target_modules": ["value"]},
+        "data": {"train_file": str(data), "max_length": 32, "validation_size": 40, "max_train_samples": 96},
+        "train": dict(FAST_TRAIN),
+    }
+
+
+def write_sweep(folder: Path, name: str, base: dict, **sections) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "base": base, **sections}, sort_keys=False))
+    return path
+
+
+def load_study(sweep_dir: Path, name: str, storage: str | None = None) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage or default_storage_url(sweep_dir))
+
+
+def trials_by_point(study: optuna.Study) -> dict:
+    grouped: dict = {}
+    for trial in study.get_trials(deepcopy=False):
+        grouped.setdefault(trial.user_attrs.get("point"), []).append(trial)
+    return grouped
+
+
+def test_grid_sweep_skips_over_budget_and_resumes_without_rerunning(tmp_path, tiny_roberta, small_agnews, cli):
+    sweep = write_sweep(tmp_path, "grid", base_config(tiny_roberta, small_agnews),
+                        grid={"mode": "one_at_a_time", "axes": {"lora.r": [2, 64], "lora.dropout": [0.0]}})
+    out = tmp_path / "runs"
+
+    # This worker stops after two trials: the base run and the over-budget point.
+    first = run_sweep(sweep, output_dir=str(out), n_trials=2)
+    sweep_dir = out / "grid"
+    assert first.exit_code == 0 and first.ran == {"completed": 1, "skipped_over_budget": 1}
+    assert (sweep_dir / "optuna.db").is_file()  # the embedded default storage lives in the sweep folder
+
+    skipped = sweep_dir / "lora.r=64"
+    result = runs.read_json(skipped / runs.RESULT)
+    assert result["status"] == "skipped"
+    assert "over budget" in result["reason"] and f"budget {TINY_BUDGET:,}" in result["reason"]
+    assert "largest rank that fits: r=14" in result["reason"]
+    assert result["trainable_params"] > TINY_BUDGET
+    assert not (skipped / runs.ADAPTER).exists() and not (skipped / runs.MANIFEST).exists()  # no weights were loaded
+    assert yaml.safe_load((skipped / runs.CONFIG).read_text())["lora"]["r"] == 64
+
+    base_result = sweep_dir / "base" / runs.RESULT
+    base_mtime = base_result.stat().st_mtime_ns
+
+    # Rerun through the CLI: only the point still queued runs; the finished ones are left alone.
+    rerun = cli("sweep", sweep, "--output-dir", out)
+    assert rerun.code == 0, rerun.err
+    summary = json.loads(rerun.out.strip().splitlines()[-1])
+    assert summary["ran"] == {"completed": 1}
+    assert summary["study_trials"] == {"completed": 2, "skipped_over_budget": 1}
+    assert base_result.stat().st_mtime_ns == base_mtime
+
+    # A third run finds nothing to do.
+    again = run_sweep(sweep, output_dir=str(out))
+    assert again.ran == {}
+    study = load_study(sweep_dir, "grid")
+    grouped = trials_by_point(study)
+    assert sorted(grouped) == ["base", "lora.dropout=0", "lora.r=64"]
+    assert all(len(trials) == 1 for trials in grouped.values())
+    assert grouped["lora.r=64"][0].state == TrialState.PRUNED
+    assert grouped["lora.r=64"][0].user_attrs["status"] == "skipped_over_budget"
+    assert "over budget" in grouped["lora.r=64"][0].user_attrs["reason"]
+    for point in ("base", "lora.dropout=0"):
+        trial = grouped[point][0]
+        run_dir = Path(trial.user_attrs["run_dir"])
+        assert trial.state == TrialState.COMPLETE and trial.user_attrs["status"] == "completed"
+        assert trial.value == runs.read_json(run_dir / runs.RESULT)["best_eval_accuracy"]
+        assert len(runs.read_eval_curve(run_dir)) == EVALS_PER_RUN  # trained once, not twice
+        assert (run_dir / runs.ADAPTER / "adapter_config.json").is_file()
+        assert sorted(trial.intermediate_values) == [2, 4]  # each evaluation reported to the study
+    info = runs.read_json(sweep_dir / "lora.dropout=0" / SWEEP_INFO)
+    assert info["settings"] == {"lora.dropout": 0.0} and info["axis"] == "lora.dropout"
+    assert yaml.safe_load((sweep_dir / "lora.dropout=0" / runs.CONFIG).read_text())["lora"]["dropout"] == 0.0
+
+
+def test_search_sweep_runs_n_trials_fits_rank_and_resumes(tmp_path, tiny_roberta, small_agnews):
+    params = {
+        "lora.r": {"type": "categorical", "choices": [64, "auto"]},  # 64 is over budget: fitted down
+        "lora.target_modules": {"type": "categorical", "choices": [["value"], ["query", "value"]]},
+        "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+    }
+    sweep = write_sweep(tmp_path, "search", base_config(tiny_roberta, small_agnews), budget_policy="fit",
+                        search={"n_trials": 2, "sampler": "random", "seed": 0, "pruner": "none", "params": params})
+    out = tmp_path / "runs"
+    first = run_sweep(sweep, output_dir=str(out))
+    assert first.exit_code == 0 and first.ran == {"completed": 2}
+
+    study = load_study(out / "search", "search")
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 2
+    for trial in trials:
+        run_dir = out / "search" / f"trial-{trial.number:04d}"
+        assert trial.user_attrs["run_dir"] == str(run_dir)
+        config = yaml.safe_load((run_dir / runs.CONFIG).read_text())
+        result = runs.read_json(run_dir / runs.RESULT)
+        assert result["trainable_params"] <= TINY_BUDGET
+        assert isinstance(config["lora"]["r"], int) and config["lora"]["r"] == trial.user_attrs["r_fitted"]["r"]
+        assert config["lora"]["target_modules"] == trial.params["lora.target_modules"].split(",")
+        assert config["train"]["learning_rate"] == pytest.approx(trial.params["train.learning_rate"])
+
+    # The study already holds its 2 trials: a rerun adds none.
+    again = run_sweep(sweep, output_dir=str(out))
+    assert again.ran == {} and len(load_study(out / "search", "search").trials) == 2
+
+
+def test_sweep_file_mistakes_are_one_line_user_errors(tmp_path, tiny_roberta, small_agnews, cli):
+    base = base_config(tiny_roberta, small_agnews)
+    typo = write_sweep(tmp_path, "typo", base, grdi={"axes": {"lora.r": [2]}})
+    with pytest.raises(UserError, match="did you mean 'grid'"):
+        load_sweep(typo)
+    both = write_sweep(tmp_path, "both", base, grid={"axes": {"lora.r": [2]}}, search={"params": {}})
+    with pytest.raises(UserError, match="exactly one of 'grid'"):
+        load_sweep(both)
+    bad_key = write_sweep(tmp_path, "badkey", base, grid={"axes": {"lora.dropuot": [0.0, 0.2]}})
+    result = cli("sweep", bad_key, "--output-dir", tmp_path / "runs")
+    assert result.code == 2 and "unknown config key 'lora.dropuot'" in result.err and "did you mean 'dropout'" in result.err
+    assert not (tmp_path / "runs" / "badkey").exists()  # nothing written for a sweep that cannot run
+    bad_range = write_sweep(tmp_path, "range", base, search={"n_trials": 1, "params": {
+        "train.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-4}}})
+    with pytest.raises(UserError, match="low .* must be below high"):
+        load_sweep(bad_range)
+
+
+def _start_worker(sweep: Path, out: Path, *extra) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lorafit", "sweep", str(sweep), "--output-dir", str(out), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
+
+
+def test_killed_worker_trial_is_failed_by_heartbeat_and_taken_over(tmp_path, tiny_roberta, small_agnews):
+    base = base_config(tiny_roberta, small_agnews)
+    base["train"]["max_steps"] = 8  # several seconds: long enough to be killed mid-trial
+    sweep = write_sweep(tmp_path, "takeover", base, heartbeat_interval=1, grace_period=3,
+                        grid={"mode": "product", "axes": {"lora.dropout": [0.0]}})
+    out = tmp_path / "runs"
+    sweep_dir = out / "takeover"
+    worker = _start_worker(sweep, out)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:  # wait until the worker holds the trial, then kill it without warning
+            if (sweep_dir / "optuna.db").exists():
+                try:
+                    study = load_study(sweep_dir, "takeover")
+                    if study.get_trials(states=(TrialState.RUNNING,)):
+                        break
+                except KeyError:  # study not created yet
+                    pass
+            assert worker.poll() is None, worker.communicate()[1][-2000:]
+            time.sleep(0.2)
+        else:
+            pytest.fail("the worker never started its trial")
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+    # A new worker waits out the grace period, fails the stale trial, and runs its retry in the same run folder.
+    outcome = run_sweep(sweep, output_dir=str(out))
+    assert outcome.exit_code == 0 and outcome.ran == {"completed": 1}
+    trials = load_study(sweep_dir, "takeover").get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[1].system_attrs.get("failed_trial") == trials[0].number
+    assert trials[1].user_attrs["point"] == trials[0].user_attrs["point"] == "lora.dropout=0"
+    run_dir = sweep_dir / "lora.dropout=0"
+    result = runs.read_json(run_dir / runs.RESULT)
+    assert result["status"] == "completed" and result["global_step"] == 8
+    steps = [row["step"] for row in runs.read_eval_curve(run_dir)]
+    assert steps == sorted(set(steps)) and steps[-1] == 8  # no evaluation recorded twice
+
+
+def postgres_url() -> str:
+    url = os.environ.get("LORAFIT_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("CI must run the PostgreSQL multi-worker test: LORAFIT_TEST_POSTGRES_URL is not set "
+                        "(.ci/run starts the server with .ci/postgres.sh)")
+        pytest.skip("set LORAFIT_TEST_POSTGRES_URL (e.g. `source .ci/postgres.sh; start_test_postgres`) to run the "
+                    "PostgreSQL multi-worker test")
+    pytest.importorskip("psycopg2", reason="pip install psycopg2-binary for PostgreSQL storage")
+    return url
+
+
+def test_two_workers_share_a_postgres_study_and_run_each_point_once(tmp_path, tiny_roberta, small_agnews):
+    url = postgres_url()
+    name = f"workers-{uuid.uuid4().hex[:10]}"  # the database outlives the test: a fresh study each time
+    sweep = write_sweep(tmp_path, name, base_config(tiny_roberta, small_agnews),
+                        grid={"mode": "product", "axes": {"lora.r": [2, 4], "lora.dropout": [0.0, 0.1]}})
+    out = tmp_path / "runs"
+    workers = [_start_worker(sweep, out, "--storage", url) for _ in range(2)]
+    outputs = [worker.communicate(timeout=540) for worker in workers]
+    for worker, (stdout, stderr) in zip(workers, outputs):
+        assert worker.returncode == 0, stderr[-3000:]
+
+    planned = {f"lora.r={r}__lora.dropout={d}" for r in (2, 4) for d in (0, 0.1)}
+    study = load_study(out / name, name, storage=with_installed_driver(url))
+    trials = study.get_trials()
+    assert len(trials) == len(planned)
+    assert {t.user_attrs["point"] for t in trials} == planned
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    ran = [json.loads(stdout.strip().splitlines()[-1])["ran"].get("completed", 0) for stdout, _ in outputs]
+    assert sum(ran) == len(planned)  # between them the workers trained each point once
+    worker_pids = {str(w.pid) for w in workers}
+    assert {t.user_attrs["worker"].rsplit(":", 1)[1] for t in trials} <= worker_pids
+    for point in planned:
+        assert len(runs.read_eval_curve(out / name / point)) == EVALS_PER_RUN
+        assert runs.read_json(out / name / point / runs.RESULT)["status"] == "completed"
