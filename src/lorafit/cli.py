@@ -77,7 +77,7 @@ def cmd_budget(args, extra) -> int:
 
 def cmd_train(args, extra) -> int:
     from lorafit.config import load_config
-    from lorafit.train import run_training
+    from lorafit.train import is_main_process, run_training
 
     overrides = _shortcut_overrides(args)
     overrides.update(parse_dotted_overrides(extra))
@@ -87,9 +87,10 @@ def cmd_train(args, extra) -> int:
         print(f"lorafit: training interrupted at step {result['global_step']}; checkpoint saved in "
               f"{cfg.run_dir}; rerun the same command (or add --resume) to continue", file=sys.stderr)
         return result["exit_code"]
-    print(json.dumps({k: result[k] for k in ("status", "best_eval_accuracy", "best_step", "final_eval_accuracy",
-                                             "trainable_params", "train_examples_per_second", "wall_seconds")}))
-    print(f"run folder: {cfg.run_dir}", file=sys.stderr)
+    if is_main_process():  # under torchrun every rank returns here; one summary is enough
+        print(json.dumps({k: result[k] for k in ("status", "best_eval_accuracy", "best_step", "final_eval_accuracy",
+                                                 "trainable_params", "train_examples_per_second", "wall_seconds")}))
+        print(f"run folder: {cfg.run_dir}", file=sys.stderr)
     return 0
 
 

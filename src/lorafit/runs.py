@@ -8,6 +8,7 @@ runs/<name>/
   labels.json        class names in id order
   adapter/           PEFT adapter (LoRA + head) and tokenizer: plain peft reloads it
   checkpoints/       Trainer checkpoints, for resuming
+  sweep.json         (sweep trials only) sweep, trial number, point, settings, fitted r, worker
 """
 
 from __future__ import annotations

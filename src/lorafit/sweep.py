@@ -75,7 +75,7 @@ PRUNERS = {
     "threshold": optuna.pruners.ThresholdPruner,
     "none": optuna.pruners.NopPruner,
 }
-# Trial statuses recorded in user_attrs["status"] and in result.json
+# Trial statuses recorded in the study (user_attrs["status"]); result.json says "skipped" for SKIPPED
 COMPLETED, PRUNED, SKIPPED, FAILED, INTERRUPTED = "completed", "pruned", "skipped_over_budget", "failed", "interrupted"
 
 
@@ -508,15 +508,15 @@ def heartbeat(storage: optuna.storages.RDBStorage, trial_id: int):
     """Record the trial's heartbeat every interval while it runs (study.optimize does this; we drive trials)."""
     interval = storage.get_heartbeat_interval()
     stop = threading.Event()
+    # The first beat before any work: a trial with no heartbeat at all is never seen as stale.
+    storage.record_heartbeat(trial_id)
 
     def beat() -> None:
-        while True:
+        while not stop.wait(interval):
             try:
                 storage.record_heartbeat(trial_id)
             except Exception:  # a storage hiccup must not kill training; the next beat retries
                 pass
-            if stop.wait(interval):
-                return
 
     thread = threading.Thread(target=beat, name=f"lorafit-heartbeat-{trial_id}", daemon=True)
     thread.start()
@@ -619,7 +619,7 @@ class SweepRunner:
                 continue
         return None
 
-    def next_trial(self) -> Optional[optuna.Trial] | str:
+    def next_trial(self) -> "optuna.Trial | str | None":
         """A claimed trial; 'wait' while only other workers' trials are running (one may die); None when done."""
         trial = self._claim_waiting()
         if trial is not None:
