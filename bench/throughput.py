@@ -23,8 +23,8 @@ Training, examples/s
            so what is timed is what users run: the Trainer's own loop, collator, autocast, optimizer and scheduler.
            A full epoch (~580 steps) is too long to time, so the timed steps are a sample of the batches of a
            real epoch: the Trainer's own length-grouped sampler orders the whole training set, the epoch is cut
-           into batches, N of them are drawn (one from each of N strata of padded length, so the sample's mean
-           length matches the epoch's), and the Trainer replays exactly those batches (sequential sampler). Timing starting the Trainer on a small subset instead would shrink
+           into batches, N of them are chosen (from each of N strata of padded length, the batch nearest the
+           stratum's mean, so the sample's mean padded length matches the epoch's), and the Trainer replays exactly those batches (sequential sampler). Timing starting the Trainer on a small subset instead would shrink
            the sampler's mega-batches and overstate padding; timing its first N steps would time the longest
            batches (the sampler puts the longest first and sorts each mega-batch longest-first).
            Each lorafit step is the wall time between the Trainer's `on_step_end` callbacks (data loading, collation,
@@ -387,20 +387,24 @@ def interleaving_callback(seed_trainer: SeedTrainer, recorder: RecordingCollator
 
 
 def sampled_epoch_batches(trainer, train_ds, lengths, batch_size: int, count: int, seed: int):
-    """The batches of one real epoch (the Trainer's own sampler over the whole set), and `count` of them drawn to
-    represent it: the full-size batches ranked by padded length, cut into `count` equal strata, one drawn at random
-    from each (a plain random draw of a few batches can land on mostly short or mostly long ones), then shuffled so
-    long and short batches are spread over the interleaved run."""
+    """The batches of one real epoch (the Trainer's own sampler over the whole set), and `count` of them chosen to
+    represent it: the full-size batches ranked by padded length, cut into `count` equal strata, from each the batch
+    nearest the stratum's mean padded length (so the sample's mean padded length is the epoch's; a random draw of a
+    few batches from this skewed distribution mostly lands on short ones), then shuffled so long and short batches
+    are spread over the interleaved run."""
     from transformers import set_seed
 
     set_seed(trainer.args.seed)  # as the Trainer does before it builds its sampler
     order = list(iter(trainer._get_train_sampler(train_ds)))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     full = [b for b in batches if len(b) == batch_size]  # replayed back to back, so all full-size
-    ranked = sorted(range(len(full)), key=lambda i: max(lengths[j] for j in full[i]))
-    rng = np.random.default_rng(seed)
-    picked = [stratum[rng.integers(len(stratum))] for stratum in np.array_split(ranked, min(count, len(full)))]
-    rng.shuffle(picked)
+    padded = {i: max(lengths[j] for j in b) for i, b in enumerate(full)}
+    ranked = sorted(padded, key=padded.get)
+    picked = []
+    for stratum in np.array_split(ranked, min(count, len(full))):
+        mean = np.mean([padded[i] for i in stratum])
+        picked.append(min(stratum, key=lambda i: abs(padded[i] - mean)))
+    np.random.default_rng(seed).shuffle(picked)
     return batches, [full[i] for i in picked]
 
 
