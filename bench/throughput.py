@@ -1,15 +1,18 @@
 """Throughput of lorafit's training and prediction paths against the seed project's, measured side by side.
 
-    python bench/throughput.py            # fuller run: several minutes on a 2-core CPU
-    python bench/throughput.py --quick    # under two minutes on a 2-core CPU (fewer steps, 512 texts to predict)
+    python bench/throughput.py            # fuller run: several minutes on a quiet 2-core CPU
+    python bench/throughput.py --quick    # about two minutes on a quiet 2-core CPU (fewer steps, 512 texts)
+    python bench/throughput.py --threads 1  # on a machine shared with other jobs (see below)
 
-Prints one JSON object (progress goes to stderr). On a machine shared with other jobs, run it with `--threads 1`
-(or OMP_WAIT_POLICY=PASSIVE): with more runnable threads than cores, OpenMP's spin-waiting made 2-thread bf16
-steps 2.5x slower here while fp32 steps barely changed, which skews the ratio; the JSON records the load average. The model is the roberta-base architecture built from its real
-config with random weights (throughput does not depend on weight values), 4 labels, LoRA on `value` only, r=22,
-alpha 44, dropout 0.1, wrapped by `lorafit.model.wrap_with_lora`: exactly the model lorafit trains (999,172
-trainable parameters). Both paths get the same initial weights and run in one process, interleaved step by step, so
-machine drift (other jobs on a shared machine) hits both alike.
+Prints one JSON object (progress goes to stderr). The model is the roberta-base architecture built from its real
+config with random weights (throughput does not depend on weight values), 4 labels, and for both paths the seed's
+LoRA spec (value only, r=22, alpha 44, dropout 0.1, the full head: 999,172 trainable parameters) wrapped by
+`lorafit.model.wrap_with_lora`, so only the data and compute path differs. Both paths start from the same weights
+and run in one process, interleaved step by step, so machine drift (other jobs) hits both alike.
+
+On a machine shared with other jobs, use `--threads 1` (or OMP_WAIT_POLICY=PASSIVE): with more runnable threads
+than cores, OpenMP's spin-waiting made 2-thread bf16 steps 2.5x slower here while fp32 steps barely changed, which
+skews the ratio. The JSON records the load average at the start and the end.
 
 Training, examples/s
   seed:    the seed project's data path, faithfully: texts tokenized with datasets.map in chunks of 1,000 rows with
@@ -19,24 +22,25 @@ Training, examples/s
            which favours the seed).
   lorafit: the real `lorafit train` path: `lorafit.train.prepare` (tokenize once, no padding), the HF Trainer built
            by `lorafit.train.build_trainer` with `lorafit.train.training_arguments` (length-grouped sampling,
-           DataCollatorWithPadding, bf16 autocast when `use_bf16('auto')` says so, the default config's batch size),
-           so what is timed is what users run: the Trainer's own loop, collator, autocast, optimizer and scheduler.
-           A full epoch (~580 steps) is too long to time, so the timed steps are a sample of the batches of a
-           real epoch: the Trainer's own length-grouped sampler orders the whole training set, the epoch is cut
-           into batches, N of them are chosen (from each of N strata of padded length, the batch nearest the
-           stratum's mean, so the sample's mean padded length matches the epoch's), and the Trainer replays exactly those batches (sequential sampler). Timing starting the Trainer on a small subset instead would shrink
-           the sampler's mega-batches and overstate padding; timing its first N steps would time the longest
-           batches (the sampler puts the longest first and sorts each mega-batch longest-first).
-           Each lorafit step is the wall time between the Trainer's `on_step_end` callbacks (data loading, collation,
+           DataCollatorWithPadding, bf16 autocast when `use_bf16('auto')` says so, the default config's batch size,
+           32), so what is timed is what users run: the Trainer's loop, collator, autocast, optimizer, scheduler.
+           A full epoch (~580 steps) is too long to time, so the timed steps are a sample of a real epoch's
+           batches: the Trainer's own length-grouped sampler orders the whole training set, the epoch is cut into
+           batches, N are chosen (from each of N strata of padded length, the batch nearest the stratum's mean, so
+           the sample's mean padded length is the epoch's), and the Trainer replays exactly those batches
+           (sequential sampler). Starting the Trainer on a small subset instead would shrink the sampler's
+           mega-batches and overstate padding; timing its first N steps would time the longest batches (the
+           sampler puts the longest first and sorts each mega-batch longest-first).
+           A lorafit step is the wall time between the Trainer's `on_step_end` callbacks (data loading, collation,
            forward, backward, optimizer, scheduler) minus the seed steps that the callback runs in between.
 Prediction, examples/s on --predict-rows texts drawn from --data
   seed:    the seed's prediction path: texts tokenized like its training data (chunks of 1,000, padding='longest'),
            batches of 8 in input order, the unmerged LoRA model, fp32, torch.no_grad. Every batch of a chunk has the
            same shape, so a sample of batches spread over the chunks is timed and examples/s = 8 / mean batch time.
   lorafit: `lorafit.predict.predict_probabilities` (what `lorafit predict` runs), timed end to end (tokenizing
-           included) on all the texts, on the model merged by peft's merge_and_unload: length-sorted batches of the
-           default config's eval_batch_size, inference_mode, bf16 autocast where fast, input order restored.
-Padding overhead: padded tokens / real tokens, over every batch of a full lorafit training epoch (same sampler);
+           included) on all the texts, on the model merged by peft's merge_and_unload: length-sorted batches of up
+           to eval_batch_size rows (128), inference_mode, bf16 autocast where fast, input order restored.
+Padding overhead: padded tokens / real tokens over every batch of a full lorafit training epoch (same sampler);
   also given for the timed batches (counted from the collator's output), for prediction, and for the seed.
 Memory: each path's warm-up (one untimed step of the same kind as the timed ones: a seed training batch, a lorafit
   training batch, a seed prediction batch, a lorafit prediction batch of eval_batch_size texts) is its memory probe.
@@ -92,8 +96,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--predict-rows", type=int, help="texts to predict (default 8000; quick 512)")
     parser.add_argument("--seed-predict-batches", type=int, help="seed prediction batches timed (default 8; quick 2)")
     parser.add_argument("--batch-size", type=int, help="lorafit training batch size (default: the config's)")
-    parser.add_argument("--predict-batch-size", type=int, help="lorafit prediction batch size (default: the config's eval_batch_size)")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="lorafit precision (default: the config's)")
+    parser.add_argument("--predict-batch-size", type=int,
+                        help="lorafit prediction batch size (default: the config's eval_batch_size)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                        help="lorafit precision (default: the config's)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -412,8 +418,8 @@ def run_training(args, seed_model, lorafit_model, tokenizer, memory: MemoryWatch
     from lorafit.train import GracefulInterrupt, build_trainer, prepare, use_bf16
 
     cfg, config_path = lorafit_config(args, tmp)
-    log(f"lorafit path: config {config_path or 'built-in defaults'}, batch {cfg.train.batch_size}, "
-        f"precision {cfg.train.precision} (bf16 {use_bf16(cfg.train.precision)}), group_by_length {cfg.train.group_by_length}")
+    log(f"lorafit path: config {config_path or 'built-in defaults'}, batch {cfg.train.batch_size}, precision "
+        f"{cfg.train.precision} (bf16 {use_bf16(cfg.train.precision)}), group_by_length {cfg.train.group_by_length}")
     prepared = prepare(cfg)  # tokenize once, no padding (the real `lorafit train` preparation)
     train_texts, train_labels = prepared.train_data.texts, prepared.train_data.labels
     log(f"seed path: tokenizing {len(train_texts)} rows in chunks of {SEED_CHUNK_ROWS} with padding='longest'")

@@ -43,7 +43,8 @@ def ddp_run(tmp_path_factory, tiny_roberta, small_agnews):
         name="ddp", output_dir=str(folder / "runs"),
         model={"name_or_path": str(tiny_roberta)},
         lora={"r": 4, "alpha": 8, "target_modules": ["query", "value"]},
-        data={"train_file": str(small_agnews), "validation_size": 61, "validation_fraction": 0.2},  # odd: 2 ranks cannot split it evenly
+        # 61 validation rows: an odd count that 2 ranks cannot split evenly
+        data={"train_file": str(small_agnews), "validation_size": 61, "validation_fraction": 0.2},
         # fp32 so the reloaded adapter reproduces the evaluation exactly
         train={"max_steps": 8, "batch_size": 8, "eval_steps": 4, "learning_rate": 1e-3, "logging_steps": 4,
                "precision": "fp32"},
@@ -74,9 +75,13 @@ def test_only_rank0_writes_one_result(ddp_run):
     assert not [p for p in run_dir.rglob(".*.tmp")]
     # the one-line progress messages come from rank 0 only: 2 evaluations at steps 4 and 8
     assert proc.stderr.count("val accuracy") == 2, proc.stderr[-3000:]
-    # one result line on stdout, not one per rank
+
+
+def test_only_rank0_prints_the_result(ddp_run):
+    _, proc = ddp_run
     result_lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(result_lines) == 1, proc.stdout
+    assert proc.stderr.count("run folder:") == 1, proc.stderr[-3000:]
 
 
 def test_eval_curve_not_duplicated(ddp_run):
@@ -101,12 +106,14 @@ def test_metrics_cover_the_whole_validation_split_once(ddp_run):
                                     cfg.train.seed)
     assert result["eval_rows"] == len(eval_data) == 61
 
+    # the tiny base model was saved with a 2-label head; the adapter brings its own 4-label head
     model = AutoPeftModelForSequenceClassification.from_pretrained(str(run_dir / "adapter"), num_labels=4,
                                                                   ignore_mismatched_sizes=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "adapter"))
     probs = predict_probabilities(model, tokenizer, eval_data.texts, cfg.data.max_length, bf16=False)
     correct = int((probs.argmax(axis=1) == eval_data.labels).sum())
-    # An accuracy over 61 rows is k/61; over a padded or duplicated set (62 rows, or 2 x 61) it would not be.
+    # The Trainer's accuracy is k/61 and the same k as the reloaded adapter over exactly these rows; an evaluation
+    # padded to split evenly across ranks (62 rows, one counted twice) or run per rank would give another fraction.
     best = result["best_eval_accuracy"]
     assert best * 61 == pytest.approx(round(best * 61), abs=1e-6)
     assert correct == round(best * 61), (correct, best)
