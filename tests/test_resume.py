@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -64,24 +63,28 @@ def resume_config(folder: Path, model: Path, data: Path) -> Path:
     )
 
 
-def start_training(config: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "lorafit", "train", str(config)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+# The killed run SIGKILLs itself right after a given step, so the kill lands at the same point on any machine
+# (a kill sent from outside raced the training on fast machines and sometimes came after the run had finished).
+SELF_KILLING_TRAIN = """
+import os, signal, sys
+from transformers import TrainerCallback
+from lorafit.config import load_config
+from lorafit.train import run_training
+
+class KillAfterStep(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == int(sys.argv[2]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+run_training(load_config(sys.argv[1]), extra_callbacks=[KillAfterStep()])
+"""
 
 
-def kill_after_checkpoint(process: subprocess.Popen, run_dir: Path, step: int, timeout: float = 300) -> None:
-    """SIGKILL once checkpoint-<step> is complete (trainer_state.json is written last) and a few steps ran on."""
-    state = run_dir / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json"
-    deadline = time.monotonic() + timeout
-    while not state.exists():
-        assert process.poll() is None, f"training ended before checkpoint-{step}:\n{process.communicate()[1]}"
-        assert time.monotonic() < deadline, f"no checkpoint-{step} after {timeout}s"
-        time.sleep(0.02)
-    time.sleep(0.3)  # let it train past the checkpoint: that work is lost and must be redone identically
-    assert process.poll() is None, "training finished before it could be killed; make the run longer"
-    process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=60)
-    assert process.returncode == -signal.SIGKILL
+def train_until_killed(config: Path, run_dir: Path, after_step: int) -> None:
+    """Train in a subprocess that is SIGKILLed after `after_step`; checkpoints before it are complete."""
+    process = subprocess.run([sys.executable, "-c", SELF_KILLING_TRAIN, str(config), str(after_step)],
+                             capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert process.returncode == -signal.SIGKILL, f"expected a SIGKILL, got {process.returncode}:\n{process.stderr}"
 
 
 def run_outcome(run_dir: Path) -> dict:
@@ -126,7 +129,7 @@ def test_sigkilled_run_resumes_to_identical_metrics(tmp_path, tiny_roberta, keyw
 
     config = resume_config(tmp_path / "killed", tiny_roberta, keyword_csv)
     run_dir = tmp_path / "killed" / "runs" / "resume"
-    kill_after_checkpoint(start_training(config), run_dir, step=20)
+    train_until_killed(config, run_dir, after_step=23)  # checkpoint 20 is saved; steps 21-23 are lost
     assert not (run_dir / "result.json").exists() and not (run_dir / "adapter").exists()
     killed_state = shutil.copytree(run_dir, tmp_path / "killed-state")
 

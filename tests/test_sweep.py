@@ -165,7 +165,7 @@ def _start_worker(sweep: Path, out: Path, *extra) -> subprocess.Popen:
 
 def test_killed_worker_trial_is_failed_by_heartbeat_and_taken_over(tmp_path, tiny_roberta, small_agnews):
     base = base_config(tiny_roberta, small_agnews)
-    base["train"]["max_steps"] = 8  # several seconds: long enough to be killed mid-trial
+    base["train"].update(max_steps=60, eval_steps=10, logging_steps=10)  # long enough to be killed mid-trial
     sweep = write_sweep(tmp_path, "takeover", base, heartbeat_interval=1, grace_period=3,
                         grid={"mode": "product", "axes": {"lora.dropout": [0.0]}})
     out = tmp_path / "runs"
@@ -177,7 +177,7 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_taken_over(tmp_path, tin
         while not started.exists():  # watch the folder, not the database, so the test never locks it
             assert worker.poll() is None, worker.communicate()[1][-2000:]
             assert time.monotonic() < deadline, "the worker never started its trial"
-            time.sleep(0.2)
+            time.sleep(0.02)
         worker.send_signal(signal.SIGKILL)  # no warning, no cleanup: a machine lost mid-trial
         worker.wait(timeout=30)
     finally:
@@ -195,9 +195,9 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_taken_over(tmp_path, tin
     assert trials[1].user_attrs["point"] == trials[0].user_attrs["point"] == "lora.dropout=0"
     run_dir = sweep_dir / "lora.dropout=0"
     result = runs.read_json(run_dir / runs.RESULT)
-    assert result["status"] == "completed" and result["global_step"] == 8
+    assert result["status"] == "completed" and result["global_step"] == 60
     steps = [row["step"] for row in runs.read_eval_curve(run_dir)]
-    assert steps == sorted(set(steps)) and steps[-1] == 8  # no evaluation recorded twice
+    assert steps == sorted(set(steps)) and steps[-1] == 60  # no evaluation recorded twice
 
 
 def postgres_url() -> str:
