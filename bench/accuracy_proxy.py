@@ -21,7 +21,8 @@ accuracy (lorafit restores the best checkpoint; both recipes evaluate at the sam
 Prints one JSON object on stdout: per recipe the mean, sample standard deviation, min and max of validation
 accuracy over seeds, the trainable parameters, examples seen and wall time per run; then the difference. Run
 folders (with result.json, eval curves and adapters) stay under --runs-dir; a finished run with the same config
-is reused, so an interrupted benchmark picks up where it stopped.
+is reused and an unfinished one continues from its last checkpoint, so an interrupted benchmark picks up
+where it stopped.
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ def run_one(values: dict, threads: int) -> dict:
 
     from lorafit import runs
     from lorafit.config import config_from_dict
+    from lorafit.errors import UserError
     from lorafit.train import run_training
 
     if threads:
@@ -128,7 +130,10 @@ def run_one(values: dict, threads: int) -> dict:
         result = runs.read_json(result_path)
     else:
         print(f"accuracy_proxy: training {cfg.name}", file=sys.stderr, flush=True)
-        result = run_training(cfg, overwrite=True)
+        try:
+            result = run_training(cfg)  # continues an interrupted run with this config from its last checkpoint
+        except UserError:  # the folder holds another config (or a finished run of one): replace it
+            result = run_training(cfg, overwrite=True)
     return {"name": cfg.name, "seed": cfg.train.seed, **{k: result[k] for k in (
         "best_eval_accuracy", "final_eval_accuracy", "best_step", "global_step", "examples_seen", "trainable_params",
         "lora_r", "train_examples_per_second", "wall_seconds", "train_seconds", "eval_seconds", "epochs")}}

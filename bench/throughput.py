@@ -37,6 +37,8 @@ Prediction, examples/s on --predict-rows texts drawn from --data
   seed:    the seed's prediction path: texts tokenized like its training data (chunks of 1,000, padding='longest'),
            batches of 8 in input order, the unmerged LoRA model, fp32, torch.no_grad. Every batch of a chunk has the
            same shape, so a sample of batches spread over the chunks is timed and examples/s = 8 / mean batch time.
+           The seed batches run between lorafit's batches (a wrapper around the model lorafit predicts with calls
+           one every k batches; its time is subtracted from lorafit's), so the two alternate and drift cancels.
   lorafit: `lorafit.predict.predict_probabilities` (what `lorafit predict` runs), timed end to end (tokenizing
            included) on all the texts, on the model merged by peft's merge_and_unload: length-sorted batches of up
            to eval_batch_size rows (128), inference_mode, bf16 autocast where fast, input order restored.
@@ -571,7 +573,8 @@ class SeedPredictor:
 
     def predict(self, batch) -> None:
         self.model.eval()
-        with torch.no_grad():
+        # plain fp32 no_grad, also when called from inside lorafit's inference_mode + autocast loop
+        with torch.inference_mode(False), torch.autocast(device_type=device().type, enabled=False), torch.no_grad():
             torch.softmax(self.model(**batch).logits, dim=-1).cpu()
         synchronize()
 
@@ -591,8 +594,29 @@ class SeedPredictor:
             self.padded_tokens += batch["attention_mask"].numel()
 
 
+class InterleavedModel(torch.nn.Module):
+    """The merged model as predict_probabilities sees it, except that after every `every`-th batch it runs one timed
+    seed batch, so the two paths alternate batch by batch; the wall time of those seed calls is subtracted from
+    predict_probabilities' time."""
+
+    def __init__(self, model, seed: SeedPredictor, every: int):
+        super().__init__()
+        self.model = model
+        self.config = model.config
+        self.seed, self.every, self.calls, self.seed_wall = seed, every, 0, 0.0
+
+    def forward(self, **batch):
+        out = self.model(**batch)
+        self.calls += 1
+        if self.calls % self.every == 0:
+            started = time.perf_counter()
+            self.seed.run(1)
+            self.seed_wall += time.perf_counter() - started
+        return out
+
+
 def run_prediction(args, seed_model, trained_lorafit_model, tokenizer, cfg, memory: MemoryWatch) -> dict:
-    from lorafit.predict import predict_probabilities
+    from lorafit.predict import length_batches, predict_probabilities
     from lorafit.train import use_bf16
 
     texts, _ = read_texts(args.data)
@@ -606,21 +630,22 @@ def run_prediction(args, seed_model, trained_lorafit_model, tokenizer, cfg, memo
     log(f"predicting {len(texts)} texts: seed {len(seed.timed_starts)} timed batches of {SEED_PREDICT_BATCH}; "
         f"lorafit all of them in batches of {cfg.train.eval_batch_size} (bf16 {bf16})")
 
-    # warm up both (the memory probes: one batch each), then seed / lorafit / seed so drift cancels
+    # warm up both (the memory probes: one batch each), then alternate batch by batch so drift cancels
     seed.warm_up(memory)
     with memory.watching("lorafit_predict"):
         predict_probabilities(merged, tokenizer, texts[:cfg.train.eval_batch_size], cfg.data.max_length,
                               cfg.train.eval_batch_size, bf16=bf16)
-    first_half = (len(seed.timed_starts) + 1) // 2
-    seed.run(first_half)
-    log(f"seed: {len(seed.seconds)} batches, {np.mean(seed.seconds):.2f} s each")
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=cfg.data.max_length)["input_ids"]]
+    n_batches = len(length_batches(lengths, cfg.train.eval_batch_size))
+    interleaved = InterleavedModel(merged, seed, every=max(1, n_batches // (len(seed.timed_starts) + 1)))
     synchronize()
     started = time.perf_counter()
-    probabilities = predict_probabilities(merged, counting, texts, cfg.data.max_length, cfg.train.eval_batch_size,
-                                          bf16=bf16)
-    lorafit_seconds = time.perf_counter() - started
-    log(f"lorafit: {len(texts)} texts in {lorafit_seconds:.1f} s")
-    seed.run(len(seed.timed_starts) - first_half)
+    probabilities = predict_probabilities(interleaved, counting, texts, cfg.data.max_length,
+                                          cfg.train.eval_batch_size, bf16=bf16)
+    lorafit_seconds = time.perf_counter() - started - interleaved.seed_wall
+    seed.run(len(seed.timed_starts) - len(seed.seconds))  # any left over
+    log(f"lorafit: {len(texts)} texts in {lorafit_seconds:.1f} s; seed: {len(seed.seconds)} batches, "
+        f"{np.mean(seed.seconds):.2f} s each")
     if probabilities.shape != (len(texts), 4):
         raise RuntimeError(f"predict_probabilities returned {probabilities.shape}")
 
@@ -634,6 +659,7 @@ def run_prediction(args, seed_model, trained_lorafit_model, tokenizer, cfg, memo
         "lorafit_predict_examples_per_s": lorafit_eps,
         "predict_speedup": lorafit_eps / seed_eps,
         "seed_predict_batches_timed": len(seed.seconds),
+        "lorafit_predict_batches": n_batches,
         "seed_predict_seconds_per_batch": _spread(seed.seconds),
         "seed_predict_projected_seconds": seed_seconds / seed.examples * len(texts),
         "lorafit_predict_seconds": lorafit_seconds,

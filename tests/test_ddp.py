@@ -117,6 +117,11 @@ def test_metrics_cover_the_whole_validation_split_once(ddp_run):
     best = result["best_eval_accuracy"]
     assert best * 61 == pytest.approx(round(best * 61), abs=1e-6)
     assert correct == round(best * 61), (correct, best)
+    # and the logged validation loss is the mean cross-entropy over those rows (it was once twice that: summed over
+    # ranks). Within 0.1%: the Trainer averages per-batch means, and one batch holds a row repeated to split 61 evenly.
+    curve = {row["step"]: row for row in map(json.loads, (run_dir / "eval_curve.jsonl").read_text().splitlines())}
+    cross_entropy = -np.log(probs[np.arange(len(probs)), eval_data.labels]).mean()
+    assert curve[result["best_step"]]["loss"] == pytest.approx(cross_entropy, rel=1e-3)
     assert np.isfinite(probs).all()
 
 

@@ -288,6 +288,14 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
 class ResumableTrainer(Trainer):
     """The HF Trainer with a length-grouped sampler that resumes to the same data order."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Classification models take **kwargs, so the Trainer assumes their loss is a sum over the items of the
+        # whole (all ranks, all accumulation steps) batch and skips its own averaging; but their loss is the mean
+        # of the local batch. Left as is, losses and gradients are multiplied by the number of processes and by
+        # gradient_accumulation_steps (a DDP run logged twice the true validation loss).
+        self.model_accepts_loss_kwargs = False
+
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
         if type(sampler) is LengthGroupedSampler:
