@@ -72,3 +72,19 @@ def test_minilm_train_evaluate_predict_and_plain_peft_reload(cli, minilm_dir, ag
         batch = tokenizer(texts, truncation=True, max_length=128, padding=True, return_tensors="pt")
         plain = model(**batch).logits.argmax(-1).numpy()
     assert np.array_equal(plain, submission["Label"].to_numpy()[:64])
+
+    # int8 on the CPU: a separate score that does not replace the model's own, close to it, and predictions that
+    # mostly agree with the unquantized ones.
+    quantized = cli("evaluate", run, "--data", agnews_split / "heldout.csv", "--json", "--quantize", "int8")
+    assert quantized.code == 0, quantized.err
+    int8_metrics = json.loads(quantized.out)
+    assert int8_metrics["quantize"] == "int8"
+    assert json.loads((run / "evaluation" / "heldout.json").read_text())["accuracy"] == metrics["accuracy"]
+    assert (run / "evaluation" / "heldout-int8.json").exists()
+    assert abs(int8_metrics["accuracy"] - metrics["accuracy"]) <= 0.02
+    int8_path = tmp_path / "submission-int8.csv"
+    predicted = cli("predict", run, "--input", agnews_split / "test_unlabelled.pkl", "--output", int8_path,
+                    "--trust-pickle", "--quantize", "int8")
+    assert predicted.code == 0, predicted.err
+    int8_labels = pd.read_csv(int8_path)["Label"].to_numpy()
+    assert len(int8_labels) == 400 and (int8_labels == submission["Label"].to_numpy()).mean() >= 0.95

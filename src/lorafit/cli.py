@@ -98,7 +98,7 @@ def cmd_evaluate(args, extra) -> int:
     from lorafit.evaluate import evaluate_run, metrics_table
 
     _no_extra(extra)
-    metrics = evaluate_run(args.run_dir, args.data, model_path=args.model)
+    metrics = evaluate_run(args.run_dir, args.data, model_path=args.model, quantize=args.quantize)
     print(json.dumps(metrics) if args.json else metrics_table(metrics))
     return 0
 
@@ -109,7 +109,7 @@ def cmd_predict(args, extra) -> int:
     _no_extra(extra)
     table = predict_file(args.run_dir, args.input, args.output, id_column=args.id_column, text_column=args.text_column,
                          probabilities=args.probabilities, trust_pickle=args.trust_pickle, model_path=args.model,
-                         batch_size=args.batch_size)
+                         batch_size=args.batch_size, quantize=args.quantize)
     print(f"wrote {len(table)} predictions to {args.output}", file=sys.stderr)
     return 0
 
@@ -135,6 +135,12 @@ def cmd_report(args, extra) -> int:
 def _no_extra(extra: list[str]) -> None:
     if extra:
         raise UserError(f"unrecognized arguments: {' '.join(extra)}")
+
+
+def add_quantize_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quantize", choices=["none", "int8"], default="none",
+                        help="int8: dynamic int8 quantization on the CPU, faster but a few predictions may change; "
+                             "check it with `lorafit evaluate --quantize int8` (default: none)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="labelled file, or a Hub split as DATASET_ID:SPLIT")
     p.add_argument("--model", help="base model location, if it moved since training")
     p.add_argument("--json", action="store_true")
+    add_quantize_option(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="write ID,Label predictions for a table of texts")
@@ -183,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-pickle", action="store_true", help="allow a pickle input (it can run code: only for files you trust)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--model", help="base model location, if it moved since training")
+    add_quantize_option(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("sweep", help="run a grid or Optuna search of training runs",

@@ -1,13 +1,15 @@
 """Predict stage: a finished run's adapter, merged into the base weights, labels a table of texts.
 
 Texts are tokenized once, sorted by length so each batch pads little, run under inference mode (bf16 autocast
-where it is fast), and the predictions are put back in input order. The CSV is written atomically.
+where it is fast, on the GPU when there is one), and the predictions are put back in input order. The CSV is
+written atomically. `quantize="int8"` trades a little agreement for CPU speed (README, "Performance").
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -26,6 +28,9 @@ from lorafit.train import use_bf16
 log = logging.getLogger(__name__)
 
 
+QUANTIZE_CHOICES = ("none", "int8")
+
+
 @dataclass
 class LoadedRun:
     run_dir: Path
@@ -33,10 +38,22 @@ class LoadedRun:
     label_names: list[str]
     model: torch.nn.Module
     tokenizer: object
+    bf16: bool  # autocast while predicting: the run's precision setting holds at inference too
 
 
-def load_run(run_dir: str | Path, model_path: Optional[str] = None) -> LoadedRun:
+def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """The merged model with every Linear layer dynamically quantized to int8 (weights int8, activations quantized
+    per batch): on a 2-core AVX512 CPU about 1.4x faster than bf16 on roberta-base, at the cost of a few changed
+    predictions (1.1% of AG News validation rows flipped, accuracy within 0.1 point, on the MiniLM proxy)."""
+    with warnings.catch_warnings():  # torch points eager quantization users to torchao; the API still works
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def load_run(run_dir: str | Path, model_path: Optional[str] = None, quantize: str = "none") -> LoadedRun:
     """A finished run ready for inference; model_path replaces the base model's location if it moved."""
+    if quantize not in QUANTIZE_CHOICES:
+        raise UserError(f"--quantize {quantize} is not known; use one of: {', '.join(QUANTIZE_CHOICES)}")
     run_dir = runs.require_run_dir(run_dir)
     values = read_yaml(run_dir / runs.CONFIG)
     if model_path:
@@ -46,7 +63,11 @@ def load_run(run_dir: str | Path, model_path: Optional[str] = None) -> LoadedRun
     adapter = run_dir / runs.ADAPTER
     tokenizer = load_tokenizer(str(adapter)) if (adapter / "tokenizer_config.json").exists() else load_tokenizer(cfg.model.name_or_path)
     model = load_adapter_for_inference(adapter, cfg.model, label_names)
-    return LoadedRun(run_dir, cfg, label_names, model, tokenizer)
+    if quantize == "int8":  # int8 kernels are CPU kernels: the model stays on the CPU, in fp32 around them
+        return LoadedRun(run_dir, cfg, label_names, quantize_int8(model), tokenizer, bf16=False)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    return LoadedRun(run_dir, cfg, label_names, model, tokenizer, bf16=use_bf16(cfg.train.precision))
 
 
 def length_batches(lengths, batch_size: int) -> list[np.ndarray]:
@@ -131,7 +152,8 @@ def check_output_path(output_path: Path) -> None:
 
 def predict_file(run_dir: str | Path, input_path: str | Path, output_path: str | Path, id_column: Optional[str] = None,
                  text_column: Optional[str] = None, probabilities: bool = False, trust_pickle: bool = False,
-                 model_path: Optional[str] = None, batch_size: Optional[int] = None) -> pd.DataFrame:
+                 model_path: Optional[str] = None, batch_size: Optional[int] = None,
+                 quantize: str = "none") -> pd.DataFrame:
     """Write `ID,Label` (plus class probabilities if asked) for every input row, in input order."""
     output_path = Path(output_path)
     check_output_path(output_path)
@@ -140,10 +162,9 @@ def predict_file(run_dir: str | Path, input_path: str | Path, output_path: str |
     frame = read_table(input_path, trust_pickle=trust_pickle)
     columns = input_text_columns(frame, text_column, cfg.data.text_columns)
     ids, texts = prediction_rows(frame, str(input_path), columns, cfg.data.text_separator, id_column)
-    loaded = load_run(run_dir, model_path)
+    loaded = load_run(run_dir, model_path, quantize)
     probs = predict_probabilities(loaded.model, loaded.tokenizer, texts, cfg.data.max_length,
-                                  batch_size or cfg.train.eval_batch_size,
-                                  bf16=use_bf16(cfg.train.precision))  # the run's precision setting holds here too
+                                  batch_size or cfg.train.eval_batch_size, bf16=loaded.bf16)
     table = pd.DataFrame({"ID": ids, "Label": probs.argmax(axis=1)})
     if probabilities:
         for i, name in enumerate(loaded.label_names):
