@@ -150,6 +150,8 @@ def _finished_with_same_config(cfg) -> bool:
     saved, wanted = yaml.safe_load(config_path.read_text(encoding="utf-8")), cfg.to_dict()
     if wanted["lora"]["r"] == "auto":  # the run folder holds the rank it resolved to
         wanted["lora"]["r"] = saved["lora"]["r"]
+    for settings in (saved, wanted):  # how many rows are scored at once does not change what was trained
+        settings["train"].pop("eval_batch_size", None)
     return saved == wanted
 
 

@@ -41,7 +41,10 @@ Prediction, examples/s on --predict-rows texts drawn from --data
            one every k batches; its time is subtracted from lorafit's), so the two alternate and drift cancels.
   lorafit: `lorafit.predict.predict_probabilities` (what `lorafit predict` runs), timed end to end (tokenizing
            included) on all the texts, on the model merged by peft's merge_and_unload: length-sorted batches of up
-           to eval_batch_size rows (128), inference_mode, bf16 autocast where fast, input order restored.
+           to eval_batch_size rows (64), inference_mode, bf16 autocast where fast, input order restored.
+  int8:    the same with `--quantize int8` (lorafit.predict.quantize_int8), timed right after lorafit's run and
+           compared with it (`int8_over_default_predict`, label agreement); `predict_speedup_int8` uses the seed
+           figure measured alongside the default path.
 Padding overhead: padded tokens / real tokens over every batch of a full lorafit training epoch (same sampler);
   also given for the timed batches (counted from the collator's output), for prediction, and for the seed.
 Memory: each path's warm-up (one untimed step of the same kind as the timed ones: a seed training batch, a lorafit
@@ -615,6 +618,23 @@ class InterleavedModel(torch.nn.Module):
         return out
 
 
+def time_int8_prediction(merged, tokenizer, texts, cfg, default_probabilities) -> dict:
+    """`lorafit predict --quantize int8` on the same texts, timed right after the default path (not interleaved
+    with the seed: compare it to the default path's figure from the same run)."""
+    from lorafit.predict import predict_probabilities, quantize_int8
+
+    quantized = quantize_int8(merged)
+    predict_probabilities(quantized, tokenizer, texts[:cfg.train.eval_batch_size], cfg.data.max_length,
+                          cfg.train.eval_batch_size, bf16=False)
+    started = time.perf_counter()
+    probabilities = predict_probabilities(quantized, tokenizer, texts, cfg.data.max_length, cfg.train.eval_batch_size,
+                                          bf16=False)
+    seconds = time.perf_counter() - started
+    log(f"lorafit --quantize int8: {len(texts)} texts in {seconds:.1f} s")
+    agreement = float((probabilities.argmax(1) == default_probabilities.argmax(1)).mean())
+    return {"examples_per_s": len(texts) / seconds, "label_agreement": agreement}
+
+
 def run_prediction(args, seed_model, trained_lorafit_model, tokenizer, cfg, memory: MemoryWatch) -> dict:
     from lorafit.predict import length_batches, predict_probabilities
     from lorafit.train import use_bf16
@@ -649,11 +669,17 @@ def run_prediction(args, seed_model, trained_lorafit_model, tokenizer, cfg, memo
     if probabilities.shape != (len(texts), 4):
         raise RuntimeError(f"predict_probabilities returned {probabilities.shape}")
 
+    int8 = time_int8_prediction(merged, tokenizer, texts, cfg, probabilities)
+
     seed_seconds = sum(seed.seconds)
     seed_eps = seed.examples / seed_seconds
     lorafit_eps = len(texts) / lorafit_seconds
     seed_padding = seed.padding()
     return {
+        "predict_speedup_int8": int8["examples_per_s"] / seed_eps,
+        "lorafit_predict_int8_examples_per_s": int8["examples_per_s"],
+        "int8_over_default_predict": int8["examples_per_s"] / lorafit_eps,
+        "int8_label_agreement_with_default": int8["label_agreement"],
         "predict_rows": len(texts),
         "seed_predict_examples_per_s": seed_eps,
         "lorafit_predict_examples_per_s": lorafit_eps,
@@ -723,7 +749,7 @@ def main(argv=None) -> dict:
     result["memory"] = memory.report()
     result["load_average_end"] = os.getloadavg()[0]
     result["wall_seconds"] = time.perf_counter() - started
-    ordered = {k: result.pop(k) for k in ("train_speedup", "predict_speedup", "padding_overhead",
+    ordered = {k: result.pop(k) for k in ("train_speedup", "predict_speedup", "predict_speedup_int8", "padding_overhead",
                                           "seed_train_examples_per_s", "lorafit_train_examples_per_s",
                                           "seed_predict_examples_per_s", "lorafit_predict_examples_per_s")}
     ordered.update(result)

@@ -132,7 +132,7 @@ class TrainConfig:
     max_steps: int = _field(-1, "Training steps; -1 means train for num_epochs.")
     num_epochs: float = _field(3.0, "Epochs over the training data (used when max_steps is -1).")
     batch_size: int = _field(32, "Training examples per step (per device).")
-    eval_batch_size: int = _field(128, "Examples per evaluation / prediction batch.")
+    eval_batch_size: int = _field(64, "Examples per evaluation / prediction batch (64 measured fastest on CPU).")
     gradient_accumulation_steps: int = _field(1, "Steps to accumulate before an optimizer update.")
     label_smoothing: float = _field(0.0, "Label smoothing factor in [0, 1).")
     eval_steps: int = _field(200, "Evaluate on the validation split every N steps (a checkpoint is saved each time).")

@@ -151,16 +151,23 @@ def _output_layer(head: torch.nn.Module, num_labels: int) -> Optional[str]:
     return outputs[-1] if outputs else None
 
 
+def head_hidden_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Linear]]:
+    """(path, layer) of every Linear layer in the classification head other than its output layer."""
+    hidden = []
+    for head_name in head_module_names(model):
+        head = model.get_submodule(head_name)
+        output = _output_layer(head, model.config.num_labels)
+        hidden += [(f"{head_name}.{name}" if name else head_name, layer) for name, layer in head.named_modules()
+                   if isinstance(layer, torch.nn.Linear) and name != output]
+    return hidden
+
+
 def head_dense_layer(model: torch.nn.Module) -> Optional[str]:
     """Path of the hidden dense layer the classifier sits on: the head's own (RoBERTa's classifier.dense,
     DistilBERT's pre_classifier) or else the encoder's pooler (BERT's bert.pooler.dense). None if there is none."""
-    num_labels = model.config.num_labels
-    for head_name in head_module_names(model):
-        head = model.get_submodule(head_name)
-        output = _output_layer(head, num_labels)
-        for name, layer in head.named_modules():
-            if isinstance(layer, torch.nn.Linear) and name != output:
-                return f"{head_name}.{name}" if name else head_name
+    hidden = head_hidden_layers(model)
+    if hidden:
+        return hidden[0][0]
     poolers = [p for p in linear_module_paths(model) if "pooler" in p.split(".")]
     return poolers[-1] if poolers else None
 
@@ -227,19 +234,14 @@ def prepare_head(model: torch.nn.Module, head: str) -> None:
     """
     if head != "linear":
         return
-    num_labels = model.config.num_labels
-    for head_name in head_module_names(model):
-        module = model.get_submodule(head_name)
-        output = _output_layer(module, num_labels)
-        for name, layer in module.named_modules():
-            if isinstance(layer, torch.nn.Linear) and name != output:
-                if layer.in_features != layer.out_features:
-                    raise UserError(f"head 'linear' cannot bypass {head_name}.{name} ({layer.in_features}->{layer.out_features}); use head: full")
-                if layer.weight.device.type != "meta":
-                    with torch.no_grad():
-                        layer.weight.copy_(torch.eye(layer.in_features, dtype=layer.weight.dtype))
-                        if layer.bias is not None:
-                            layer.bias.zero_()
+    for path, layer in head_hidden_layers(model):
+        if layer.in_features != layer.out_features:
+            raise UserError(f"head 'linear' cannot bypass {path} ({layer.in_features}->{layer.out_features}); use head: full")
+        if layer.weight.device.type != "meta":
+            with torch.no_grad():
+                layer.weight.copy_(torch.eye(layer.in_features, dtype=layer.weight.dtype))
+                if layer.bias is not None:
+                    layer.bias.zero_()
 
 
 def freeze_head_hidden_layers(peft_model: torch.nn.Module, head: str, dense: Optional[str] = None) -> None:
