@@ -134,3 +134,26 @@ def test_user_error_on_every_rank_without_a_hang(ddp_run):
     assert proc.stderr.count("already holds a finished run") == NPROC, proc.stderr[-3000:]
     assert "lorafit/train.py" not in proc.stderr  # a one-line error per rank; torchrun's own summary follows
     assert (run_dir / "result.json").read_text() == before
+
+
+def test_accelerate_launch_runs_the_same_ddp_training(tmp_path, tiny_roberta, small_agnews):
+    """`accelerate launch --multi_gpu` starts the same Trainer DDP (gloo on CPU): one run folder, world size 2."""
+    config = write_config(
+        tmp_path / "acc.yaml", name="acc", output_dir=str(tmp_path / "runs"),
+        model={"name_or_path": str(tiny_roberta)},
+        lora={"r": 4, "alpha": 8, "target_modules": ["query", "value"]},
+        data={"train_file": str(small_agnews), "validation_size": 61, "validation_fraction": 0.2},
+        train={"max_steps": 4, "batch_size": 8, "eval_steps": 4, "logging_steps": 4, "precision": "fp32"},
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(NPROC),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(_free_port()), "-m", "lorafit", "train", str(config)]
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_dir = tmp_path / "runs" / "acc"
+    assert json.loads((run_dir / "manifest.json").read_text())["world_size"] == NPROC
+    assert json.loads((run_dir / "result.json").read_text())["examples_seen"] == 4 * 8 * NPROC
+    assert len([line for line in proc.stdout.splitlines() if line.startswith("{")]) == 1, proc.stdout
+    loss = json.loads((run_dir / "eval_curve.jsonl").read_text().splitlines()[-1])["loss"]
+    assert 1.0 < loss < 2.0, "a mean cross-entropy near ln 4, not a sum over ranks"
