@@ -42,7 +42,7 @@ Prediction, examples/s on --predict-rows texts drawn from --data
   lorafit: `lorafit.predict.predict_probabilities` (what `lorafit predict` runs), timed end to end (tokenizing
            included) on all the texts, on the model merged by peft's merge_and_unload: length-sorted batches of up
            to eval_batch_size rows (64), inference_mode, bf16 autocast where fast, input order restored.
-  int8:    the same with `--quantize int8` (lorafit.predict.quantize_int8), timed right after lorafit's run and
+  int8:    the same with `--quantize int8` (lorafit.predict.quantize_int8, batches of 32), timed right after lorafit's run and
            compared with it (`int8_over_default_predict`, label agreement); `predict_speedup_int8` uses the seed
            figure measured alongside the default path.
 Padding overhead: padded tokens / real tokens over every batch of a full lorafit training epoch (same sampler);
@@ -621,14 +621,13 @@ class InterleavedModel(torch.nn.Module):
 def time_int8_prediction(merged, tokenizer, texts, cfg, default_probabilities) -> dict:
     """`lorafit predict --quantize int8` on the same texts, timed right after the default path (not interleaved
     with the seed: compare it to the default path's figure from the same run)."""
-    from lorafit.predict import predict_probabilities, quantize_int8
+    from lorafit.predict import inference_batch_size, predict_probabilities, quantize_int8
 
     quantized = quantize_int8(merged)
-    predict_probabilities(quantized, tokenizer, texts[:cfg.train.eval_batch_size], cfg.data.max_length,
-                          cfg.train.eval_batch_size, bf16=False)
+    batch_size = inference_batch_size(cfg, "int8")
+    predict_probabilities(quantized, tokenizer, texts[:batch_size], cfg.data.max_length, batch_size, bf16=False)
     started = time.perf_counter()
-    probabilities = predict_probabilities(quantized, tokenizer, texts, cfg.data.max_length, cfg.train.eval_batch_size,
-                                          bf16=False)
+    probabilities = predict_probabilities(quantized, tokenizer, texts, cfg.data.max_length, batch_size, bf16=False)
     seconds = time.perf_counter() - started
     log(f"lorafit --quantize int8: {len(texts)} texts in {seconds:.1f} s")
     agreement = float((probabilities.argmax(1) == default_probabilities.argmax(1)).mean())

@@ -92,8 +92,8 @@ def load_eval_data(spec: str, run) -> tuple[LabelledData, str]:
 def evaluate_run(run_dir: str | Path, data_spec: str, model_path: Optional[str] = None, quantize: str = "none") -> dict:
     run = load_run(run_dir, model_path, quantize)
     data, name = load_eval_data(data_spec, run)
-    probs = predict_probabilities(run.model, run.tokenizer, data.texts, run.cfg.data.max_length,
-                                  run.cfg.train.eval_batch_size, bf16=run.bf16)
+    probs = predict_probabilities(run.model, run.tokenizer, data.texts, run.cfg.data.max_length, run.batch_size,
+                                  bf16=run.bf16)
     metrics = classification_metrics(data.labels, probs.argmax(axis=1), run.label_names)
     metrics["data"] = data.source
     if quantize != "none":  # scored apart, so a quantized check never overwrites the model's own numbers
