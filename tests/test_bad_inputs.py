@@ -235,6 +235,8 @@ CASES = [
          ["holds a list", "datasets.dataset"]),
     Case("output-not-csv", lambda e: e.predict("in.csv", "text\na\n", output="submission.xlsx"),
          ["must end in .csv"]),
+    Case("predict-batch-size-zero", lambda e: e.predict("in.csv", "text\na\n", "--batch-size", "0"),
+         ["--batch-size 0 must be at least 1"]),
     Case("output-folder-missing", lambda e: e.predict("in.csv", "text\na\n", output="nope/submission.csv"),
          ["does not exist", "create it first"]),
     Case("predict-input-unknown-extension", lambda e: e.predict("in.txt", "text\na\n"),

@@ -138,7 +138,9 @@ def _no_extra(extra: list[str]) -> None:
 
 
 def add_quantize_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quantize", choices=["none", "int8"], default="none",
+    from lorafit.config import QUANTIZE_CHOICES
+
+    parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="none",
                         help="int8: dynamic int8 quantization on the CPU, faster but a few predictions may change; "
                              "check it with `lorafit evaluate --quantize int8` (default: none)")
 

@@ -23,6 +23,7 @@ HEAD_CHOICES = ("full", "linear", "lora")
 SCHEDULER_CHOICES = ("linear", "cosine", "constant", "constant_with_warmup")
 BIAS_CHOICES = ("none", "all", "lora_only")
 PRECISION_CHOICES = ("auto", "fp32", "bf16")
+QUANTIZE_CHOICES = ("none", "int8")  # inference only: lorafit predict / evaluate --quantize
 
 
 def _field(default: Any, help: str, **kwargs: Any) -> Any:

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from lorafit import runs
-from lorafit.config import RunConfig, config_from_dict, read_yaml
+from lorafit.config import QUANTIZE_CHOICES, RunConfig, config_from_dict, read_yaml
 from lorafit.data import join_texts, read_table
 from lorafit.errors import UserError
 from lorafit.model import load_adapter_for_inference, load_tokenizer
@@ -28,7 +28,6 @@ from lorafit.train import use_bf16
 log = logging.getLogger(__name__)
 
 
-QUANTIZE_CHOICES = ("none", "int8")
 INT8_BATCH_SIZE = 32
 
 
@@ -164,6 +163,8 @@ def predict_file(run_dir: str | Path, input_path: str | Path, output_path: str |
                  model_path: Optional[str] = None, batch_size: Optional[int] = None,
                  quantize: str = "none") -> pd.DataFrame:
     """Write `ID,Label` (plus class probabilities if asked) for every input row, in input order."""
+    if batch_size is not None and batch_size < 1:
+        raise UserError(f"--batch-size {batch_size} must be at least 1; e.g. --batch-size 64")
     output_path = Path(output_path)
     check_output_path(output_path)
     run_dir = runs.require_run_dir(run_dir)

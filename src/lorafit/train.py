@@ -102,6 +102,11 @@ def prepare(cfg: RunConfig) -> Prepared:
     return Prepared(cfg, budget, train_data, eval_data, tokenizer, train_ds, eval_ds)
 
 
+def world_size() -> int:
+    """Processes in this torchrun / accelerate launch job (1 without one)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def is_main_process() -> bool:
     """Rank 0 of a torchrun / accelerate launch job, or the only process: the one that writes the run folder."""
     return int(os.environ.get("RANK", "0")) == 0
@@ -112,7 +117,7 @@ def main_process_first():
     """Under torchrun / accelerate launch, rank 0 runs the block first (it creates or checks the run folder) and the
     other ranks run it after, reading only. Rank 0 reaches the barrier even when the block raises, so a user error
     on rank 0 becomes the same user error on every rank rather than a hang."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if world_size() <= 1:
         yield
         return
     import torch.distributed as dist
@@ -168,7 +173,7 @@ def _checkpoint_step(checkpoint: str) -> int:
 
 
 # The Trainer writes a checkpoint's files one by one, trainer_state.json last; a kill can leave a partial folder.
-CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth", "adapter_model.safetensors")
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth", runs.ADAPTER_WEIGHTS)
 
 
 def _is_complete_checkpoint(folder: Path) -> bool:
@@ -398,7 +403,7 @@ def write_manifest(prepared: Prepared, run_dir: Path, started: float, wall_secon
         "versions": runs.package_versions(),
         "git_commit": runs.git_commit(Path.cwd()),
         "device": device_description(),
-        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "world_size": world_size(),
         "bf16": use_bf16(cfg.train.precision),
         "data": {
             "train_source": prepared.train_data.source,
@@ -425,7 +430,7 @@ def summarize(curve: list[dict], status: str, prepared: Prepared, state, train_s
     eval_seconds = sum(row.get("runtime", 0.0) for row in evals if row["step"] > resumed_from_step)
     pure_train_seconds = max(train_seconds - eval_seconds, 1e-9)
     t = prepared.cfg.train
-    examples_per_step = t.batch_size * t.gradient_accumulation_steps * int(os.environ.get("WORLD_SIZE", "1"))
+    examples_per_step = t.batch_size * t.gradient_accumulation_steps * world_size()
     examples_seen = state.global_step * examples_per_step
     examples_this_process = (state.global_step - resumed_from_step) * examples_per_step
     return {
