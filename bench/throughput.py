@@ -4,6 +4,10 @@
     python bench/throughput.py --quick    # about two minutes on a quiet 2-core CPU (fewer steps, 512 texts)
     python bench/throughput.py --threads 1  # on a machine shared with other jobs (see below)
 
+On CUDA it times more steps by default (120 lorafit, 60 seed training steps; 64 seed prediction batches), since a
+GPU step takes milliseconds, and skips int8 (a CPU path). `--keep-cudnn-attention` times lorafit's paths without
+their guard against cuDNN attention (lorafit.model.attention_without_cudnn), to show what the guard is worth.
+
 Prints one JSON object (progress goes to stderr). The model is the roberta-base architecture built from its real
 config with random weights (throughput does not depend on weight values), 4 labels, and for both paths the seed's
 LoRA spec (value only, r=22, alpha 44, dropout 0.1, the full head: 999,172 trainable parameters) wrapped by
@@ -42,7 +46,7 @@ Prediction, examples/s on --predict-rows texts drawn from --data
   lorafit: `lorafit.predict.predict_probabilities` (what `lorafit predict` runs), timed end to end (tokenizing
            included) on all the texts, on the model merged by peft's merge_and_unload: length-sorted batches of up
            to eval_batch_size rows (64), inference_mode, bf16 autocast where fast, input order restored.
-  int8:    the same with `--quantize int8` (lorafit.predict.quantize_int8, batches of 32), timed right after lorafit's run and
+  int8:    (CPU only) the same with `--quantize int8` (lorafit.predict.quantize_int8, batches of 32), timed right after lorafit's run and
            compared with it (`int8_over_default_predict`, label agreement); `predict_speedup_int8` uses the seed
            figure measured alongside the default path.
 Padding overhead: padded tokens / real tokens over every batch of a full lorafit training epoch (same sampler);
@@ -59,6 +63,7 @@ Memory: each path's warm-up (one untimed step of the same kind as the timed ones
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -96,23 +101,36 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="lorafit config whose train/data settings define 'lorafit's default path' "
                              "(default: configs/agnews-roberta-base.yaml if present, else the built-in defaults)")
     parser.add_argument("--quick", action="store_true", help="few steps, 512 texts to predict: under two minutes")
-    parser.add_argument("--steps", type=int, help="lorafit training steps timed (default 24; quick 6)")
-    parser.add_argument("--seed-steps", type=int, help="seed training steps timed (default 6; quick 1)")
+    parser.add_argument("--steps", type=int, help="lorafit training steps timed (default 24, CUDA 120; quick 6)")
+    parser.add_argument("--seed-steps", type=int, help="seed training steps timed (default 6, CUDA 60; quick 1)")
     parser.add_argument("--predict-rows", type=int, help="texts to predict (default 8000; quick 512)")
-    parser.add_argument("--seed-predict-batches", type=int, help="seed prediction batches timed (default 8; quick 2)")
+    parser.add_argument("--seed-predict-batches", type=int,
+                        help="seed prediction batches timed (default 8, CUDA 64; quick 2)")
+    parser.add_argument("--extra-predict-batch-sizes", default="",
+                        help="comma-separated batch sizes at which lorafit's prediction is also timed (after the "
+                             "default path, not interleaved), e.g. 128,256: for choosing eval_batch_size")
     parser.add_argument("--batch-size", type=int, help="lorafit training batch size (default: the config's)")
     parser.add_argument("--predict-batch-size", type=int,
                         help="lorafit prediction batch size (default: the config's eval_batch_size)")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                         help="lorafit precision (default: the config's)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--keep-cudnn-attention", action="store_true",
+                        help="time lorafit's paths with torch's default attention kernels, cuDNN included (lorafit "
+                             "turns cuDNN attention off: on a GPU this shows what that is worth)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    quick = args.quick
-    args.steps = args.steps or (6 if quick else 24)
-    args.seed_steps = args.seed_steps or (1 if quick else 6)
+    quick, cuda = args.quick, torch.cuda.is_available()
+    # A GPU step takes milliseconds: more of them are timed there, so launch jitter averages out.
+    args.steps = args.steps or (6 if quick else 120 if cuda else 24)
+    args.seed_steps = args.seed_steps or (1 if quick else 60 if cuda else 6)
     args.predict_rows = args.predict_rows or (512 if quick else 8000)
-    args.seed_predict_batches = args.seed_predict_batches or (2 if quick else 8)
+    args.seed_predict_batches = args.seed_predict_batches or (2 if quick else 64 if cuda else 8)
+    try:
+        args.extra_predict_batch_sizes = [int(v) for v in args.extra_predict_batch_sizes.split(",") if v.strip()]
+    except ValueError:
+        parser.error(f"--extra-predict-batch-sizes takes whole numbers separated by commas, "
+                     f"not {args.extra_predict_batch_sizes!r}")
     return args
 
 
@@ -634,6 +652,25 @@ def time_int8_prediction(merged, tokenizer, texts, cfg, default_probabilities) -
     return {"examples_per_s": len(texts) / seconds, "label_agreement": agreement}
 
 
+def time_other_batch_sizes(merged, tokenizer, texts, cfg, bf16: bool, batch_sizes: list[int],
+                           default_examples_per_s: float) -> dict:
+    """lorafit's prediction path at other batch sizes, each timed once right after the default path: examples/s
+    and the ratio to the default batch size's figure from the same run."""
+    from lorafit.predict import predict_probabilities
+
+    out = {}
+    for batch_size in batch_sizes:
+        predict_probabilities(merged, tokenizer, texts[:batch_size], cfg.data.max_length, batch_size, bf16=bf16)
+        synchronize()
+        started = time.perf_counter()
+        predict_probabilities(merged, tokenizer, texts, cfg.data.max_length, batch_size, bf16=bf16)
+        synchronize()
+        examples_per_s = len(texts) / (time.perf_counter() - started)
+        log(f"lorafit predict, batches of {batch_size}: {examples_per_s:.0f} examples/s")
+        out[str(batch_size)] = {"examples_per_s": examples_per_s, "over_default": examples_per_s / default_examples_per_s}
+    return out
+
+
 def run_prediction(args, seed_model, trained_lorafit_model, tokenizer, cfg, memory: MemoryWatch) -> dict:
     from lorafit.predict import length_batches, predict_probabilities
     from lorafit.train import use_bf16
@@ -668,17 +705,25 @@ def run_prediction(args, seed_model, trained_lorafit_model, tokenizer, cfg, memo
     if probabilities.shape != (len(texts), 4):
         raise RuntimeError(f"predict_probabilities returned {probabilities.shape}")
 
-    int8 = time_int8_prediction(merged, tokenizer, texts, cfg, probabilities)
-
     seed_seconds = sum(seed.seconds)
     seed_eps = seed.examples / seed_seconds
     lorafit_eps = len(texts) / lorafit_seconds
     seed_padding = seed.padding()
+    out = {"predict_speedup_int8": None, "lorafit_predict_int8_examples_per_s": None,
+           "int8_over_default_predict": None, "int8_label_agreement_with_default": None}
+    if torch.cuda.is_available():  # int8 is lorafit's CPU option (CPU kernels): nothing to compare on a GPU
+        out["int8"] = "not timed: --quantize int8 runs on the CPU, and the default path runs on the GPU here"
+    else:
+        int8 = time_int8_prediction(merged, tokenizer, texts, cfg, probabilities)
+        out = {"predict_speedup_int8": int8["examples_per_s"] / seed_eps,
+               "lorafit_predict_int8_examples_per_s": int8["examples_per_s"],
+               "int8_over_default_predict": int8["examples_per_s"] / lorafit_eps,
+               "int8_label_agreement_with_default": int8["label_agreement"]}
+    if args.extra_predict_batch_sizes:
+        out["lorafit_predict_by_batch_size"] = time_other_batch_sizes(
+            merged, tokenizer, texts, cfg, bf16, args.extra_predict_batch_sizes, lorafit_eps)
     return {
-        "predict_speedup_int8": int8["examples_per_s"] / seed_eps,
-        "lorafit_predict_int8_examples_per_s": int8["examples_per_s"],
-        "int8_over_default_predict": int8["examples_per_s"] / lorafit_eps,
-        "int8_label_agreement_with_default": int8["label_agreement"],
+        **out,
         "predict_rows": len(texts),
         "seed_predict_examples_per_s": seed_eps,
         "lorafit_predict_examples_per_s": lorafit_eps,
@@ -717,6 +762,15 @@ def quiet_libraries() -> None:
     logging.getLogger("lorafit").setLevel(logging.ERROR)
 
 
+def keep_cudnn_attention() -> None:
+    """lorafit's training and prediction paths without the guard that keeps attention off cuDNN."""
+    import lorafit.predict
+    import lorafit.train
+
+    lorafit.train.attention_without_cudnn = contextlib.nullcontext
+    lorafit.predict.attention_without_cudnn = contextlib.nullcontext
+
+
 def describe_device() -> str:
     if torch.cuda.is_available():
         return f"cuda: {torch.cuda.get_device_name(0)}"
@@ -729,6 +783,8 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     quiet_libraries()
+    if args.keep_cudnn_attention:
+        keep_cudnn_attention()
     from lorafit.model import load_tokenizer
 
     tokenizer = load_tokenizer(args.model_dir)
@@ -736,6 +792,7 @@ def main(argv=None) -> dict:
     trainable = sum(p.numel() for p in lorafit_model.parameters() if p.requires_grad)
     result = {"device": describe_device(), "torch": torch.__version__,
               "attn_implementation": lorafit_model.config._attn_implementation,
+              "cudnn_attention": "torch default" if args.keep_cudnn_attention else "off (lorafit's default)",
               "model": f"{Path(args.model_dir).name} architecture, random weights, 4 labels",
               "lora": {k: LORA[k] for k in ("r", "alpha", "dropout", "target_modules")},
               "trainable_params": trainable, "data": args.data, "quick": args.quick,

@@ -162,3 +162,28 @@ def test_gradient_accumulation_logs_the_same_losses_as_one_big_batch(cli, tmp_pa
     assert big["train_loss"] == pytest.approx(accumulated["train_loss"], rel=0.02)
     assert big["loss"] == pytest.approx(accumulated["loss"], rel=0.02)
     assert 1.0 < big["loss"] < 2.0  # near ln 4 for 4 labels: a mean, not a sum
+
+
+def test_training_and_prediction_keep_attention_off_cudnn(cli, tiny_config, tmp_path, small_agnews, monkeypatch):
+    """cuDNN attention builds a plan per new batch shape (~0.1 s on an H200), and lorafit's dynamically padded
+    batches nearly all differ: every forward pass of train, evaluation and predict must run with it off, and the
+    global flag must be back as it was afterwards (lorafit is also used as a library)."""
+    import functools
+
+    import torch
+    from transformers.models.roberta import modeling_roberta
+
+    seen = []
+    forward = modeling_roberta.RobertaForSequenceClassification.forward
+
+    @functools.wraps(forward)  # the Trainer reads the signature to pick the batch's columns
+    def recording_forward(self, *args, **kwargs):
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_roberta.RobertaForSequenceClassification, "forward", recording_forward)
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    assert cli("train", tiny_config).code == 0
+    assert cli("predict", tmp_path / "runs" / "tiny", "--input", small_agnews, "--output", tmp_path / "p.csv").code == 0
+    assert len(seen) > 12 and not any(seen), f"{sum(seen)} of {len(seen)} forward passes allowed cuDNN attention"
+    assert torch.backends.cuda.cudnn_sdp_enabled()

@@ -6,6 +6,7 @@ is the count of the model that `lorafit train` trains.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -22,6 +23,26 @@ log = logging.getLogger(__name__)
 
 # peft's sequence-classification wrapper always trains and saves modules with these names.
 PEFT_HEAD_NAMES = ("classifier", "score")
+
+
+@contextlib.contextmanager
+def attention_without_cudnn():
+    """Keep PyTorch's scaled-dot-product attention off its cuDNN kernels while lorafit trains or predicts.
+
+    For masked attention on Hopper GPUs, torch (2.11) tries cuDNN first, and cuDNN builds an execution plan for each
+    new (batch, length) shape, about 0.1 s each. lorafit pads each batch only to its own longest row, so nearly
+    every batch is a new shape: on an H200 that made training 3-5x and prediction ~9x slower than the flash /
+    memory-efficient kernels, which need no plan. The flag is global, so it is restored on exit; it has no effect
+    on the CPU."""
+    if not hasattr(torch.backends.cuda, "enable_cudnn_sdp"):  # torch before cuDNN attention existed
+        yield
+        return
+    enabled = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(enabled)
 
 
 def _hub_error(what: str, name: str, exc: Exception) -> UserError:

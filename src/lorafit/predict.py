@@ -22,7 +22,7 @@ from lorafit import runs
 from lorafit.config import QUANTIZE_CHOICES, RunConfig, config_from_dict, read_yaml
 from lorafit.data import join_texts, read_table
 from lorafit.errors import UserError
-from lorafit.model import load_adapter_for_inference, load_tokenizer
+from lorafit.model import attention_without_cudnn, load_adapter_for_inference, load_tokenizer
 from lorafit.train import use_bf16
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,8 @@ def predict_probabilities(model, tokenizer, texts: list[str], max_length: int, b
     features = [{k: encoded[k][i] for k in encoded.keys()} for i in range(len(texts))]
     probabilities = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     model.eval()
-    with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+    with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16), \
+            attention_without_cudnn():  # varying batch lengths: see attention_without_cudnn
         for rows in length_batches([len(f["input_ids"]) for f in features], batch_size):
             batch = tokenizer.pad([features[i] for i in rows], return_tensors="pt")
             batch = {k: v.to(device) for k, v in batch.items()}

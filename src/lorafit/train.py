@@ -43,7 +43,13 @@ from lorafit.data import (
     tokenize,
 )
 from lorafit.errors import UserError
-from lorafit.model import load_model_config, load_pretrained_model, load_tokenizer, wrap_with_lora
+from lorafit.model import (
+    attention_without_cudnn,
+    load_model_config,
+    load_pretrained_model,
+    load_tokenizer,
+    wrap_with_lora,
+)
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +306,14 @@ class ResumableTrainer(Trainer):
         # of the local batch. Left as is, losses and gradients are multiplied by the number of processes and by
         # gradient_accumulation_steps (a DDP run logged twice the true validation loss).
         self.model_accepts_loss_kwargs = False
+
+    def train(self, *args, **kwargs):
+        with attention_without_cudnn():
+            return super().train(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        with attention_without_cudnn():
+            return super().evaluate(*args, **kwargs)
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
