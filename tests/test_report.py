@@ -69,14 +69,20 @@ def test_seed_experiments_report_has_the_five_plots_and_params_plot(seed_sweep, 
         assert f"![{filename}]({filename})" in table
 
 
-def test_report_lists_failed_pruned_skipped_and_unfinished_runs(tmp_path, tiny_roberta, small_agnews, cli):
-    base = {
+def tiny_base(tiny_roberta: Path, data: Path, steps: int) -> dict:
+    """A base config for sweeps of the tiny RoBERTa: value-only r=2 with alpha 4, an evaluation every steps/2."""
+    return {
         "budget": 3000,
         "model": {"name_or_path": str(tiny_roberta)},
         "lora": {"r": 2, "alpha": 4, "target_modules": ["value"]},
-        "data": {"train_file": str(small_agnews), "max_length": 32, "validation_size": 40, "max_train_samples": 64},
-        "train": {"max_steps": 4, "eval_steps": 2, "batch_size": 8, "warmup_steps": 0, "logging_steps": 2},
+        "data": {"train_file": str(data), "max_length": 32, "validation_size": 40, "max_train_samples": 64},
+        "train": {"max_steps": steps, "eval_steps": steps // 2, "batch_size": 8, "warmup_steps": 0,
+                  "logging_steps": steps // 2},
     }
+
+
+def test_report_lists_failed_pruned_skipped_and_unfinished_runs(tmp_path, tiny_roberta, small_agnews, cli):
+    base = tiny_base(tiny_roberta, small_agnews, steps=4)
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({"name": "mixed", "base": base, "grid": {"mode": "one_at_a_time", "axes": {
         "lora.r": [64], "lora.target_modules": [["nonexistent"]]}}}))
@@ -120,3 +126,16 @@ def test_report_on_a_folder_without_runs_is_a_user_error(tmp_path, cli):
     result = cli("report", tmp_path)
     assert result.code == 2 and "no run folders" in result.err
     assert not (tmp_path / "report").exists()
+
+
+def test_alpha_over_r_axis_over_a_base_that_sets_alpha(tmp_path, tiny_roberta, small_agnews):
+    """The base run gives alpha itself (alpha_over_r unset): its curve is labelled with that alpha, not a crash."""
+    base = tiny_base(tiny_roberta, small_agnews, steps=2)
+    sweep = tmp_path / "alpha.yaml"
+    sweep.write_text(yaml.safe_dump({"name": "alpha", "base": base, "grid": {"mode": "one_at_a_time", "axes": {
+        "lora.alpha_over_r": [1, 3]}}}))
+    assert run_sweep(sweep, output_dir=str(tmp_path / "runs")).ran == {"completed": 3}
+    report = make_report(tmp_path / "runs" / "alpha", tmp_path / "report")
+    assert report.plots["curve-lora.alpha_over_r.png"] == [
+        "alpha / r = None (alpha 4) (base)", "alpha / r = 1 (alpha 2)", "alpha / r = 3 (alpha 6)"]
+    assert_png(report.out_dir / "curve-lora.alpha_over_r.png")

@@ -236,3 +236,98 @@ def test_two_workers_share_a_postgres_study_and_run_each_point_once(tmp_path, ti
     for point in planned:
         assert len(runs.read_eval_curve(out / name / point)) == EVALS_PER_RUN
         assert runs.read_json(out / name / point / runs.RESULT)["status"] == "completed"
+
+
+def test_search_whose_trials_all_fail_ends_after_n_trials(tmp_path, tiny_roberta, small_agnews):
+    """Failed trials count toward search.n_trials (as in Optuna's optimize): a setting that fails every trial
+    must not make the search ask for new trials forever."""
+    params = {"lora.target_modules": {"type": "categorical", "choices": [["no_such_module"]]}}
+    sweep = write_sweep(tmp_path, "doomed", base_config(tiny_roberta, small_agnews),
+                        search={"n_trials": 2, "sampler": "random", "seed": 0, "pruner": "none", "params": params})
+    outcome = run_sweep(sweep, output_dir=str(tmp_path / "runs"))
+    assert outcome.exit_code == 1 and outcome.ran == {"failed": 2}
+    result = runs.read_json(tmp_path / "runs" / "doomed" / "trial-0000" / runs.RESULT)
+    assert result["status"] == "failed" and "no_such_module" in result["error"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"low": 0.0, "high": 0.2, "log": True}, "log-scale range needs low > 0"),
+    ({"low": 1e-4, "high": 1e-2, "log": True, "step": 1e-4}, "'log' and 'step' cannot be combined"),
+])
+def test_search_ranges_optuna_would_refuse_are_caught_when_the_file_loads(tmp_path, tiny_roberta, small_agnews,
+                                                                          bad, message):
+    sweep = write_sweep(tmp_path, "ranges", base_config(tiny_roberta, small_agnews),
+                        search={"n_trials": 1, "params": {"lora.dropout": {"type": "float", **bad}}})
+    with pytest.raises(UserError, match=message):
+        load_sweep(sweep)
+
+
+def test_rerun_with_changed_settings_is_refused_and_a_finished_run_is_never_marked_failed(
+        tmp_path, tiny_roberta, small_agnews, cli):
+    """Finished points are never rerun, so rerunning a study with other base settings would silently keep the old
+    results: it is refused. And a new study meeting a finished run of another config must not rewrite that run's
+    result.json as failed."""
+    sweep = write_sweep(tmp_path, "smoke", base_config(tiny_roberta, small_agnews),
+                        grid={"mode": "product", "axes": {"lora.dropout": [0.0]}})
+    out = tmp_path / "runs"
+    assert run_sweep(sweep, output_dir=str(out)).ran == {"completed": 1}
+    run_dir = out / "smoke" / "lora.dropout=0"
+    completed = runs.read_json(run_dir / runs.RESULT)
+
+    refused = cli("sweep", sweep, "--output-dir", out, "--train.max_steps", "2")
+    last_line = refused.err.strip().splitlines()[-1]  # (capsys also holds the first sweep's log)
+    assert refused.code == 2 and "train.max_steps: 4 -> 2" in last_line and "another --output-dir" in last_line
+    assert "Traceback" not in refused.err
+    assert cli("sweep", sweep, "--output-dir", out).code == 0  # the same settings: nothing to do, fine
+
+    other_study = f"sqlite:///{tmp_path / 'other.db'}"
+    clash = run_sweep(sweep, output_dir=str(out), storage=other_study, overrides={"train.max_steps": 2})
+    assert clash.exit_code == 1 and clash.ran == {"failed": 1}
+    assert runs.read_json(run_dir / runs.RESULT) == completed  # still the truth about the adapter beside it
+
+
+def test_grid_values_with_slashes_get_distinct_safe_folder_names(tmp_path, tiny_roberta, small_agnews):
+    from lorafit.sweep import TrialFactory
+
+    sweep = write_sweep(tmp_path, "models", base_config(tiny_roberta, small_agnews), grid={
+        "mode": "product", "axes": {"model.name_or_path": [str(tiny_roberta), "org/model", "org_model"]}})
+    names = [point.name for point in TrialFactory(load_sweep(sweep), {}).grid_points()]
+    assert len(set(names)) == 3 and not any("/" in name for name in names)
+    assert names[2] == "model.name_or_path=org_model" and names[1].startswith("model.name_or_path=org_model-")
+
+
+def _claim_all(url: str, sweep_dir: str, out: str, start: float) -> None:
+    from lorafit.sweep import claim_lock_for, claim_waiting_trial
+
+    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    study = optuna.load_study(study_name="race", storage=storage)
+    study_id = storage.get_study_id_from_name("race")
+    lock = claim_lock_for(url, Path(sweep_dir))
+    claimed = []
+    while time.time() < start:  # all workers start claiming at once
+        time.sleep(0.001)
+    while (trial := claim_waiting_trial(study, storage, study_id, lock)) is not None:
+        claimed.append(trial.number)
+    Path(out).write_text(json.dumps(claimed))
+
+
+def test_workers_on_one_sqlite_study_claim_each_queued_trial_once(tmp_path):
+    """SQLite ignores SELECT ... FOR UPDATE: without the sweep folder's lock, 3 workers claimed 10 of 300 queued
+    trials twice (each such trial would train twice in one folder, and the second tell crashes its worker)."""
+    import multiprocessing
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    url = default_storage_url(tmp_path)
+    study = optuna.create_study(study_name="race", storage=url)
+    for k in range(150):
+        study.enqueue_trial({}, user_attrs={"point": f"p{k}"})
+    start = time.time() + 3
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_claim_all, args=(url, str(tmp_path), str(tmp_path / f"w{i}.json"), start))
+               for i in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=300)
+    claims = [n for i in range(3) for n in json.loads((tmp_path / f"w{i}.json").read_text())]
+    assert sorted(claims) == list(range(150))

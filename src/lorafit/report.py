@@ -353,8 +353,12 @@ def plot_scope(records: list[RunRecord], path: Path) -> list[str]:
 
 def _line_label(key: str, value: Any, record: RunRecord, is_base: bool) -> str:
     text = f"{label(key)} = {format_value(value)}"
-    if key == "lora.alpha_over_r" and record.config.get("lora.r") is not None:
-        text += f" (alpha {float(value) * record.config['lora.r']:g})"
+    if key == "lora.alpha_over_r":  # unset (None) in runs that give alpha itself
+        r, alpha = record.config.get("lora.r"), record.config.get("lora.alpha")
+        if value is not None and isinstance(r, (int, float)):
+            text += f" (alpha {float(value) * r:g})"
+        elif value is None and alpha is not None:
+            text += f" (alpha {float(alpha):g})"
     if is_base:
         text += " (base)"
     return text

@@ -33,6 +33,7 @@ import inspect
 import itertools
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -189,9 +190,14 @@ def _parse_param(key: str, values: Any) -> SearchParam:
     if low >= high:
         raise UserError(f"{where}: low ({low:g}) must be below high ({high:g})")
     step = _number(values["step"], f"{where}.step") if values.get("step") is not None else None
+    log_scale = bool(values.get("log", False))
+    if log_scale and low <= 0:  # Optuna would refuse it in every trial, failing the whole search one by one
+        raise UserError(f"{where}: a log-scale range needs low > 0 (got {low:g}); raise low or drop 'log: true'")
+    if log_scale and step is not None:
+        raise UserError(f"{where}: 'log' and 'step' cannot be combined; drop one of them")
     if kind == "int":
         low, high, step = int(low), int(high), int(step) if step else None
-    return SearchParam(key, kind, low, high, bool(values.get("log", False)), step)
+    return SearchParam(key, kind, low, high, log_scale, step)
 
 
 def _parse_search(values: Any) -> SearchSpec:
@@ -280,6 +286,17 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def point_part(key: str, value: Any) -> str:
+    """'key=value' for a point's folder name. A value that cannot sit in a folder name (a path, a Hub id such as
+    org/model) is made safe, keeping its end, with a short hash of the original so that two values never share a
+    folder (e.g. a/b and a_b)."""
+    text = format_value(value)
+    if re.fullmatch(r"[\w.,+-]+", text):
+        return f"{key}={text}"
+    safe = re.sub(r"[^\w.,+-]+", "_", text).strip("_")[-48:]
+    return f"{key}={safe}-{hashlib.sha256(text.encode()).hexdigest()[:6]}"
+
+
 @dataclass(frozen=True)
 class Point:
     """One grid point: its trial name and the settings that differ from the base."""
@@ -313,10 +330,10 @@ class TrialFactory:
             base = self.config({}, BASE_POINT).to_dict()
             points = [Point(BASE_POINT, {})]
             for key, values in axes.items():
-                points += [Point(f"{key}={format_value(v)}", {key: v}, key) for v in values if v != dotted_get(base, key)]
+                points += [Point(point_part(key, v), {key: v}, key) for v in values if v != dotted_get(base, key)]
         else:
             keys = list(axes)
-            points = [Point("__".join(f"{k}={format_value(v)}" for k, v in zip(keys, combo)), dict(zip(keys, combo)))
+            points = [Point("__".join(point_part(k, v) for k, v in zip(keys, combo)), dict(zip(keys, combo)))
                       for combo in itertools.product(*axes.values())]
         unique = list({p.name: p for p in points}.values())  # an axis listing a value twice runs it once
         for point in unique:
@@ -585,6 +602,13 @@ def _finished_result(run_dir: Path, cfg: RunConfig) -> Optional[dict]:
     return result if same and result.get("status") == "completed" else None
 
 
+def _completed_run(run_dir: Path) -> bool:
+    try:
+        return runs.read_json(run_dir / runs.RESULT).get("status") == "completed"
+    except (OSError, ValueError):
+        return False
+
+
 def _curve_summary(run_dir: Path) -> dict:
     evals = [row for row in runs.read_eval_curve(run_dir) if "accuracy" in row]
     best = max(evals, key=lambda row: (row["accuracy"], -row["step"])) if evals else {}
@@ -593,12 +617,36 @@ def _curve_summary(run_dir: Path) -> dict:
             "final_eval_accuracy": final.get("accuracy"), "final_step": final.get("step")}
 
 
+def claim_lock_for(url: str, sweep_dir: Path):
+    """What makes claiming a queued trial atomic. PostgreSQL's row lock does (Optuna updates the state under
+    SELECT ... FOR UPDATE); SQLite ignores FOR UPDATE, so two workers could both read WAITING and both run the
+    trial (seen: 10 of 300 trials claimed twice by 3 workers): there the sweep folder's file lock serialises it."""
+    if url.startswith("postgresql"):
+        return contextlib.nullcontext
+    return lambda: planning_lock(url, sweep_dir)
+
+
+def claim_waiting_trial(study: optuna.Study, storage: optuna.storages.RDBStorage, study_id: int,
+                        lock=contextlib.nullcontext) -> Optional[optuna.Trial]:
+    """The first queued trial this worker can move from WAITING to RUNNING; of two workers, one gets it."""
+    with lock():
+        for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
+            try:
+                if storage.set_trial_state_values(trial_id, TrialState.RUNNING):
+                    return optuna.Trial(study, trial_id)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+    return None
+
+
 class SweepRunner:
     """One worker: claims trials of the study and runs each as a run folder until there is nothing left."""
 
     def __init__(self, spec: SweepSpec, factory: TrialFactory, study: optuna.Study,
-                 storage: optuna.storages.RDBStorage):
+                 storage: optuna.storages.RDBStorage, claim_lock=contextlib.nullcontext):
         self.spec, self.factory, self.study, self.storage = spec, factory, study, storage
+        self.claim_lock = claim_lock  # held while claiming a trial or failing dead workers' trials
         self.study_id = storage.get_study_id_from_name(study.study_name)
         self.worker = _worker_id()
         self.tally: dict[str, int] = {}  # status -> trials this worker ran
@@ -608,16 +656,15 @@ class SweepRunner:
     def _count(self, *states: TrialState) -> int:
         return len(self.study.get_trials(deepcopy=False, states=states))
 
+    def _count_failed_for_good(self) -> int:
+        """Trials that ran and failed count toward search.n_trials, as in Optuna's own optimize: otherwise a
+        setting that fails every trial would make the search ask for new trials forever. Interrupted trials and
+        those of dead workers (no lorafit status) are queued again, so they do not count."""
+        return sum(1 for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                   if t.user_attrs.get("status") == FAILED)
+
     def _claim_waiting(self) -> Optional[optuna.Trial]:
-        """The storage's WAITING -> RUNNING update is atomic: of two workers, one gets the trial."""
-        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, frozen.number)
-            try:
-                if self.storage.set_trial_state_values(trial_id, TrialState.RUNNING):
-                    return optuna.Trial(self.study, trial_id)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue
-        return None
+        return claim_waiting_trial(self.study, self.storage, self.study_id, self.claim_lock)
 
     def next_trial(self) -> "optuna.Trial | str | None":
         """A claimed trial; 'wait' while only other workers' trials are running (one may die); None when done."""
@@ -627,7 +674,7 @@ class SweepRunner:
         running = self._count(TrialState.RUNNING)
         if self.spec.search is not None:
             target = self.spec.search.n_trials
-            finished = self._count(TrialState.COMPLETE, TrialState.PRUNED)
+            finished = self._count(TrialState.COMPLETE, TrialState.PRUNED) + self._count_failed_for_good()
             if target is None or finished + running < target:
                 with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": we beat ourselves
                     warnings.simplefilter("ignore")
@@ -735,6 +782,8 @@ class SweepRunner:
 
     def _fail(self, trial, run_dir: Path, cfg: RunConfig, name: str, settings: dict, error: str) -> TrialOutcome:
         """Keep what the run wrote (checkpoints let a retry resume); say what went wrong in result.json."""
+        if _completed_run(run_dir):  # e.g. a finished run of another config: its result stays true to its adapter
+            return self._finish(trial, TrialOutcome(FAILED, note=error))
         if not (run_dir / runs.CONFIG).exists():
             runs.atomic_write_text(run_dir / runs.CONFIG, cfg.to_yaml())
         if not (run_dir / SWEEP_INFO).exists():
@@ -788,7 +837,8 @@ class SweepRunner:
         while max_trials is None or sum(self.tally.values()) < max_trials:
             if timeout is not None and time.monotonic() - started >= timeout:
                 break
-            _stale_trials_failed(self.study)
+            with self.claim_lock():  # two workers failing one stale trial would queue its retry twice
+                _stale_trials_failed(self.study)
             trial = self.next_trial()
             if trial is None:
                 break
@@ -873,13 +923,13 @@ def run_sweep(path: str | Path, storage: Optional[str] = None, n_trials: Optiona
     _preflight(factory)
 
     url = with_installed_driver(storage) if storage else default_storage_url(factory.sweep_dir)
-    study, optuna_storage, queued = open_study(spec, url, factory.sweep_dir, points)
+    study, optuna_storage, queued = open_study(spec, url, factory.sweep_dir, points, trial_base(factory))
     runs.atomic_write_text(factory.sweep_dir / SWEEP_COPY, _resolved_sweep_yaml(spec, factory))
 
     _log(f"sweep '{spec.name}' ({spec.mode}): folder {factory.sweep_dir}, storage {_redact(url)}"
          + (f", {len(points)} points ({queued} queued now)" if points else ""))
     _log(f"watch it live: optuna-dashboard {_redact(url)}")
-    runner = SweepRunner(spec, factory, study, optuna_storage)
+    runner = SweepRunner(spec, factory, study, optuna_storage, claim_lock_for(url, factory.sweep_dir))
     exit_code = 0
     try:
         ran = runner.run(n_trials, timeout if timeout is not None else (spec.search.timeout if spec.search else None))
@@ -895,7 +945,32 @@ def run_sweep(path: str | Path, storage: Optional[str] = None, n_trials: Optiona
     return outcome
 
 
-def open_study(spec: SweepSpec, url: str, sweep_dir: Path, points: list[Point]):
+def trial_base(factory: TrialFactory) -> dict:
+    """The resolved config every trial starts from, as the study records it (name and folder are per trial)."""
+    values = factory.config({}, BASE_POINT).to_dict()
+    values.pop("name", None)
+    values.pop("output_dir", None)
+    return json.loads(json.dumps(values, default=str))  # what the storage's JSON gives back
+
+
+def _dotted_items(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_dotted_items(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _changed_settings(old: dict, new: dict) -> str:
+    old, new = _dotted_items(old), _dotted_items(new)
+    changed = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
+               if old.get(key) != new.get(key)]
+    return "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
+
+
+def open_study(spec: SweepSpec, url: str, sweep_dir: Path, points: list[Point], base: dict):
     """Create or join the study, fail trials of dead workers, and queue the grid points not yet done."""
     with planning_lock(url, sweep_dir):
         storage = open_storage(url, spec)
@@ -905,9 +980,16 @@ def open_study(spec: SweepSpec, url: str, sweep_dir: Path, points: list[Point]):
         if recorded_mode not in (None, spec.mode):
             raise UserError(f"study '{spec.study}' in {_redact(url)} holds a {recorded_mode} sweep, not {spec.mode}; "
                             "give this sweep another name (or study_name)")
+        recorded_base = study.user_attrs.get("base")
+        if recorded_base is not None and recorded_base != base:
+            # finished points are never rerun, so a changed base would silently keep the old results
+            raise UserError(f"study '{spec.study}' in {_redact(url)} ran its trials with other settings "
+                            f"({_changed_settings(recorded_base, base)}); its finished trials would be kept as they "
+                            "are: give this sweep another name (or study_name), or use another --output-dir")
         _stale_trials_failed(study)
         queued = queue_grid_points(study, points) if points else 0
         study.set_user_attr("mode", spec.mode)
+        study.set_user_attr("base", base)
         study.set_user_attr("sweep_file", str(spec.source))
         if points:
             study.set_user_attr("points", [p.name for p in points])
