@@ -250,14 +250,20 @@ def test_search_whose_trials_all_fail_ends_after_n_trials(tmp_path, tiny_roberta
     assert result["status"] == "failed" and "no_such_module" in result["error"]
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"low": 0.0, "high": 0.2, "log": True}, "log-scale range needs low > 0"),
-    ({"low": 1e-4, "high": 1e-2, "log": True, "step": 1e-4}, "'log' and 'step' cannot be combined"),
+DROPOUT_RANGE = {"type": "float", "low": 0.0, "high": 0.2}
+
+
+@pytest.mark.parametrize("search, message", [
+    ({"params": {"lora.dropout": {**DROPOUT_RANGE, "log": True}}}, "log-scale range needs low > 0"),
+    ({"params": {"lora.dropout": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True, "step": 1e-4}}},
+     "'log' and 'step' cannot be combined"),
+    ({"seed": "forty-two", "params": {"lora.dropout": DROPOUT_RANGE}}, "search.seed is 'forty-two'"),
+    ({"timeout": -5, "params": {"lora.dropout": DROPOUT_RANGE}}, "search.timeout is -5"),
 ])
-def test_search_ranges_optuna_would_refuse_are_caught_when_the_file_loads(tmp_path, tiny_roberta, small_agnews,
-                                                                          bad, message):
-    sweep = write_sweep(tmp_path, "ranges", base_config(tiny_roberta, small_agnews),
-                        search={"n_trials": 1, "params": {"lora.dropout": {"type": "float", **bad}}})
+def test_search_settings_that_would_fail_later_are_caught_when_the_file_loads(tmp_path, tiny_roberta, small_agnews,
+                                                                            search, message):
+    """Optuna would refuse these in every trial (or at the first), or a negative timeout would do nothing."""
+    sweep = write_sweep(tmp_path, "ranges", base_config(tiny_roberta, small_agnews), search={"n_trials": 1, **search})
     with pytest.raises(UserError, match=message):
         load_sweep(sweep)
 

@@ -214,12 +214,17 @@ def _parse_search(values: Any) -> SearchSpec:
     n_trials = values.get("n_trials")
     if n_trials is not None and (not isinstance(n_trials, int) or n_trials < 1):
         raise UserError(f"search.n_trials is {n_trials!r}; use a positive whole number")
-    timeout = values.get("timeout")
+    timeout = _number(values["timeout"], "search.timeout") if values.get("timeout") is not None else None
+    if timeout is not None and timeout <= 0:
+        raise UserError(f"search.timeout is {timeout:g}; use a positive number of seconds, or leave it out")
+    seed = values.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise UserError(f"search.seed is {seed!r}; use a whole number, or leave it out")
     return SearchSpec(
         n_trials=n_trials,
-        timeout=_number(timeout, "search.timeout") if timeout is not None else None,
+        timeout=timeout,
         sampler=_choice(values.get("sampler", "tpe"), SAMPLERS, "search.sampler"),
-        seed=values.get("seed"),
+        seed=seed,
         pruner=pruner,
         params=[_parse_param(key, spec) for key, spec in params.items()],
     )
@@ -644,9 +649,12 @@ class SweepRunner:
     """One worker: claims trials of the study and runs each as a run folder until there is nothing left."""
 
     def __init__(self, spec: SweepSpec, factory: TrialFactory, study: optuna.Study,
-                 storage: optuna.storages.RDBStorage, claim_lock=contextlib.nullcontext):
+                 storage: optuna.storages.RDBStorage, url: str):
         self.spec, self.factory, self.study, self.storage = spec, factory, study, storage
-        self.claim_lock = claim_lock  # held while claiming a trial or failing dead workers' trials
+        self.claim_lock = claim_lock_for(url, factory.sweep_dir)
+        # Failing a dead worker's trial and queueing its retry are two steps: under the planning lock, a worker
+        # queueing grid points (open_study) cannot see the point in between and queue it a second time.
+        self.planning_lock = lambda: planning_lock(url, factory.sweep_dir)
         self.study_id = storage.get_study_id_from_name(study.study_name)
         self.worker = _worker_id()
         self.tally: dict[str, int] = {}  # status -> trials this worker ran
@@ -837,7 +845,7 @@ class SweepRunner:
         while max_trials is None or sum(self.tally.values()) < max_trials:
             if timeout is not None and time.monotonic() - started >= timeout:
                 break
-            with self.claim_lock():  # two workers failing one stale trial would queue its retry twice
+            with self.planning_lock():
                 _stale_trials_failed(self.study)
             trial = self.next_trial()
             if trial is None:
@@ -929,7 +937,7 @@ def run_sweep(path: str | Path, storage: Optional[str] = None, n_trials: Optiona
     _log(f"sweep '{spec.name}' ({spec.mode}): folder {factory.sweep_dir}, storage {_redact(url)}"
          + (f", {len(points)} points ({queued} queued now)" if points else ""))
     _log(f"watch it live: optuna-dashboard {_redact(url)}")
-    runner = SweepRunner(spec, factory, study, optuna_storage, claim_lock_for(url, factory.sweep_dir))
+    runner = SweepRunner(spec, factory, study, optuna_storage, url)
     exit_code = 0
     try:
         ran = runner.run(n_trials, timeout if timeout is not None else (spec.search.timeout if spec.search else None))
