@@ -991,9 +991,10 @@ def open_study(spec: SweepSpec, url: str, sweep_dir: Path, points: list[Point], 
         recorded_base = study.user_attrs.get("base")
         if recorded_base is not None and recorded_base != base:
             # finished points are never rerun, so a changed base would silently keep the old results
+            elsewhere = "" if url.startswith("postgresql") else ", or use another --output-dir"  # its own SQLite
             raise UserError(f"study '{spec.study}' in {_redact(url)} ran its trials with other settings "
                             f"({_changed_settings(recorded_base, base)}); its finished trials would be kept as they "
-                            "are: give this sweep another name (or study_name), or use another --output-dir")
+                            f"are: give this sweep another name (or study_name){elsewhere}")
         _stale_trials_failed(study)
         queued = queue_grid_points(study, points) if points else 0
         study.set_user_attr("mode", spec.mode)
