@@ -200,6 +200,17 @@ class RunConfig:
 SECTIONS = {"model": ModelConfig, "lora": LoraSpec, "data": DataConfig, "train": TrainConfig}
 
 
+def flatten_config(values: dict) -> dict:
+    """A config mapping with dotted keys, as overrides name them: {'lora': {'r': 4}} -> {'lora.r': 4}."""
+    flat = {}
+    for key, value in values.items():
+        if key in SECTIONS and isinstance(value, dict):
+            flat.update({f"{key}.{sub}": sub_value for sub, sub_value in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
 def _check_choice(name: str, value: str, choices: tuple) -> None:
     if value not in choices:
         raise UserError(f"{name} is {value!r}; choose one of: {', '.join(choices)}{_did_you_mean(value, choices)}")

@@ -70,11 +70,11 @@ def load_run(run_dir: str | Path, model_path: Optional[str] = None, quantize: st
     tokenizer = load_tokenizer(str(adapter)) if (adapter / "tokenizer_config.json").exists() else load_tokenizer(cfg.model.name_or_path)
     model = load_adapter_for_inference(adapter, cfg.model, label_names)
     if quantize == "int8":  # int8 kernels are CPU kernels: the model stays on the CPU, in fp32 around them
-        return LoadedRun(run_dir, cfg, label_names, quantize_int8(model), tokenizer, bf16=False,
-                         batch_size=inference_batch_size(cfg, quantize))
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    return LoadedRun(run_dir, cfg, label_names, model, tokenizer, bf16=use_bf16(cfg.train.precision),
+        model, bf16 = quantize_int8(model), False
+    else:
+        model = model.to("cuda") if torch.cuda.is_available() else model
+        bf16 = use_bf16(cfg.train.precision)
+    return LoadedRun(run_dir, cfg, label_names, model, tokenizer, bf16=bf16,
                      batch_size=inference_batch_size(cfg, quantize))
 
 
@@ -102,13 +102,13 @@ def predict_probabilities(model, tokenizer, texts: list[str], max_length: int, b
     device = next(model.parameters()).device
     bf16 = use_bf16("auto") if bf16 is None else bf16
     encoded = tokenizer(texts, truncation=True, max_length=max_length)
-    features = [{k: encoded[k][i] for k in encoded.keys()} for i in range(len(texts))]
+    lengths = [len(ids) for ids in encoded["input_ids"]]
     probabilities = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     model.eval()
     with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16), \
             attention_without_cudnn():  # varying batch lengths: see attention_without_cudnn
-        for rows in length_batches([len(f["input_ids"]) for f in features], batch_size):
-            batch = tokenizer.pad([features[i] for i in rows], return_tensors="pt")
+        for rows in length_batches(lengths, batch_size):
+            batch = tokenizer.pad({k: [encoded[k][i] for i in rows] for k in encoded.keys()}, return_tensors="pt")
             batch = {k: v.to(device) for k, v in batch.items()}
             logits = model(**batch).logits.float()
             probabilities[rows] = torch.softmax(logits, dim=-1).cpu().numpy()

@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from lorafit import runs
+from lorafit.config import flatten_config
 from lorafit.errors import UserError
 
 SWEEP_INFO = "sweep.json"  # written by lorafit.sweep into each trial's run folder
@@ -118,16 +119,6 @@ class RunRecord:
         return (self.sweep.get("sweep", ""), self.sweep.get("trial_number", math.inf), self.name)
 
 
-def flatten(values: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict) and key in ("model", "lora", "data", "train"):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _read_json(path: Path) -> dict:
     try:
         data = runs.read_json(path)
@@ -158,7 +149,7 @@ def load_run(path: Path) -> RunRecord:
     except (OSError, yaml.YAMLError):
         config = {}
     curve = [row for row in runs.read_eval_curve(path) if isinstance(row.get("accuracy"), (int, float))]
-    return RunRecord(path=path, name=str(config.get("name") or path.name), config=flatten(config),
+    return RunRecord(path=path, name=str(config.get("name") or path.name), config=flatten_config(config),
                      result=_read_json(path / runs.RESULT), curve=sorted(curve, key=lambda row: row["step"]),
                      sweep=_read_json(path / SWEEP_INFO), manifest=_read_json(path / runs.MANIFEST))
 

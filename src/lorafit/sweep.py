@@ -51,7 +51,7 @@ from transformers import TrainerCallback
 
 from lorafit import runs
 from lorafit.budget import budget_report, check_budget, largest_fitting_rank
-from lorafit.config import RunConfig, apply_overrides, config_from_dict, read_yaml
+from lorafit.config import RunConfig, apply_overrides, config_from_dict, flatten_config, read_yaml
 from lorafit.errors import UserError
 from lorafit.model import load_model_config
 
@@ -597,21 +597,22 @@ def _has_checkpoint(run_dir: Path) -> bool:
     return folder.is_dir() and any(p.name.startswith("checkpoint-") for p in folder.iterdir())
 
 
+def _completed_result(run_dir: Path) -> Optional[dict]:
+    """The folder's result.json if it records a completed run."""
+    try:
+        result = runs.read_json(run_dir / runs.RESULT)
+    except (OSError, ValueError):
+        return None
+    return result if result.get("status") == "completed" else None
+
+
 def _finished_result(run_dir: Path, cfg: RunConfig) -> Optional[dict]:
     """The result of a completed run of exactly this config already in the folder (e.g. a study recreated)."""
     try:
         same = (run_dir / runs.CONFIG).read_text(encoding="utf-8") == cfg.to_yaml()
-        result = runs.read_json(run_dir / runs.RESULT)
-    except (OSError, ValueError):
+    except OSError:
         return None
-    return result if same and result.get("status") == "completed" else None
-
-
-def _completed_run(run_dir: Path) -> bool:
-    try:
-        return runs.read_json(run_dir / runs.RESULT).get("status") == "completed"
-    except (OSError, ValueError):
-        return False
+    return _completed_result(run_dir) if same else None
 
 
 def _curve_summary(run_dir: Path) -> dict:
@@ -790,7 +791,7 @@ class SweepRunner:
 
     def _fail(self, trial, run_dir: Path, cfg: RunConfig, name: str, settings: dict, error: str) -> TrialOutcome:
         """Keep what the run wrote (checkpoints let a retry resume); say what went wrong in result.json."""
-        if _completed_run(run_dir):  # e.g. a finished run of another config: its result stays true to its adapter
+        if _completed_result(run_dir) is not None:  # e.g. a finished run of another config: its result stays true to its adapter
             return self._finish(trial, TrialOutcome(FAILED, note=error))
         if not (run_dir / runs.CONFIG).exists():
             runs.atomic_write_text(run_dir / runs.CONFIG, cfg.to_yaml())
@@ -961,18 +962,8 @@ def trial_base(factory: TrialFactory) -> dict:
     return json.loads(json.dumps(values, default=str))  # what the storage's JSON gives back
 
 
-def _dotted_items(values: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(_dotted_items(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _changed_settings(old: dict, new: dict) -> str:
-    old, new = _dotted_items(old), _dotted_items(new)
+    old, new = flatten_config(old), flatten_config(new)
     changed = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
                if old.get(key) != new.get(key)]
     return "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
