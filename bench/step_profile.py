@@ -6,7 +6,8 @@
 
 roberta-base's real config with random weights, LoRA value-only r=22 with the full head (the seed's spec, as in
 bench/throughput.py), one batch of --batch-size rows x --length tokens (half the rows end in 7 padding tokens),
-bf16 autocast where lorafit would use it, attention off cuDNN as lorafit runs it. Prints milliseconds per call for:
+bf16 autocast where lorafit would use it with the frozen Linear weights stored in bf16 as lorafit stores them,
+attention off cuDNN as lorafit runs it. Prints milliseconds per call for:
 a forward pass, forward + backward, and a full step (+ gradient clipping + AdamW, foreach and fused), then a
 torch.profiler table of 10 full steps and one JSON line with the figures, the device time the kernels took per step
 and (on CUDA) the kernel launches per step. Compare `full step` with bench/throughput.py's
@@ -40,6 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--length", type=int, default=59, help="tokens per row (default 59, lorafit's mean "
                                                               "padded length on AG News)")
     parser.add_argument("--iters", type=int, default=40, help="timed calls of each piece (default 40)")
+    parser.add_argument("--fp32-frozen-weights", action="store_true",
+                        help="keep the frozen weights fp32 (autocast casts them at every step), as before lorafit "
+                             "stored them in bf16: for the kernel count with and without")
     return parser.parse_args(argv)
 
 
@@ -62,15 +66,16 @@ def build(model_dir: str, batch_size: int, length: int):
 
 
 def main(argv=None) -> dict:
-    from lorafit.model import attention_without_cudnn
-    from lorafit.train import use_bf16
+    from lorafit.model import attention_without_cudnn, frozen_linear_weights_to_bf16, use_bf16
 
     args = parse_args(argv)
     model, batch = build(args.model_dir, args.batch_size, args.length)
     params = [p for p in model.parameters() if p.requires_grad]
     bf16 = use_bf16("auto")
+    # as `lorafit train` stores them under bf16 autocast (--fp32-frozen-weights: as it did before, cast every step)
+    stored_bf16 = frozen_linear_weights_to_bf16(model) if bf16 and not args.fp32_frozen_weights else 0
     out = {"device": str(device()), "batch_size": args.batch_size, "length": args.length, "bf16": bf16,
-           "trainable_tensors": len(params)}
+           "trainable_tensors": len(params), "frozen_tensors_stored_bf16": stored_bf16}
 
     def autocast():
         return torch.autocast(device_type=device().type, dtype=torch.bfloat16, enabled=bf16)

@@ -7,6 +7,12 @@
 On CUDA it times more steps by default (120 lorafit, 60 seed training steps; 64 seed prediction batches), since a
 GPU step takes milliseconds, and skips int8 (a CPU path). `--keep-cudnn-attention` times lorafit's paths without
 their guard against cuDNN attention (lorafit.model.attention_without_cudnn), to show what the guard is worth.
+lorafit's path takes the config's device defaults (lorafit.device: on CUDA batch 128 with the learning rate
+scaled, prediction batches of 512, torch.compile; on the CPU batch 32, batches of 64, no compilation);
+`--compile on|off` and `--pad-to-multiple-of N` time the alternatives. With compilation on, the first 3 lorafit
+steps (compiling, on batches of three lengths) run before the timed ones and are reported apart
+(`lorafit_train_warmup_seconds`). Model FLOPs utilisation (`lorafit_train_mfu`, `lorafit_predict_mfu`) is given
+where the card's bf16 peak is known (the H200's 989 TFLOP/s); the formula is in `flops_per_token`.
 
 Prints one JSON object (progress goes to stderr). The model is the roberta-base architecture built from its real
 config with random weights (throughput does not depend on weight values), 4 labels, and for both paths the seed's
@@ -26,8 +32,9 @@ Training, examples/s
            which favours the seed).
   lorafit: the real `lorafit train` path: `lorafit.train.prepare` (tokenize once, no padding), the HF Trainer built
            by `lorafit.train.build_trainer` with `lorafit.train.training_arguments` (length-grouped sampling,
-           DataCollatorWithPadding, bf16 autocast when `use_bf16('auto')` says so, the default config's batch size,
-           32), so what is timed is what users run: the Trainer's loop, collator, autocast, optimizer, scheduler.
+           DataCollatorWithPadding, bf16 autocast when `use_bf16('auto')` says so with the frozen Linear weights
+           stored in bf16 as `lorafit train` stores them, the default config's batch size: auto, 32 on the CPU, 128
+           on CUDA), so what is timed is what users run: the Trainer's loop, collator, autocast, optimizer, scheduler.
            A full epoch (~580 steps) is too long to time, so the timed steps are a sample of a real epoch's
            batches: the Trainer's own length-grouped sampler orders the whole training set, the epoch is cut into
            batches, N are chosen (from each of N strata of padded length, the batch nearest the stratum's mean, so
@@ -45,7 +52,8 @@ Prediction, examples/s on --predict-rows texts drawn from --data
            one every k batches; its time is subtracted from lorafit's), so the two alternate and drift cancels.
   lorafit: `lorafit.predict.predict_probabilities` (what `lorafit predict` runs), timed end to end (tokenizing
            included) on all the texts, on the model merged by peft's merge_and_unload: length-sorted batches of up
-           to eval_batch_size rows (64), inference_mode, bf16 autocast where fast, input order restored.
+           to eval_batch_size rows (auto: 64 on the CPU, 512 on CUDA), inference_mode, bf16 autocast where fast
+           with the Linear weights stored in bf16 (lorafit.predict.to_inference_precision), input order restored.
   int8:    (CPU only) the same with `--quantize int8` (lorafit.predict.quantize_int8, batches of 32), timed right after lorafit's run and
            compared with it (`int8_over_default_predict`, label agreement); `predict_speedup_int8` uses the seed
            figure measured alongside the default path.
@@ -103,7 +111,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="few steps, 512 texts to predict: under two minutes")
     parser.add_argument("--steps", type=int, help="lorafit training steps timed (default 24, CUDA 120; quick 6)")
     parser.add_argument("--seed-steps", type=int, help="seed training steps timed (default 6, CUDA 60; quick 1)")
-    parser.add_argument("--predict-rows", type=int, help="texts to predict (default 8000; quick 512)")
+    parser.add_argument("--predict-rows", type=int, help="texts to predict (default 8000, CUDA 16000; quick 512)")
     parser.add_argument("--seed-predict-batches", type=int,
                         help="seed prediction batches timed (default 8, CUDA 64; quick 2)")
     parser.add_argument("--extra-predict-batch-sizes", default="",
@@ -114,6 +122,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="lorafit prediction batch size (default: the config's eval_batch_size)")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                         help="lorafit precision (default: the config's)")
+    parser.add_argument("--compile", choices=["auto", "on", "off"],
+                        help="lorafit's train.compile (default: the config's; auto = on with CUDA): on a GPU, "
+                             "timing both shows what compilation buys, and its warm-up seconds what it costs")
+    parser.add_argument("--warmup-steps", type=int,
+                        help="lorafit training steps run before the timed ones and reported apart (default: 3 with "
+                             "torch.compile, which compiles in them; else 0)")
+    parser.add_argument("--pad-to-multiple-of", type=int,
+                        help="lorafit's train.pad_to_multiple_of for training and prediction (default: the config's)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--keep-cudnn-attention", action="store_true",
                         help="time lorafit's paths with torch's default attention kernels, cuDNN included (lorafit "
@@ -124,7 +140,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     # A GPU step takes milliseconds: more of them are timed there, so launch jitter averages out.
     args.steps = args.steps or (6 if quick else 120 if cuda else 24)
     args.seed_steps = args.seed_steps or (1 if quick else 60 if cuda else 6)
-    args.predict_rows = args.predict_rows or (512 if quick else 8000)
+    args.predict_rows = args.predict_rows or (512 if quick else 16000 if cuda else 8000)  # ~1 s at 10,000/s on CUDA
     args.seed_predict_batches = args.seed_predict_batches or (2 if quick else 64 if cuda else 8)
     try:
         args.extra_predict_batch_sizes = [int(v) for v in args.extra_predict_batch_sizes.split(",") if v.strip()]
@@ -272,11 +288,59 @@ def seed_tokenize(texts: list[str], tokenizer, labels=None):
     return ds.to_dict()
 
 
-def padding_counts(batches_lengths) -> tuple[int, int]:
-    """(padded tokens, real tokens) of batches padded to their longest row; input: per batch, the rows' lengths."""
-    padded = sum(max(lengths) * len(lengths) for lengths in batches_lengths)
+def padding_counts(batches_lengths, multiple: int = 1) -> tuple[int, int]:
+    """(padded tokens, real tokens) of batches padded to their longest row, rounded up to `multiple` tokens;
+    input: per batch, the rows' lengths."""
+    padded = sum(-(-max(lengths) // multiple) * multiple * len(lengths) for lengths in batches_lengths)
     real = sum(sum(lengths) for lengths in batches_lengths)
     return padded, real
+
+
+# ----------------------------------------------------------------------------------------------- model FLOPs
+
+# Dense bf16 tensor-core peak (no sparsity) by the name torch reports, from NVIDIA's datasheet: the SXM H200. MFU is
+# model FLOPs per second over this. (An 8192^3 bf16 matrix product measured ~790 TFLOP/s on this workplace's H200s,
+# so 0.8 is the practical ceiling.) Other cards, and CPUs, get achieved TFLOP/s without an MFU.
+PEAK_BF16_FLOPS = {"NVIDIA H200": 989.4e12}
+
+
+def flops_per_token(model: torch.nn.Module, seq_len: float, training: bool) -> float:
+    """Model FLOPs per real token, counted from the model itself (N: weights of the Linear layers inside the encoder
+    blocks, LoRA's included; L layers of width d; s the mean padded length of the batches):
+        prediction: 2N + 4 L s d          (multiply-adds of the weights; attention scores and weighted sums)
+        training:   4 N_frozen + 6 N_trainable + 12 L s d
+    A frozen weight costs its forward and the backward's input gradient (2 + 2 per weight); a trainable one (LoRA)
+    also its weight gradient (+2); attention's backward is twice its forward. The head (one token per text),
+    embedding look-ups, norms and elementwise work are left out, as MFU figures usually do."""
+    frozen = trainable = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and ".layer." in name:
+            if module.weight.requires_grad:
+                trainable += module.weight.numel()
+            else:
+                frozen += module.weight.numel()
+    attention = 4 * model.config.num_hidden_layers * seq_len * model.config.hidden_size
+    if training:
+        return 4 * frozen + 6 * trainable + 3 * attention
+    return 2 * (frozen + trainable) + attention
+
+
+def peak_bf16_flops() -> tuple[str, float | None]:
+    if not torch.cuda.is_available():
+        return describe_device(), None
+    name = torch.cuda.get_device_name(0)
+    return name, PEAK_BF16_FLOPS.get(name)
+
+
+def utilisation(prefix: str, per_token: float, real_tokens_per_s: float, padded_tokens_per_s: float) -> dict:
+    """Achieved model TFLOP/s and MFU (counting real tokens; `_padded_tokens` counts padding as work too, what the
+    hardware did), where the card's peak is known."""
+    _, peak = peak_bf16_flops()
+    achieved = real_tokens_per_s * per_token
+    return {f"{prefix}_flops_per_token": per_token,
+            f"{prefix}_model_tflops_per_s": achieved / 1e12,
+            f"{prefix}_mfu": achieved / peak if peak else None,
+            f"{prefix}_mfu_padded_tokens": padded_tokens_per_s * per_token / peak if peak else None}
 
 
 # ----------------------------------------------------------------------------------------------- seed training
@@ -364,20 +428,37 @@ def lorafit_config(args, tmp: Path):
         overrides["train.eval_batch_size"] = args.predict_batch_size
     if args.precision:
         overrides["train.precision"] = args.precision
+    if args.compile:
+        overrides["train.compile"] = args.compile
+    if args.pad_to_multiple_of:
+        overrides["train.pad_to_multiple_of"] = args.pad_to_multiple_of
     return load_config(path, overrides), path
 
 
-class RecordingCollator:
-    """Wraps the Trainer's collator to count the real and padded tokens of every batch it builds."""
+def with_steps(cfg, steps: int):
+    """The config training `steps` steps, evaluating (and logging) only after the last one."""
+    import dataclasses
 
-    def __init__(self, collate):
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=steps, eval_steps=steps,
+                                                              logging_steps=steps))
+
+
+class RecordingCollator:
+    """Wraps the Trainer's collator to count the real and padded tokens of every batch it builds, after the first
+    `skip` (the compilation warm-up's)."""
+
+    def __init__(self, collate, skip: int = 0):
         self.collate = collate
+        self.skip = skip
         self.recording = True  # switched off after the last training step: evaluation uses the same collator
         self.real_tokens = self.padded_tokens = self.examples = 0
 
     def __call__(self, features):
         batch = self.collate(features)
         if not self.recording:
+            return batch
+        if self.skip:
+            self.skip -= 1
             return batch
         mask = batch["attention_mask"]
         self.real_tokens += int(mask.sum())
@@ -387,13 +468,15 @@ class RecordingCollator:
 
 
 def interleaving_callback(seed_trainer: SeedTrainer, recorder: RecordingCollator, lorafit_steps: int,
-                          seed_steps: int):
-    """After each Trainer step, run the seed steps due by then (spread evenly) and time both."""
+                          seed_steps: int, warmup_steps: int = 0):
+    """After each Trainer step, run the seed steps due by then (spread evenly) and time both. The first
+    `warmup_steps` steps (torch.compile compiling) are timed apart and run no seed steps."""
     from transformers import TrainerCallback
 
     class Interleave(TrainerCallback):
         def __init__(self):
             self.lorafit_seconds: list[float] = []
+            self.warmup_seconds: list[float] = []
             self.mark = None
 
         def on_train_begin(self, args, state, control, **kwargs):
@@ -402,13 +485,18 @@ def interleaving_callback(seed_trainer: SeedTrainer, recorder: RecordingCollator
 
         def on_step_end(self, args, state, control, **kwargs):
             synchronize()
+            if state.global_step <= warmup_steps:
+                self.warmup_seconds.append(time.perf_counter() - self.mark)
+                log(f"warm-up step {state.global_step}/{warmup_steps}: {self.warmup_seconds[-1]:.1f} s")
+                self.mark = time.perf_counter()
+                return
             self.lorafit_seconds.append(time.perf_counter() - self.mark)
-            due = round(state.global_step * seed_steps / lorafit_steps)
+            due = round((state.global_step - warmup_steps) * seed_steps / lorafit_steps)
             while len(seed_trainer.seconds) < due:
                 seed_trainer.step()
-            log(f"step {state.global_step}/{lorafit_steps}: lorafit {self.lorafit_seconds[-1]:.2f} s; "
+            log(f"step {state.global_step - warmup_steps}/{lorafit_steps}: lorafit {self.lorafit_seconds[-1]:.2f} s; "
                 f"seed steps so far {len(seed_trainer.seconds)} ({sum(seed_trainer.seconds):.1f} s)")
-            if state.global_step >= lorafit_steps:
+            if state.global_step >= warmup_steps + lorafit_steps:
                 recorder.recording = False
             self.mark = time.perf_counter()
 
@@ -438,12 +526,23 @@ def sampled_epoch_batches(trainer, train_ds, lengths, batch_size: int, count: in
 
 
 def run_training(args, seed_model, lorafit_model, tokenizer, memory: MemoryWatch, tmp: Path) -> dict:
-    from lorafit.train import GracefulInterrupt, build_trainer, prepare, use_bf16
+    from lorafit import device as lorafit_device
+    from lorafit.model import frozen_linear_weights_to_bf16, use_bf16
+    from lorafit.train import GracefulInterrupt, build_trainer, prepare
 
     cfg, config_path = lorafit_config(args, tmp)
-    log(f"lorafit path: config {config_path or 'built-in defaults'}, batch {cfg.train.batch_size}, precision "
-        f"{cfg.train.precision} (bf16 {use_bf16(cfg.train.precision)}), group_by_length {cfg.train.group_by_length}")
-    prepared = prepare(cfg)  # tokenize once, no padding (the real `lorafit train` preparation)
+    compiled = lorafit_device.compile_model(cfg.train.compile)
+    warmup = args.warmup_steps if args.warmup_steps is not None else COMPILE_WARMUP_STEPS if compiled else 0
+    # the real `lorafit train` preparation: tokenize once, no padding; batch_size auto resolved for this device
+    prepared = prepare(with_steps(cfg, warmup + args.steps))
+    cfg = prepared.cfg
+    bf16 = use_bf16(cfg.train.precision)
+    pad = lorafit_device.pad_multiple(cfg.train.pad_to_multiple_of)
+    log(f"lorafit path: config {config_path or 'built-in defaults'}, batch {cfg.train.batch_size}, lr "
+        f"{cfg.train.learning_rate:g}, precision {cfg.train.precision} (bf16 {bf16}), torch.compile {compiled}, "
+        f"pad to a multiple of {pad}, group_by_length {cfg.train.group_by_length}")
+    if bf16:  # as run_training does after wrapping
+        frozen_linear_weights_to_bf16(lorafit_model)
     train_texts, train_labels = prepared.train_data.texts, prepared.train_data.labels
     log(f"seed path: tokenizing {len(train_texts)} rows in chunks of {SEED_CHUNK_ROWS} with padding='longest'")
     seed_trainer = SeedTrainer(seed_model, tokenizer, train_texts, train_labels, args.seed)
@@ -452,22 +551,22 @@ def run_training(args, seed_model, lorafit_model, tokenizer, memory: MemoryWatch
     lengths = prepared.train_ds["length"]
     batch_size = cfg.train.batch_size
     epoch, timed = sampled_epoch_batches(trainer, prepared.train_ds, lengths, batch_size, args.steps, args.seed)
-    epoch_padded, epoch_real = padding_counts([[lengths[i] for i in b] for b in epoch])
-    timed_padded, timed_real = padding_counts([[lengths[i] for i in b] for b in timed])
+    epoch_padded, epoch_real = padding_counts([[lengths[i] for i in b] for b in epoch], pad)
+    timed_padded, timed_real = padding_counts([[lengths[i] for i in b] for b in timed], pad)
+    spares = [b for b in epoch if len(b) == batch_size and b not in timed]
+    spare = spares[np.random.default_rng(args.seed + 2).integers(len(spares))]  # a typical batch, like the seed's
 
-    # Replay exactly the drawn batches through the real Trainer loop.
-    trainer.train_dataset = prepared.train_ds.select([i for b in timed for i in b])
+    # Replay exactly the drawn batches through the real Trainer loop, after the compilation warm-up's if any.
+    warm = compile_warmup_batches(spares, lengths, warmup)
+    trainer.train_dataset = prepared.train_ds.select([i for b in warm + timed for i in b])
     trainer.args.train_sampling_strategy = "sequential"
-    recorder = RecordingCollator(trainer.data_collator)
+    recorder = RecordingCollator(trainer.data_collator, skip=warmup)
     trainer.data_collator = recorder
-    interleave = interleaving_callback(seed_trainer, recorder, len(timed), args.seed_steps)
+    interleave = interleaving_callback(seed_trainer, recorder, len(timed), args.seed_steps, warmup)
     trainer.add_callback(interleave)
 
     seed_trainer.warm_up(memory)
-    spares = [b for b in epoch if len(b) == batch_size and b not in timed]
-    spare = spares[np.random.default_rng(args.seed + 2).integers(len(spares))]  # a typical batch, like the seed's
-    warm_up_lorafit(lorafit_model, recorder.collate, prepared.train_ds.select(spare), use_bf16(cfg.train.precision),
-                    memory)
+    warm_up_lorafit(lorafit_model, recorder.collate, prepared.train_ds.select(spare), bf16, memory)
     trainer.train()
 
     lorafit_seconds = sum(interleave.lorafit_seconds)
@@ -477,17 +576,22 @@ def run_training(args, seed_model, lorafit_model, tokenizer, memory: MemoryWatch
     halves = _speedup_halves(interleave.lorafit_seconds, [len(b) for b in timed], seed_trainer.seconds,
                              SEED_TRAIN_BATCH)
     seed_epoch = seed_trainer.epoch_padding()
+    mean_padded_len = recorder.padded_tokens / recorder.examples
     out = {
         "config": str(config_path) if config_path else "built-in defaults",
         "lorafit_train_batch_size": batch_size,
+        "lorafit_learning_rate": cfg.train.learning_rate,
         "seed_train_batch_size": SEED_TRAIN_BATCH,
-        "lorafit_bf16": use_bf16(cfg.train.precision),
+        "lorafit_bf16": bf16,
+        "lorafit_torch_compile": compiled,
+        "lorafit_pad_to_multiple_of": pad,
         "seed_train_examples_per_s": seed_eps,
         "lorafit_train_examples_per_s": lorafit_eps,
         "train_speedup": lorafit_eps / seed_eps,
         "train_speedup_first_half_second_half": halves,
         "seed_train_steps_timed": len(seed_trainer.seconds),
         "lorafit_train_steps_timed": len(interleave.lorafit_seconds),
+        "lorafit_train_warmup_seconds": interleave.warmup_seconds,  # compilation: steps before the timed ones
         "seed_train_seconds_per_step": _spread(seed_trainer.seconds),
         "lorafit_train_seconds_per_step": _spread(interleave.lorafit_seconds),
         "padding_overhead": epoch_padded / epoch_real,
@@ -495,7 +599,7 @@ def run_training(args, seed_model, lorafit_model, tokenizer, memory: MemoryWatch
         "lorafit_train_padding_overhead_timed_batches_from_lengths": timed_padded / timed_real,
         "lorafit_train_mean_real_len": epoch_real / len(lengths),
         "lorafit_train_mean_padded_len": epoch_padded / len(lengths),
-        "lorafit_train_mean_padded_len_timed": recorder.padded_tokens / recorder.examples,
+        "lorafit_train_mean_padded_len_timed": mean_padded_len,
         "seed_padding_overhead": seed_epoch["padding_overhead"],
         "seed_train_mean_padded_len": seed_epoch["mean_padded_len"],
         "seed_train_mean_padded_len_timed": seed_trainer.padded_tokens / seed_trainer.examples,
@@ -503,12 +607,31 @@ def run_training(args, seed_model, lorafit_model, tokenizer, memory: MemoryWatch
         "seed_train_padded_tokens_per_s": seed_trainer.padded_tokens / seed_seconds,
         "lorafit_train_real_tokens_per_s": recorder.real_tokens / lorafit_seconds,
         "lorafit_train_padded_tokens_per_s": recorder.padded_tokens / lorafit_seconds,
-        "predict_batch_size": cfg.train.eval_batch_size,
+        **utilisation("lorafit_train", flops_per_token(lorafit_model, mean_padded_len, training=True),
+                      recorder.real_tokens / lorafit_seconds, recorder.padded_tokens / lorafit_seconds),
+        "predict_batch_size": lorafit_device.predict_batch_size(cfg.train.eval_batch_size),
         "max_length": cfg.data.max_length,
     }
     if recorder.examples != _timed_examples(timed):  # the Trainer must have replayed exactly the drawn batches
         raise RuntimeError(f"collated {recorder.examples} rows, expected {_timed_examples(timed)}")
     return out, trainer, cfg
+
+
+# torch.compile compiles at the first batch, again at the second shape (the length turns dynamic), and the third
+# step checks that it compiles no more: those steps are timed apart (lorafit_train_warmup_seconds).
+COMPILE_WARMUP_STEPS = 3
+
+
+def compile_warmup_batches(spares: list, lengths, count: int) -> list:
+    """`count` spare batches of different padded lengths (the longest, the shortest, then middling ones), so the
+    compiler meets its shape changes before the timed steps."""
+    if not count:
+        return []
+    if count > len(spares):
+        raise SystemExit(f"--warmup-steps {count}: only {len(spares)} spare batches in the epoch")
+    by_length = sorted(spares, key=lambda b: max(lengths[i] for i in b))
+    picks = [by_length[-1], by_length[0]] + [by_length[len(by_length) * k // count] for k in range(1, count - 1)]
+    return picks[:count]
 
 
 def _timed_examples(batches) -> int:
@@ -641,7 +764,7 @@ def time_int8_prediction(merged, tokenizer, texts, cfg, default_probabilities) -
     with the seed: compare it to the default path's figure from the same run)."""
     from lorafit.predict import inference_batch_size, predict_probabilities, quantize_int8
 
-    quantized = quantize_int8(merged)
+    quantized = quantize_int8(copy.deepcopy(merged).float())  # `lorafit predict --quantize int8` never casts to bf16
     batch_size = inference_batch_size(cfg, "int8")
     predict_probabilities(quantized, tokenizer, texts[:batch_size], cfg.data.max_length, batch_size, bf16=False)
     started = time.perf_counter()
@@ -656,14 +779,17 @@ def time_other_batch_sizes(merged, tokenizer, texts, cfg, bf16: bool, batch_size
                            default_examples_per_s: float) -> dict:
     """lorafit's prediction path at other batch sizes, each timed once right after the default path: examples/s
     and the ratio to the default batch size's figure from the same run."""
+    from lorafit.device import pad_multiple
     from lorafit.predict import predict_probabilities
 
-    out = {}
+    out, pad = {}, pad_multiple(cfg.train.pad_to_multiple_of)
     for batch_size in batch_sizes:
-        predict_probabilities(merged, tokenizer, texts[:batch_size], cfg.data.max_length, batch_size, bf16=bf16)
+        predict_probabilities(merged, tokenizer, texts[:batch_size], cfg.data.max_length, batch_size, bf16=bf16,
+                              pad_to_multiple_of=pad)
         synchronize()
         started = time.perf_counter()
-        predict_probabilities(merged, tokenizer, texts, cfg.data.max_length, batch_size, bf16=bf16)
+        predict_probabilities(merged, tokenizer, texts, cfg.data.max_length, batch_size, bf16=bf16,
+                              pad_to_multiple_of=pad)
         synchronize()
         examples_per_s = len(texts) / (time.perf_counter() - started)
         log(f"lorafit predict, batches of {batch_size}: {examples_per_s:.0f} examples/s")
@@ -672,32 +798,37 @@ def time_other_batch_sizes(merged, tokenizer, texts, cfg, bf16: bool, batch_size
 
 
 def run_prediction(args, seed_model, trained_lorafit_model, tokenizer, cfg, memory: MemoryWatch) -> dict:
-    from lorafit.predict import length_batches, predict_probabilities
-    from lorafit.train import use_bf16
+    from lorafit import device as lorafit_device
+    from lorafit.model import use_bf16
+    from lorafit.predict import length_batches, predict_probabilities, to_inference_precision
 
     texts, _ = read_texts(args.data)
     picked = np.random.default_rng(args.seed + 1).choice(len(texts), size=min(args.predict_rows, len(texts)),
                                                          replace=False)
     texts = [texts[i] for i in picked]
-    merged = trained_lorafit_model.merge_and_unload().eval()  # what `lorafit predict` loads
+    bf16 = use_bf16(cfg.train.precision)
+    # what `lorafit predict` loads: merged (here into the trained model's weights, bf16 where training stored them
+    # so: the same kernels, other rounding), Linear weights in bf16 under bf16 autocast
+    merged = to_inference_precision(trained_lorafit_model.merge_and_unload().eval(), bf16)
     seed = SeedPredictor(seed_model, tokenizer, texts, args.seed_predict_batches, args.seed)
     counting = CountingTokenizer(tokenizer)
-    bf16 = use_bf16(cfg.train.precision)
+    batch_size = lorafit_device.predict_batch_size(cfg.train.eval_batch_size)
+    pad = lorafit_device.pad_multiple(cfg.train.pad_to_multiple_of)
     log(f"predicting {len(texts)} texts: seed {len(seed.timed_starts)} timed batches of {SEED_PREDICT_BATCH}; "
-        f"lorafit all of them in batches of {cfg.train.eval_batch_size} (bf16 {bf16})")
+        f"lorafit all of them in batches of {batch_size} (bf16 {bf16}, pad to a multiple of {pad})")
 
     # warm up both (the memory probes: one batch each), then alternate batch by batch so drift cancels
     seed.warm_up(memory)
     with memory.watching("lorafit_predict"):
-        predict_probabilities(merged, tokenizer, texts[:cfg.train.eval_batch_size], cfg.data.max_length,
-                              cfg.train.eval_batch_size, bf16=bf16)
+        predict_probabilities(merged, tokenizer, texts[:batch_size], cfg.data.max_length, batch_size, bf16=bf16,
+                              pad_to_multiple_of=pad)
     lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=cfg.data.max_length)["input_ids"]]
-    n_batches = len(length_batches(lengths, cfg.train.eval_batch_size))
+    n_batches = len(length_batches(lengths, batch_size))
     interleaved = InterleavedModel(merged, seed, every=max(1, n_batches // (len(seed.timed_starts) + 1)))
     synchronize()
     started = time.perf_counter()
-    probabilities = predict_probabilities(interleaved, counting, texts, cfg.data.max_length,
-                                          cfg.train.eval_batch_size, bf16=bf16)
+    probabilities = predict_probabilities(interleaved, counting, texts, cfg.data.max_length, batch_size, bf16=bf16,
+                                          pad_to_multiple_of=pad)
     lorafit_seconds = time.perf_counter() - started - interleaved.seed_wall
     seed.run(len(seed.timed_starts) - len(seed.seconds))  # any left over
     log(f"lorafit: {len(texts)} texts in {lorafit_seconds:.1f} s; seed: {len(seed.seconds)} batches, "
@@ -740,6 +871,8 @@ def run_prediction(args, seed_model, trained_lorafit_model, tokenizer, cfg, memo
         "seed_predict_padded_tokens_per_s": seed.padded_tokens / seed_seconds,
         "lorafit_predict_real_tokens_per_s": counting.real_tokens / lorafit_seconds,
         "lorafit_predict_padded_tokens_per_s": counting.padded_tokens / lorafit_seconds,
+        **utilisation("lorafit_predict", flops_per_token(merged, counting.padded_tokens / len(texts), training=False),
+                      counting.real_tokens / lorafit_seconds, counting.padded_tokens / lorafit_seconds),
     }
 
 
@@ -802,12 +935,17 @@ def main(argv=None) -> dict:
         training, trainer, cfg = run_training(args, seed_model, lorafit_model, tokenizer, memory, Path(tmp))
         result.update(training)
         result.update(run_prediction(args, seed_model, trainer.model, tokenizer, cfg, memory))
+    card, peak = peak_bf16_flops()
+    result["mfu_peak"] = {"card": card, "peak_bf16_tflops": peak / 1e12 if peak else None,
+                          "note": "MFU = model FLOPs per second (bench/throughput.py flops_per_token) / this peak"
+                          if peak else "no peak figure for this device: achieved TFLOP/s only"}
     result["memory"] = memory.report()
     result["load_average_end"] = os.getloadavg()[0]
     result["wall_seconds"] = time.perf_counter() - started
     ordered = {k: result.pop(k) for k in ("train_speedup", "predict_speedup", "predict_speedup_int8", "padding_overhead",
                                           "seed_train_examples_per_s", "lorafit_train_examples_per_s",
-                                          "seed_predict_examples_per_s", "lorafit_predict_examples_per_s")}
+                                          "seed_predict_examples_per_s", "lorafit_predict_examples_per_s",
+                                          "lorafit_train_mfu", "lorafit_predict_mfu")}
     ordered.update(result)
     print(json.dumps(ordered, indent=2))
     return ordered

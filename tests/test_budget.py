@@ -53,13 +53,15 @@ def test_budget_cli_json_and_table(cli, roberta_dir):
     assert table.code == 0 and "888,580" in table.out and "largest rank that fits: 11" in table.out
 
 
-def test_shipped_configs_fit_the_budget(cli, roberta_dir):
-    from conftest import ROOT
+def test_shipped_configs_fit_the_budget(cli, roberta_dir, minilm_dir):
+    """Every shipped run config, counted on the model it names (roberta-base, MiniLM or MPNet's real config)."""
+    from conftest import FIXTURES, ROOT
 
-    for config in sorted((ROOT / "configs").glob("*.yaml")):
-        if "minilm" in config.name:
-            continue
-        result = cli("budget", config, "--model", roberta_dir, "--json")
+    configs = sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "configs" / "accuracy").glob("*.yaml"))
+    assert len(configs) >= 10
+    for config in configs:
+        model = minilm_dir if "minilm" in config.name else FIXTURES / "mpnet" if "mpnet" in config.name else roberta_dir
+        result = cli("budget", config, "--model", model, "--json")
         assert result.code == 0, (config, result.err)
         assert json.loads(result.out)["total"] <= 1_000_000, config
     seed = json.loads(cli("budget", ROOT / "configs/seed-reproduction.yaml", "--model", roberta_dir, "--json").out)

@@ -110,6 +110,39 @@ def test_grid_sweep_skips_over_budget_and_resumes_without_rerunning(tmp_path, ti
     assert yaml.safe_load((sweep_dir / "lora.dropout=0" / runs.CONFIG).read_text())["lora"]["dropout"] == 0.0
 
 
+def test_trials_with_automatic_batch_size_all_train_and_are_found_again(tmp_path, tiny_roberta, small_agnews):
+    """train.batch_size auto (the default) becomes a number in train.prepare; a worker's later trials reuse the first
+    one's tokenized data without prepare, and a recreated study compares each trial's config with the folder's."""
+    base = base_config(tiny_roberta, small_agnews)
+    base["train"] = {key: value for key, value in FAST_TRAIN.items() if key != "batch_size"}
+    sweep = write_sweep(tmp_path, "auto_batch", base, grid={"mode": "one_at_a_time", "axes": {"lora.dropout": [0.0]}})
+    out = tmp_path / "runs"
+    first = run_sweep(sweep, output_dir=str(out))
+    assert first.exit_code == 0 and first.ran == {"completed": 2}, first
+    sweep_dir = out / "auto_batch"
+    for point in ("base", "lora.dropout=0"):
+        assert yaml.safe_load((sweep_dir / point / runs.CONFIG).read_text())["train"]["batch_size"] == 32
+
+    (sweep_dir / "optuna.db").unlink()  # the study is recreated: the finished runs in the folder are taken as they are
+    again = run_sweep(sweep, output_dir=str(out))
+    assert again.exit_code == 0 and again.ran == {"completed": 2}, again
+    for point in ("base", "lora.dropout=0"):
+        assert len(runs.read_eval_curve(sweep_dir / point)) == EVALS_PER_RUN  # not trained again
+
+    # A finished trial damaged since (its weights cut short) is not reused and not overwritten: that trial fails with
+    # the reason, and its folder is left exactly as it is for the user to restore or retrain.
+    weights = sweep_dir / "base" / runs.ADAPTER / runs.ADAPTER_WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:-64])
+    damaged = weights.read_bytes()
+    (sweep_dir / "optuna.db").unlink()
+    third = run_sweep(sweep, output_dir=str(out))
+    assert third.exit_code == 1 and third.ran == {"completed": 1, "failed": 1}, third
+    notes = {point: trials[0].user_attrs.get("note", "") for point, trials in trials_by_point(
+        load_study(sweep_dir, "auto_batch")).items()}
+    assert "damaged" in notes["base"] and runs.ADAPTER_WEIGHTS in notes["base"], notes
+    assert weights.read_bytes() == damaged and runs.read_json(sweep_dir / "base" / runs.RESULT)["status"] == "completed"
+
+
 def test_search_sweep_runs_n_trials_fits_rank_and_resumes(tmp_path, tiny_roberta, small_agnews):
     params = {
         "lora.r": {"type": "categorical", "choices": [64, "auto"]},  # 64 is over budget: fitted down

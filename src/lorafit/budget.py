@@ -14,7 +14,14 @@ import torch
 
 from lorafit.config import RunConfig
 from lorafit.errors import UserError
-from lorafit.model import head_module_names, load_model_config, meta_model, target_matches, wrap_with_lora
+from lorafit.model import (
+    head_module_names,
+    install_pooling,
+    load_model_config,
+    meta_model,
+    target_matches,
+    wrap_with_lora,
+)
 
 
 @dataclass
@@ -24,7 +31,7 @@ class BudgetReport:
     target_modules: list
     head: str
     num_labels: int
-    budget: int
+    budget: Optional[int]  # None: unlimited (a teacher run)
     lora: int
     head_params: int
     other: int
@@ -38,7 +45,11 @@ class BudgetReport:
 
     @property
     def fits(self) -> bool:
-        return self.total <= self.budget
+        return self.budget is None or self.total <= self.budget
+
+    @property
+    def margin(self) -> Optional[int]:
+        return None if self.budget is None else self.budget - self.total
 
     def to_dict(self) -> dict:
         out = {
@@ -46,7 +57,7 @@ class BudgetReport:
             "num_labels": self.num_labels, "total": self.total, "lora": self.lora, "head": self.head_params,
             "head_type": self.head, "other": self.other, "lora_by_module": self.lora_by_module,
             "head_by_module": self.head_by_module,
-            "budget": self.budget, "margin": self.budget - self.total, "fits": self.fits,
+            "budget": self.budget, "margin": self.margin, "fits": self.fits,
         }
         if self.max_r is not None:
             out["max_r"] = self.max_r
@@ -57,10 +68,10 @@ class BudgetReport:
         rows += [("lora total", self.lora)]
         rows += [(f"head: {name}", n) for name, n in sorted(self.head_by_module.items())]
         rows += [(f"head total ({self.head})", self.head_params), ("other", self.other),
-                 ("total trainable", self.total), ("budget", self.budget), ("margin", self.budget - self.total)]
+                 ("total trainable", self.total), ("budget", self.budget), ("margin", self.margin)]
         width = max(len(label) for label, _ in rows)
         lines = [f"{self.model}  r={self.r}  targets={','.join(self.target_modules)}  labels={self.num_labels}"]
-        lines += [f"  {label:<{width}}  {n:>12,}" for label, n in rows]
+        lines += [f"  {label:<{width}}  {'unlimited' if n is None else format(n, ','):>12}" for label, n in rows]
         lines.append(f"  {'fits' if self.fits else 'OVER BUDGET'}")
         if self.max_r is not None:
             lines.append(f"  largest rank that fits: {self.max_r}")
@@ -130,7 +141,9 @@ def count_trainable(model: torch.nn.Module) -> tuple[dict, int, int]:
 
 
 def _report_for_rank(cfg: RunConfig, model_config, r: int) -> BudgetReport:
-    model = wrap_with_lora(meta_model(model_config, cfg.model.trust_remote_code), cfg.lora, r, cfg.model.head)
+    # Pooling adds no parameters, but it decides which layers are used (see model.install_pooling): built the same.
+    base = install_pooling(meta_model(model_config, cfg.model.trust_remote_code), cfg.model.pooling)
+    model = wrap_with_lora(base, cfg.lora, r, cfg.model.head)
     lora_by_module, head_by_module, other = trainable_breakdown(model)
     return BudgetReport(
         model=cfg.model.name_or_path, r=r, target_modules=list(cfg.lora.target_modules), head=cfg.model.head,
@@ -142,6 +155,8 @@ def _report_for_rank(cfg: RunConfig, model_config, r: int) -> BudgetReport:
 
 def largest_fitting_rank(cfg: RunConfig, model_config=None) -> int:
     """Largest r whose total fits the budget. The count is affine in r, so two meta builds give it exactly."""
+    if cfg.budget is None:
+        raise UserError("budget is null (unlimited), so every rank fits; set a budget to find the largest rank that fits")
     model_config = model_config or load_model_config(cfg.model)
     at_1 = _report_for_rank(cfg, model_config, 1)
     at_2 = _report_for_rank(cfg, model_config, 2)

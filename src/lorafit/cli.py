@@ -1,4 +1,4 @@
-"""Command line: `lorafit budget | train | evaluate | predict | sweep | report`.
+"""Command line: `lorafit budget | train | evaluate | predict | export | sweep | report`.
 
 Exit codes: 0 success, 2 user error (one line on stderr, no traceback), 1 anything else.
 """
@@ -21,6 +21,7 @@ TRAIN_SHORTCUTS = {
     "eval_file": "data.eval_file",
     "output_dir": "output_dir",
     "name": "name",
+    "trust_pickle": "data.trust_pickle",
 }
 
 
@@ -123,6 +124,16 @@ def cmd_sweep(args, extra) -> int:
     return outcome.exit_code
 
 
+def cmd_export(args, extra) -> int:
+    from lorafit.export import export_run
+
+    _no_extra(extra)
+    out = export_run(args.run_dir, args.output, model_path=args.model, overwrite=args.overwrite)
+    print(f"exported {args.run_dir} to {out} (load it with transformers.pipeline(\"text-classification\", "
+          f"model=\"{out}\"))", file=sys.stderr)
+    return 0
+
+
 def cmd_report(args, extra) -> int:
     from lorafit.report import write_report
 
@@ -172,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run name (name)")
     p.add_argument("--resume", action="store_true", help="continue the run folder's last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--trust-pickle", action="store_true", default=None,
+                   help="allow .pkl data files (data.trust_pickle; unpickling can run code: only files you trust)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="accuracy, macro-F1, per-class scores and confusion matrix of a run")
@@ -194,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="base model location, if it moved since training")
     add_quantize_option(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="write a run as a plain transformers model (LoRA merged, no peft needed)")
+    p.add_argument("run_dir")
+    p.add_argument("--output", required=True, help="folder to create, e.g. exports/NAME")
+    p.add_argument("--model", help="base model location, if it moved since training")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("sweep", help="run a grid or Optuna search of training runs",
                        epilog="Any config field can be overridden for every trial as --section.key value, "

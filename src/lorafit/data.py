@@ -236,7 +236,7 @@ def load_labelled(cfg: DataConfig, num_labels: int, path: Optional[str] = None, 
                   label_names: Optional[list[str]] = None) -> LabelledData:
     """Labelled rows from a local file (path) or a Hub split (cfg.dataset, hub_split)."""
     if path is not None:
-        return labelled_from_frame(read_table(path), cfg, num_labels, str(path), label_names)
+        return labelled_from_frame(read_table(path, cfg.trust_pickle), cfg, num_labels, str(path), label_names)
     frame, hub_names = load_hub_split(cfg.dataset, cfg.dataset_config, hub_split or cfg.train_split)
     return labelled_from_frame(frame, cfg, num_labels, f"{cfg.dataset}:{hub_split or cfg.train_split}",
                                label_names or hub_names)

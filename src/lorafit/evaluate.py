@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from lorafit import runs
+from lorafit import card, runs
 from lorafit.data import LabelledData, labelled_from_frame, load_hub_split, read_table
 from lorafit.errors import UserError
 from lorafit.predict import load_run, predict_probabilities
@@ -93,7 +93,7 @@ def evaluate_run(run_dir: str | Path, data_spec: str, model_path: Optional[str] 
     run = load_run(run_dir, model_path, quantize)
     data, name = load_eval_data(data_spec, run)
     probs = predict_probabilities(run.model, run.tokenizer, data.texts, run.cfg.data.max_length, run.batch_size,
-                                  bf16=run.bf16)
+                                  bf16=run.bf16, progress="evaluating", pad_to_multiple_of=run.pad_multiple)
     metrics = classification_metrics(data.labels, probs.argmax(axis=1), run.label_names)
     metrics["data"] = data.source
     if quantize != "none":  # scored apart, so a quantized check never overwrites the model's own numbers
@@ -103,4 +103,5 @@ def evaluate_run(run_dir: str | Path, data_spec: str, model_path: Optional[str] 
     out_dir.mkdir(exist_ok=True)
     runs.atomic_write_json(out_dir / f"{name}.json", metrics)
     plot_confusion(metrics, out_dir / f"{name}-confusion.png", f"{run.run_dir.name} on {name}")
+    card.write_adapter_card(run.run_dir)  # the adapter's model card lists every evaluation
     return metrics

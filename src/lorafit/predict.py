@@ -7,6 +7,7 @@ written atomically. `quantize="int8"` trades a little agreement for CPU speed (R
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import warnings
@@ -18,12 +19,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lorafit import runs
-from lorafit.config import QUANTIZE_CHOICES, RunConfig, config_from_dict, read_yaml
+from lorafit import device, runs
+from lorafit.config import QUANTIZE_CHOICES, RunConfig, config_from_dict
+from lorafit.console import progress_bar, say
 from lorafit.data import join_texts, read_table
 from lorafit.errors import UserError
-from lorafit.model import attention_without_cudnn, load_adapter_for_inference, load_tokenizer
-from lorafit.train import use_bf16
+from lorafit.model import (
+    attention_without_cudnn,
+    frozen_linear_weights_to_bf16,
+    load_adapter_for_inference,
+    load_tokenizer,
+    use_bf16,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,7 @@ class LoadedRun:
     tokenizer: object
     bf16: bool  # autocast while predicting: the run's precision setting holds at inference too
     batch_size: int
+    pad_multiple: int = 1  # batches pad to a multiple of this many tokens (train.pad_to_multiple_of)
 
 
 def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
@@ -52,30 +60,46 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def inference_batch_size(cfg: RunConfig, quantize: str) -> int:
-    """Rows per batch: the run's eval_batch_size; int8 kernels ran fastest at 32 rows (1.2x their speed at 64)."""
-    return min(INT8_BATCH_SIZE, cfg.train.eval_batch_size) if quantize == "int8" else cfg.train.eval_batch_size
+    """Rows per batch: the run's eval_batch_size (auto: 512 on CUDA, 64 on the CPU); int8 kernels ran fastest at
+    32 rows (1.2x their speed at 64)."""
+    rows = device.predict_batch_size(cfg.train.eval_batch_size)
+    return min(INT8_BATCH_SIZE, rows) if quantize == "int8" else rows
 
 
-def load_run(run_dir: str | Path, model_path: Optional[str] = None, quantize: str = "none") -> LoadedRun:
-    """A finished run ready for inference; model_path replaces the base model's location if it moved."""
+def to_inference_precision(model: torch.nn.Module, bf16: bool) -> torch.nn.Module:
+    """For prediction under bf16 autocast, the merged model (merged in fp32) keeps its Linear weights in bf16: the
+    same logits as casting them at every batch, without the cast kernels (frozen_linear_weights_to_bf16)."""
+    if bf16:
+        frozen_linear_weights_to_bf16(model.requires_grad_(False))
+    return model
+
+
+def load_run(run_dir: str | Path, model_path: Optional[str] = None, quantize: str = "none",
+             checked: Optional[runs.RunFolder] = None) -> LoadedRun:
+    """A finished run ready for inference; model_path replaces the base model's location if it moved.
+    checked: the folder as runs.check_run_folder(run_dir) returned it, if the caller checked it already."""
     if quantize not in QUANTIZE_CHOICES:
         raise UserError(f"--quantize {quantize} is not known; use one of: {', '.join(QUANTIZE_CHOICES)}")
-    run_dir = runs.require_run_dir(run_dir)
-    values = read_yaml(run_dir / runs.CONFIG)
+    checked = checked or runs.check_run_folder(run_dir, runs.INFERENCE)  # damaged: one line, before any loading
+    run_dir, values = checked.path, checked.config
     if model_path:
         values.setdefault("model", {})["name_or_path"] = model_path
     cfg = config_from_dict(values)
-    label_names = [str(n) for n in runs.read_json(run_dir / runs.LABELS)]
+    label_names = checked.labels
     adapter = run_dir / runs.ADAPTER
     tokenizer = load_tokenizer(str(adapter)) if (adapter / "tokenizer_config.json").exists() else load_tokenizer(cfg.model.name_or_path)
+    say(f"loading {cfg.model.name_or_path} and merging the LoRA adapter of {run_dir.name} ...")
     model = load_adapter_for_inference(adapter, cfg.model, label_names)
     if quantize == "int8":  # int8 kernels are CPU kernels: the model stays on the CPU, in fp32 around them
+        say("quantizing to int8 ...")
         model, bf16 = quantize_int8(model), False
     else:
         model = model.to("cuda") if torch.cuda.is_available() else model
         bf16 = use_bf16(cfg.train.precision)
+        model = to_inference_precision(model, bf16)
     return LoadedRun(run_dir, cfg, label_names, model, tokenizer, bf16=bf16,
-                     batch_size=inference_batch_size(cfg, quantize))
+                     batch_size=inference_batch_size(cfg, quantize),
+                     pad_multiple=device.pad_multiple(cfg.train.pad_to_multiple_of))
 
 
 def length_batches(lengths, batch_size: int) -> list[np.ndarray]:
@@ -95,23 +119,37 @@ def length_batches(lengths, batch_size: int) -> list[np.ndarray]:
 
 
 def predict_probabilities(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64,
-                          bf16: Optional[bool] = None) -> np.ndarray:
-    """Class probabilities for each text, in input order."""
+                          bf16: Optional[bool] = None, log: bool = False, progress: str = "",
+                          pad_to_multiple_of: int = 1) -> np.ndarray:
+    """Class probabilities for each text, in input order; with log=True their logarithms, computed from the logits
+    (log_softmax: no underflow to log 0), which are the logits up to a per-row constant (distillation reads them).
+    progress: what to call the work in a progress bar on stderr (shown on a terminal only); empty: no bar.
+    pad_to_multiple_of: each batch pads to a multiple of this many tokens (1: to its longest row)."""
     if not texts:
         return np.zeros((0, model.config.num_labels), dtype=np.float32)
     device = next(model.parameters()).device
     bf16 = use_bf16("auto") if bf16 is None else bf16
+    if progress:
+        say(f"tokenizing {len(texts):,} rows ...")
     encoded = tokenizer(texts, truncation=True, max_length=max_length)
     lengths = [len(ids) for ids in encoded["input_ids"]]
     probabilities = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     model.eval()
+    batches = length_batches(lengths, batch_size)
+    # Each batch holds texts of similar length, but the batches run in a shuffled (fixed) order, not shortest
+    # first: rows per second then stay near their average from the start, so the bar's time left holds.
+    order = np.random.default_rng(0).permutation(len(batches))
     with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16), \
-            attention_without_cudnn():  # varying batch lengths: see attention_without_cudnn
-        for rows in length_batches(lengths, batch_size):
-            batch = tokenizer.pad({k: [encoded[k][i] for i in rows] for k in encoded.keys()}, return_tensors="pt")
+            attention_without_cudnn(), \
+            progress_bar(len(texts), progress) if progress else contextlib.nullcontext() as bar:
+        for rows in (batches[i] for i in order):
+            batch = tokenizer.pad({k: [encoded[k][i] for i in rows] for k in encoded.keys()}, return_tensors="pt",
+                                  pad_to_multiple_of=pad_to_multiple_of if pad_to_multiple_of > 1 else None)
             batch = {k: v.to(device) for k, v in batch.items()}
             logits = model(**batch).logits.float()
-            probabilities[rows] = torch.softmax(logits, dim=-1).cpu().numpy()
+            probabilities[rows] = (torch.log_softmax if log else torch.softmax)(logits, dim=-1).cpu().numpy()
+            if bar is not None:
+                bar.update(len(rows))
     return probabilities
 
 
@@ -168,14 +206,15 @@ def predict_file(run_dir: str | Path, input_path: str | Path, output_path: str |
         raise UserError(f"--batch-size {batch_size} must be at least 1; e.g. --batch-size 64")
     output_path = Path(output_path)
     check_output_path(output_path)
-    run_dir = runs.require_run_dir(run_dir)
-    cfg = config_from_dict(read_yaml(run_dir / runs.CONFIG))
+    checked = runs.check_run_folder(run_dir, runs.INFERENCE)
+    cfg = config_from_dict(checked.config)
     frame = read_table(input_path, trust_pickle=trust_pickle)
     columns = input_text_columns(frame, text_column, cfg.data.text_columns)
     ids, texts = prediction_rows(frame, str(input_path), columns, cfg.data.text_separator, id_column)
-    loaded = load_run(run_dir, model_path, quantize)
+    loaded = load_run(checked.path, model_path, quantize, checked=checked)
     probs = predict_probabilities(loaded.model, loaded.tokenizer, texts, cfg.data.max_length,
-                                  batch_size or loaded.batch_size, bf16=loaded.bf16)
+                                  batch_size or loaded.batch_size, bf16=loaded.bf16, progress="predicting",
+                                  pad_to_multiple_of=loaded.pad_multiple)
     table = pd.DataFrame({"ID": ids, "Label": probs.argmax(axis=1)})
     if probabilities:
         for i, name in enumerate(loaded.label_names):

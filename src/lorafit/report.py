@@ -61,9 +61,12 @@ class RunRecord:
     curve: list  # eval rows with an accuracy
     sweep: dict  # sweep.json, or {} for a plain run
     manifest: dict = field(default_factory=dict)
+    problem: Optional[runs.RunFolderError] = None  # why the folder cannot be used as it is (damaged, newer format)
 
     @property
     def status(self) -> str:
+        if self.problem is not None:
+            return self.problem.status
         if self.result.get("status"):
             return str(self.result["status"])
         return "incomplete"  # no result.json: still running, or stopped before it finished
@@ -107,6 +110,8 @@ class RunRecord:
 
     @property
     def note(self) -> str:
+        if self.problem is not None:
+            return "; ".join(filter(None, [self.problem.reason, self.problem.fix]))
         text = self.result.get("reason") or self.result.get("error") or ""
         if not text and self.status == "pruned" and self.result.get("pruned_at_step") is not None:
             text = f"pruned at step {self.result['pruned_at_step']}"
@@ -127,15 +132,19 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+RUN_MARKERS = (runs.CONFIG, runs.RESULT, runs.MANIFEST)  # any one makes a run folder (a damaged one may lack the rest)
+
+
 def find_run_dirs(root: Path, skip: Optional[Path] = None) -> list[Path]:
-    """Every folder holding config.yaml, not looking inside run folders or hidden (temporary) folders."""
+    """Every run folder (holding config.yaml, or result.json / manifest.json when damaged), not looking inside run
+    folders or hidden (temporary) folders."""
     found = []
     for folder, subfolders, files in os.walk(root):
         here = Path(folder)
         if skip is not None and here.resolve() == skip.resolve():
             subfolders[:] = []
             continue
-        if runs.CONFIG in files:
+        if any(name in files for name in RUN_MARKERS):
             found.append(here)
             subfolders[:] = []
             continue
@@ -146,12 +155,31 @@ def find_run_dirs(root: Path, skip: Optional[Path] = None) -> list[Path]:
 def load_run(path: Path) -> RunRecord:
     try:
         config = yaml.safe_load((path / runs.CONFIG).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8; check_run_folder says what is wrong
+        config = {}
+    if not isinstance(config, dict):
         config = {}
     curve = [row for row in runs.read_eval_curve(path) if isinstance(row.get("accuracy"), (int, float))]
+    result = _read_json(path / runs.RESULT)
     return RunRecord(path=path, name=str(config.get("name") or path.name), config=flatten_config(config),
-                     result=_read_json(path / runs.RESULT), curve=sorted(curve, key=lambda row: row["step"]),
-                     sweep=_read_json(path / SWEEP_INFO), manifest=_read_json(path / runs.MANIFEST))
+                     result=result, curve=sorted(curve, key=lambda row: row["step"]),
+                     sweep=_read_json(path / SWEEP_INFO), manifest=_read_json(path / runs.MANIFEST),
+                     problem=folder_problem(path, result))
+
+
+def folder_problem(path: Path, result: dict) -> Optional[runs.RunFolderError]:
+    """A completed run must be usable as a whole (adapter, labels, curve...); other runs need only readable files."""
+    if result.get("status") == "completed":
+        need = runs.FINISHED
+    else:
+        need = {name for name, file in (("result", runs.RESULT), ("manifest", runs.MANIFEST)) if (path / file).exists()}
+    try:
+        runs.check_run_folder(path, need)
+    except runs.RunFolderError as exc:
+        return exc
+    except UserError as exc:  # e.g. no adapter in a run that says it completed: damage here too
+        return runs.RunFolderError(path, "", str(exc).removeprefix(f"{path} "), fix="")
+    return None
 
 
 def load_runs(root: str | Path, skip: Optional[Path] = None) -> list[RunRecord]:

@@ -9,19 +9,35 @@ runs/<name>/
   adapter/           PEFT adapter (LoRA + head) and tokenizer: plain peft reloads it
   checkpoints/       Trainer checkpoints, for resuming
   sweep.json         (sweep trials only) sweep, trial number, point, settings, fitted r, worker
+  .lock              while a process writes the folder: its host, pid and start time (not run content)
+
+Readers check a folder before using it (check_run_folder) and refuse a damaged one with one line; writers hold
+the folder's lock (RunLock) so two processes never write one folder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
+import logging
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
+
+try:
+    import fcntl
+except ImportError:  # Windows: the lock file alone, see RunLock
+    fcntl = None
 
 from lorafit.errors import UserError
 
@@ -33,6 +49,13 @@ LABELS = "labels.json"
 ADAPTER = "adapter"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 CHECKPOINTS = "checkpoints"
+LOCK = ".lock"
+
+# Version of the run folder's layout, stamped into result.json and manifest.json. Bump it when a change would make
+# an older lorafit misread a new folder; readers treat a missing stamp as 1 (folders made before the stamp).
+FORMAT_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 # Write failures a user fixes by freeing space or choosing another place: one line, not a traceback.
@@ -132,11 +155,13 @@ def read_eval_curve(run_dir: str | Path) -> list[dict]:
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by a kill; the next evaluation rewrites nothing before it
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
 
 
@@ -160,20 +185,487 @@ def package_versions() -> dict:
     return versions
 
 
-def require_run_dir(run_dir: str | Path, need_adapter: bool = True) -> Path:
-    """A finished run folder, or a one-line error saying what is missing."""
+# ---------------------------------------------------------------------------------------------------------------
+# Checking a run folder before it is used (predict, evaluate, report, export, a sweep reusing a finished trial)
+
+# What a command needs from a run folder: check_run_folder's `need`. The config is always checked.
+INFERENCE = frozenset({"config", "labels", "adapter"})  # predict, evaluate, export, teachers
+FINISHED = INFERENCE | {"result", "manifest", "curve"}  # a completed run shown in a report or reused by a sweep
+
+RETRAIN = "restore it from a backup, or retrain the run (lorafit train CONFIG --overwrite)"
+UPGRADE = "upgrade lorafit (pip install -U lorafit) to read it"
+
+
+class RunFolderError(UserError):
+    """A run folder that cannot be used: status 'damaged' (a file missing or corrupt) or 'newer' (a newer format)."""
+
+    def __init__(self, run_dir: Path, file: str, problem: str, fix: str = RETRAIN, status: str = "damaged"):
+        self.run_dir, self.file, self.problem, self.fix, self.status = Path(run_dir), file, problem, fix, status
+        lead = f"run folder {run_dir} is damaged: " if status == "damaged" else f"run folder {run_dir}: "
+        super().__init__(f"{lead}{self.reason}" + (f"; {fix}" if fix else ""))
+
+    @property
+    def reason(self) -> str:
+        """The problem without the folder or the fix, for a report's table."""
+        return " ".join(filter(None, [self.file, self.problem]))
+
+
+@dataclass
+class RunFolder:
+    """What check_run_folder read and found sound (None where it was not asked for or not there)."""
+
+    path: Path
+    config: dict  # config.yaml as written (resolved, defaults filled in)
+    labels: Optional[list] = None
+    result: Optional[dict] = None
+    manifest: Optional[dict] = None
+
+
+def check_run_folder(run_dir: str | Path, need=INFERENCE) -> RunFolder:
+    """The run folder, checked for what a command needs, or a one-line UserError naming the folder, the file, the
+    problem and the fix. Nothing is written. `need`: names from {"config", "labels", "adapter", "result",
+    "manifest", "curve"} (INFERENCE, FINISHED). A result.json or manifest.json from a newer lorafit is refused
+    whatever is needed; other files the command does not need may be damaged without stopping it."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run folder not found: {run_dir} (train one with `lorafit train CONFIG.yaml`)")
-    if not (run_dir / CONFIG).exists():
-        raise UserError(f"{run_dir} is not a lorafit run folder (no {CONFIG})")
-    if need_adapter and not (run_dir / ADAPTER / "adapter_config.json").exists():
-        raise UserError(f"{run_dir} has no trained adapter ({ADAPTER}/adapter_config.json); finish or rerun training first")
-    if need_adapter and not (run_dir / ADAPTER / ADAPTER_WEIGHTS).exists():
-        # peft would fall back to adapter_model.bin, a pickle; lorafit loads weights from safetensors only.
-        raise UserError(f"{run_dir / ADAPTER} has no {ADAPTER_WEIGHTS}; lorafit loads adapter weights from safetensors "
-                        "only (a .bin file is a pickle); re-save the adapter with safe_serialization=True or retrain")
-    return run_dir
+    manifest = read_run_json(run_dir, MANIFEST, required=False)  # its config checksum, if readable
+    values, cfg = _check_config(run_dir, manifest)  # first: whether this is a run folder at all
+    if "manifest" in need:
+        manifest = read_run_json(run_dir, MANIFEST, required=True)
+    result = read_run_json(run_dir, RESULT, required="result" in need)
+    folder = RunFolder(run_dir, values, result=result, manifest=manifest)
+    if "labels" in need:
+        folder.labels = _check_labels(run_dir, cfg)
+    if "adapter" in need:
+        _check_adapter(run_dir, cfg)
+    if "curve" in need:
+        _check_curve_reaches(run_dir, check_eval_curve(run_dir, finished=True), result)
+    return folder
+
+
+def read_run_json(run_dir: Path, name: str, required: bool) -> Optional[dict]:
+    """result.json / manifest.json as a dict; None when absent or (not required) unreadable. A newer format
+    version is refused either way: what a newer lorafit wrote may mean something else."""
+    path = Path(run_dir) / name
+    if not path.exists():
+        if required:
+            raise RunFolderError(run_dir, name, "is missing")
+        return None
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):  # ValueError: bad JSON or not UTF-8
+        data = None
+    if not isinstance(data, dict):
+        if required:
+            raise RunFolderError(run_dir, name, "is not a valid JSON object (truncated or overwritten)")
+        return None
+    version = data.get("format_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool):
+        if required:
+            raise RunFolderError(run_dir, name, f"has an invalid format_version {version!r}")
+        return None
+    if version > FORMAT_VERSION:
+        raise RunFolderError(run_dir, name, f"was written by a newer lorafit (run folder format {version}; this "
+                             f"lorafit reads format {FORMAT_VERSION} and older)", UPGRADE, status="newer")
+    return data
+
+
+def config_digest(text: str) -> str:
+    """sha256 of config.yaml as written, kept in manifest.json: a cut or edited config.yaml can still parse."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _check_config(run_dir: Path, manifest: Optional[dict]):
+    from lorafit.config import config_from_dict  # config imports nothing of runs; lazily all the same
+
+    path = run_dir / CONFIG
+    if not path.is_file():
+        if any((run_dir / name).exists() for name in (MANIFEST, RESULT, LABELS, ADAPTER, EVAL_CURVE)):
+            raise RunFolderError(run_dir, CONFIG, "is missing")
+        raise UserError(f"{run_dir} is not a lorafit run folder (no {CONFIG}); give a folder made by `lorafit train`")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        raise RunFolderError(run_dir, CONFIG, "is not readable UTF-8 text") from None
+    expected = (manifest or {}).get("config_sha256")
+    if expected and config_digest(text) != expected:
+        raise RunFolderError(run_dir, CONFIG, "differs from the config the run was trained with (its checksum in "
+                             f"{MANIFEST} does not match)", RETRAIN + "; to use a moved base model give --model")
+    try:
+        values = yaml_load(text)
+    except ValueError as exc:
+        raise RunFolderError(run_dir, CONFIG, f"is not valid YAML ({exc})") from None
+    if not isinstance(values, dict) or not values:
+        raise RunFolderError(run_dir, CONFIG, "is empty or holds no config mapping")
+    try:
+        return values, config_from_dict(values)
+    except UserError as exc:
+        raise RunFolderError(run_dir, CONFIG, f"holds an invalid config ({exc})") from None
+
+
+def yaml_load(text: str) -> Any:
+    """yaml.safe_load with YAML errors as ValueError."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ValueError(f"line {mark.line + 1}" if mark else type(exc).__name__) from None
+
+
+def _check_labels(run_dir: Path, cfg) -> list[str]:
+    path = run_dir / LABELS
+    if not path.is_file():
+        raise RunFolderError(run_dir, LABELS, "is missing")
+    try:
+        labels = read_json(path)
+    except (OSError, ValueError):
+        raise RunFolderError(run_dir, LABELS, "is not valid JSON (truncated or overwritten)") from None
+    if not isinstance(labels, list) or not all(isinstance(n, (str, int)) for n in labels):
+        raise RunFolderError(run_dir, LABELS, "is not a list of class names")
+    if len(labels) != cfg.model.num_labels:
+        raise RunFolderError(run_dir, LABELS, f"names {len(labels)} classes but {CONFIG} has model.num_labels "
+                             f"{cfg.model.num_labels}")
+    return [str(n) for n in labels]
+
+
+def _check_adapter(run_dir: Path, cfg) -> None:
+    adapter = run_dir / ADAPTER
+    if not (adapter / "adapter_config.json").is_file():
+        holder = read_lock(run_dir)
+        busy = f" ({describe_holder(holder)} holds its lock: training it now, unless it was killed)" if holder else ""
+        raise UserError(f"{run_dir} has no trained adapter ({ADAPTER}/adapter_config.json is missing){busy}; finish "
+                        "or rerun training first (lorafit train CONFIG; --overwrite starts over)")
+    weights = adapter / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        if (adapter / "adapter_model.bin").exists():
+            # peft would fall back to adapter_model.bin, a pickle; lorafit loads weights from safetensors only.
+            raise UserError(f"{adapter} has no {ADAPTER_WEIGHTS}; lorafit loads adapter weights from safetensors "
+                            "only (a .bin file is a pickle); re-save the adapter with safe_serialization=True or retrain")
+        raise RunFolderError(run_dir, f"{ADAPTER}/{ADAPTER_WEIGHTS}", "is missing")
+    problem = safetensors_problem(weights)
+    if problem:
+        raise RunFolderError(run_dir, f"{ADAPTER}/{ADAPTER_WEIGHTS}", problem)
+    _check_tokenizer_files(run_dir, adapter)
+    for path in sorted(adapter.glob("*.json")):  # adapter and tokenizer settings: all read when loading
+        try:
+            read_json(path)
+        except (OSError, ValueError):
+            raise RunFolderError(run_dir, f"{ADAPTER}/{path.name}", "is not valid JSON (truncated or overwritten)") from None
+    _check_adapter_matches(run_dir, read_json(adapter / "adapter_config.json"), cfg)
+
+
+# A tokenizer's vocabulary: the fast tokenizer's tokenizer.json, or a slow tokenizer's vocabulary files.
+TOKENIZER_VOCABULARY = ("tokenizer.json", "vocab.json", "vocab.txt", "*.model")
+
+
+def _check_tokenizer_files(run_dir: Path, adapter: Path) -> None:
+    """A saved tokenizer (tokenizer_config.json) without its vocabulary loads without error as another tokenizer,
+    and predicts nonsense: refuse it. (Without tokenizer_config.json the base model's tokenizer is used.)"""
+    if not (adapter / "tokenizer_config.json").is_file():
+        return
+    if not any(any(adapter.glob(pattern)) for pattern in TOKENIZER_VOCABULARY):
+        raise RunFolderError(run_dir, f"{ADAPTER}/tokenizer.json", "is missing (the saved tokenizer has no vocabulary)")
+
+
+def _check_adapter_matches(run_dir: Path, saved: Any, cfg) -> None:
+    """The adapter was trained by this run: a copied-in adapter of another run would load and predict nonsense."""
+    name = f"{ADAPTER}/adapter_config.json"
+    if not isinstance(saved, dict):
+        raise RunFolderError(run_dir, name, "is not a JSON object")
+    fix = "the adapter belongs to another run: copy whole run folders, or " + RETRAIN.split(", or ")[-1]
+    r = int(cfg.lora.r)
+    if saved.get("r") != r:
+        raise RunFolderError(run_dir, name, f"has r={saved.get('r')} but {CONFIG} has lora.r={r}", fix)
+    targets = saved.get("target_modules")
+    if isinstance(targets, list) and not set(cfg.lora.target_modules) <= set(targets):
+        raise RunFolderError(run_dir, name, f"adapts {','.join(targets)} but {CONFIG} has lora.target_modules "
+                             f"{','.join(cfg.lora.target_modules)}", fix)
+    alpha = saved.get("lora_alpha")
+    if isinstance(alpha, (int, float)) and abs(float(alpha) - float(cfg.lora.alpha_for(r))) > 1e-6 * max(1.0, abs(alpha)):
+        raise RunFolderError(run_dir, name, f"has lora_alpha {alpha} but {CONFIG} gives {cfg.lora.alpha_for(r)}", fix)
+    base = saved.get("base_model_name_or_path")
+    if base and base != cfg.model.name_or_path:
+        raise RunFolderError(run_dir, name, f"was trained on {base} but {CONFIG} has model.name_or_path "
+                             f"{cfg.model.name_or_path}", fix)
+
+
+def check_eval_curve(run_dir: Path, finished: bool) -> list[dict]:
+    """eval_curve.jsonl's rows. Only its last line may be cut (a kill mid-append), and only while the run is
+    unfinished: a damaged earlier line would silently drop an evaluation from the run's best and final metrics."""
+    path = Path(run_dir) / EVAL_CURVE
+    if not path.exists():
+        if finished:
+            raise RunFolderError(run_dir, EVAL_CURVE, "is missing")
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError):
+        raise RunFolderError(run_dir, EVAL_CURVE, "is not readable UTF-8 text") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        elif finished or number < len(lines):
+            raise RunFolderError(run_dir, EVAL_CURVE, f"line {number} is not a JSON object (truncated or overwritten)")
+    if finished and not any("accuracy" in row for row in rows):
+        raise RunFolderError(run_dir, EVAL_CURVE, "holds no evaluation")
+    return rows
+
+
+def _check_curve_reaches(run_dir: Path, rows: list[dict], result: Optional[dict]) -> None:
+    """A curve cut at a line boundary still parses; the result's final evaluation step tells it is short."""
+    final = (result or {}).get("final_step")
+    last = max((row.get("step", 0) for row in rows if "accuracy" in row), default=None)
+    if isinstance(final, int) and last != final:
+        raise RunFolderError(run_dir, EVAL_CURVE, f"ends at step {last} but {RESULT} has a final evaluation at "
+                             f"step {final} (truncated)")
+
+
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+_MAX_HEADER = 100 * 2**20  # safetensors' own limit
+
+
+def safetensors_problem(path: Path) -> Optional[str]:
+    """What is wrong with a safetensors file, or None: an 8-byte header length, a JSON header, and tensors whose
+    sizes fit their dtype and shape and fill the rest of the file exactly (so a cut file is caught; there is no
+    checksum, so changed tensor bytes are not)."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return f"is too short for a safetensors file ({size} bytes; truncated)"
+        length = int.from_bytes(head, "little")
+        if length > min(_MAX_HEADER, size - 8):
+            return "has no valid safetensors header (truncated or overwritten)"
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError:
+            header = None
+    if not isinstance(header, dict):
+        return "has no valid safetensors header (truncated or overwritten)"
+    data_bytes = 0
+    try:
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            begin, end = info["data_offsets"]
+            count = 1
+            for dim in info["shape"]:
+                count *= int(dim)
+            if end < begin or (info["dtype"] in _DTYPE_BYTES and end - begin != count * _DTYPE_BYTES[info["dtype"]]):
+                return f"has a bad entry for tensor {name} in its header (overwritten)"
+            data_bytes = max(data_bytes, int(end))
+    except (KeyError, TypeError, ValueError):
+        return "has no valid safetensors header (truncated or overwritten)"
+    expected = 8 + length + data_bytes
+    if expected != size:
+        return f"is {'truncated' if size < expected else 'longer than its header says'}: {size} bytes, {expected} expected"
+    return None
+
+
+def torch_archive_problem(path: Path) -> Optional[str]:
+    """What is wrong with a torch.save file (a zip archive), or None: the archive's CRC checks cover every byte,
+    and nothing is unpickled."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError):
+        return "is not a readable torch archive (truncated or overwritten)"
+    return f"is corrupt (checksum mismatch in {bad})" if bad else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One writer per run folder
+
+
+def run_content(run_dir: Path) -> list[Path]:
+    """What a run folder holds, the lock file left out (it is no part of the run)."""
+    return [p for p in Path(run_dir).iterdir() if p.name != LOCK] if Path(run_dir).is_dir() else []
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """--overwrite: remove the run's files, keeping the lock file this process holds."""
+    for path in run_content(run_dir):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+class RunFolderBusy(UserError):
+    """Another live process holds the run folder's lock: nothing may be written there."""
+
+
+def describe_holder(info: Optional[dict]) -> str:
+    if not info or "pid" not in info:
+        return "another process (it has not written its details yet)"
+    return f"process {info['pid']} on {info.get('host', '?')} (since {info.get('started', '?')})"
+
+
+def read_lock(run_dir: Path) -> Optional[dict]:
+    """The lock file's holder details, or None (no lock file, or not written yet)."""
+    try:
+        data = read_json(Path(run_dir) / LOCK)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+class RunLock:
+    """Held by the one process that writes a run folder (a training run; under torchrun, rank 0 for the job).
+
+    The OS lock (flock on .lock) is the truth: the kernel drops it when the holder dies, even by kill -9, so a
+    lock file whose flock is free was left by a dead process and is taken over. The file's JSON (host, pid,
+    start) only names the holder in messages. On a machine without flock (Windows) a lock file naming another
+    live-or-not process is refused: delete it by hand once that run is gone.
+    """
+
+    def __init__(self, run_dir: str | Path, job: Optional[str] = None):
+        self.run_dir = Path(run_dir)
+        self.job = job  # what other ranks of the same torchrun job compare (see train.run_folder_lock)
+        self._fd: Optional[int] = None
+        self._created: list[Path] = []
+        self._os_locked = False  # flock held (False where the OS or file system has none)
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def acquire(self) -> "RunLock":
+        self._created = [p for p in [self.run_dir, *self.run_dir.parents] if not p.exists()]
+        try:
+            with _disk_errors_explained(self.run_dir):
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                self._fd = self._lock_file()
+        except BaseException:
+            self._remove_created()
+            raise
+        return self
+
+    def _lock_file(self) -> int:
+        path = self.run_dir / LOCK
+        for _ in range(50):  # each retry follows a holder that just released; more means something is wrong
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                self._os_locked = _try_flock(fd)
+                if self._os_locked is None:
+                    raise RunFolderBusy(f"{self.run_dir} is in use by {describe_holder(_read_fd(fd))}; wait for "
+                                        f"that run to finish or stop it (two writers would corrupt the folder)")
+                if not _same_file(fd, path):
+                    os.close(fd)  # the holder released and removed this file after we opened it: lock a fresh one
+                    continue
+                self._take_over(_read_fd(fd), path)
+                _write_fd(fd, self._holder())
+                return fd
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                raise
+        raise UserError(f"could not lock {self.run_dir}: other processes keep taking and releasing it; try again")
+
+    def _take_over(self, previous: Optional[dict], path: Path) -> None:
+        if not previous or previous.get("pid") == os.getpid() and previous.get("host") == socket.gethostname():
+            return
+        if previous.get("host") != socket.gethostname() or (not self._os_locked and _may_be_alive(previous.get("pid"))):
+            # No OS lock vouches for a process elsewhere (or here, without flock): never guess it is dead.
+            raise RunFolderBusy(f"{self.run_dir} is locked by {describe_holder(previous)}; if that run is no longer "
+                                f"running, delete {path} and try again")
+        log.warning("%s was locked by %s, which is no longer running; taking the lock over",
+                    self.run_dir, describe_holder(previous))
+
+    def _holder(self) -> dict:
+        return {"host": socket.gethostname(), "pid": os.getpid(),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": sys.argv, "job": self.job}
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        path = self.run_dir / LOCK
+        try:
+            if _same_file(self._fd, path):  # removed first, so a waiter that opened it retries on a fresh file
+                path.unlink()
+        finally:
+            os.close(self._fd)
+            self._fd = None
+        self._remove_created()
+
+    def _remove_created(self) -> None:
+        """A refused or empty run leaves no folder behind that it made itself."""
+        for folder in self._created:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def check_job_lock(run_dir: Path, job: Optional[str]) -> None:
+    """Other ranks of a torchrun job: the folder must be locked by their own rank 0 (it locks first)."""
+    info = read_lock(run_dir)
+    if not info or info.get("job") != job:
+        raise RunFolderBusy(f"{run_dir} is in use by {describe_holder(info)}; wait for that run to finish or stop "
+                            "it (two writers would corrupt the folder)")
+
+
+def _try_flock(fd: int) -> Optional[bool]:
+    """True: locked. None: another process holds it. False: no OS locks here; the holder details decide."""
+    if fcntl is None:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+        return False
+    return True
+
+
+def _may_be_alive(pid: Any) -> bool:
+    """Whether a process of this machine may still run (True where that cannot be told)."""
+    if not isinstance(pid, int) or os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _read_fd(fd: int) -> Optional[dict]:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        data = json.loads(os.read(fd, 1 << 16) or b"null")
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_fd(fd: int, info: dict) -> None:
+    data = (json.dumps(info) + "\n").encode("utf-8")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, data, 0)
+    os.fsync(fd)
 
 
 def writable_dir_check(folder: Path, need_bytes: int = 50 * 2**20, option: str = "--output-dir") -> None:

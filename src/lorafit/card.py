@@ -1,0 +1,232 @@
+"""Model cards: the Hugging Face README.md that a run's adapter/ folder and every export carry.
+
+Built from the run folder alone (config.yaml, manifest.json, result.json, labels.json, eval_curve.jsonl,
+evaluation/*.json), so it can be rewritten at any time: after training, after each `lorafit evaluate`, on export.
+The YAML front matter is rendered by huggingface_hub's ModelCardData (offline), which also writes `model-index`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Optional
+
+from huggingface_hub import EvalResult, ModelCardData
+
+from lorafit import runs
+from lorafit.config import read_yaml
+
+CARD = "README.md"
+EVALUATION = "evaluation"
+MAX_CURVE_ROWS = 30  # a card shows the curve's shape; eval_curve.jsonl has every row
+
+# A Hub repo id: `name` or `owner/name`. Anything else (a local folder) cannot be the card's base_model.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def hub_id(name: Optional[str]) -> Optional[str]:
+    """`name` when it is a Hub id rather than a local path, else None."""
+    if not name or name.startswith((".", "/", "~")) or Path(name).expanduser().exists() or not _HUB_ID.match(name):
+        return None
+    return name
+
+
+def _read_json(path: Path):
+    """A run file, or None where it is missing or unreadable (the card then leaves its section out)."""
+    try:
+        return runs.read_json(path)
+    except (OSError, ValueError):
+        return None
+
+
+def evaluations(run_dir: Path) -> list[tuple[str, dict]]:
+    """(name, metrics) of every `lorafit evaluate` output in RUN/evaluation/, by name."""
+    found = []
+    for path in sorted((run_dir / EVALUATION).glob("*.json")):
+        metrics = _read_json(path)
+        if isinstance(metrics, dict) and "accuracy" in metrics and "macro_f1" in metrics:
+            found.append((path.stem, metrics))
+    return found
+
+
+def _hub_split(source: str) -> Optional[tuple[str, str]]:
+    """(dataset id, split) when an evaluation's data was a Hub split `DATASET_ID:SPLIT`, else None."""
+    if ":" not in source or Path(source).exists():
+        return None
+    dataset, split = source.rsplit(":", 1)
+    return (dataset, split) if hub_id(dataset) else None
+
+
+def _validation_dataset(data: dict) -> tuple[str, str]:
+    """(type, name) of the validation data for model-index: a Hub id where the data came from the Hub."""
+    if data.get("eval_file"):
+        return Path(data["eval_file"]).stem, f"{Path(data['eval_file']).name} (validation file)"
+    if data.get("train_file"):
+        return Path(data["train_file"]).stem, f"{Path(data['train_file']).name} (validation rows carved from it)"
+    return data["dataset"], f"{data['dataset']} (validation rows carved from {data.get('train_split', 'train')})"
+
+
+def _eval_results(values: dict, result: dict, evaluated: list[tuple[str, dict]]) -> list[EvalResult]:
+    data = values.get("data", {})
+    results = []
+    if result.get("best_eval_accuracy") is not None:
+        dataset_type, dataset_name = _validation_dataset(data)
+        common = dict(task_type="text-classification", dataset_type=dataset_type, dataset_name=dataset_name,
+                      dataset_split="validation", dataset_config=None if data.get("train_file") or data.get("eval_file")
+                      else data.get("dataset_config"))
+        results.append(EvalResult(metric_type="accuracy", metric_value=result["best_eval_accuracy"], **common))
+        if result.get("best_eval_macro_f1") is not None:
+            results.append(EvalResult(metric_type="f1", metric_name="macro F1", metric_args={"average": "macro"},
+                                      metric_value=result["best_eval_macro_f1"], **common))
+    for name, metrics in evaluated:
+        if metrics.get("quantize"):  # a quantized check scores another model than the one published
+            continue
+        hub = _hub_split(str(metrics.get("data", "")))
+        dataset_type, split = hub if hub else (name, None)
+        common = dict(task_type="text-classification", dataset_type=dataset_type,
+                      dataset_name=str(metrics.get("data", name)), dataset_split=split)
+        results.append(EvalResult(metric_type="accuracy", metric_value=metrics["accuracy"], **common))
+        results.append(EvalResult(metric_type="f1", metric_name="macro F1", metric_args={"average": "macro"},
+                                  metric_value=metrics["macro_f1"], **common))
+    return results
+
+
+def _datasets(values: dict, evaluated: list[tuple[str, dict]]) -> list[str]:
+    """Hub dataset ids the run trained or was evaluated on (local files have none)."""
+    data = values.get("data", {})
+    found = [data["dataset"]] if not data.get("train_file") and hub_id(data.get("dataset")) else []
+    for _, metrics in evaluated:
+        hub = _hub_split(str(metrics.get("data", "")))
+        if hub and hub[0] not in found:
+            found.append(hub[0])
+    return found
+
+
+def _budget_section(budget: dict) -> list[str]:
+    lines = ["## Trainable-parameter budget", "",
+             f"Rank r={budget.get('r')} on `{', '.join(budget.get('target_modules', []))}`, "
+             f"head `{budget.get('head_type')}`, {budget.get('num_labels')} labels.", "",
+             "| part | parameters |", "| --- | ---: |"]
+    lines += [f"| LoRA: `{name}` | {n:,} |" for name, n in sorted(budget.get("lora_by_module", {}).items())]
+    lines += [f"| head: `{name}` | {n:,} |" for name, n in sorted(budget.get("head_by_module", {}).items())]
+    if budget.get("other"):
+        lines.append(f"| other | {budget['other']:,} |")
+    lines.append(f"| **total trainable** | **{budget.get('total', 0):,}** |")
+    if budget.get("budget") is not None:
+        lines.append(f"| budget (margin {budget.get('margin', 0):,}) | {budget['budget']:,} |")
+    return lines + [""]
+
+
+def _curve_section(curve: list[dict]) -> list[str]:
+    rows = [row for row in curve if "accuracy" in row]
+    if not rows:
+        return []
+    shown = rows
+    note = ""
+    if len(rows) > MAX_CURVE_ROWS:  # evenly spaced rows, always the last
+        every = -(-len(rows) // MAX_CURVE_ROWS)
+        shown = rows[::every] + ([rows[-1]] if (len(rows) - 1) % every else [])
+        note = f" (one row in {every} of {len(rows)} evaluations; all are in eval_curve.jsonl)"
+
+    def number(value, digits=4):
+        return "" if value is None else f"{value:.{digits}f}"
+
+    lines = [f"## Evaluation curve{note}", "", "Validation metrics during training.", "",
+             "| step | epoch | accuracy | macro-F1 | loss | train loss |", "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {row.get('step')} | {number(row.get('epoch'), 2)} | {number(row.get('accuracy'))} | "
+              f"{number(row.get('macro_f1'))} | {number(row.get('loss'))} | {number(row.get('train_loss'))} |"
+              for row in shown]
+    return lines + [""]
+
+
+def _evaluation_section(evaluated: list[tuple[str, dict]]) -> list[str]:
+    if not evaluated:
+        return []
+    lines = ["## Evaluation (`lorafit evaluate`)", ""]
+    for name, metrics in evaluated:
+        quantized = f", quantized {metrics['quantize']}" if metrics.get("quantize") else ""
+        lines += [f"### {name}", "",
+                  f"Data `{metrics.get('data', name)}`{quantized}: accuracy **{metrics['accuracy']:.4f}**, "
+                  f"macro-F1 **{metrics['macro_f1']:.4f}** on {metrics.get('rows', '?')} rows.", ""]
+        per_class = metrics.get("per_class") or {}
+        if per_class:
+            lines += ["| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
+            lines += [f"| {label} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |"
+                      for label, c in per_class.items()]
+            lines.append("")
+    return lines
+
+
+def _usage_section(library: str, base: str, num_labels: int, max_length: int) -> list[str]:
+    if library == "peft":
+        return ["## Use", "",
+                "LoRA adapter and classification head; it needs the base model "
+                f"(`{base}`), which peft loads by itself:", "", "```python",
+                "from peft import AutoPeftModelForSequenceClassification",
+                "from transformers import AutoTokenizer", "",
+                f'model = AutoPeftModelForSequenceClassification.from_pretrained("PATH_OR_REPO", num_labels={num_labels})',
+                'tokenizer = AutoTokenizer.from_pretrained("PATH_OR_REPO")', "```", "",
+                "(`num_labels` is needed because peft rebuilds the base model from its own config.)", ""]
+    return ["## Use", "",
+            "A plain transformers model (LoRA merged into the weights, head included); no peft or lorafit needed:", "",
+            "```python", "from transformers import pipeline", "",
+            'classify = pipeline("text-classification", model="PATH_OR_REPO")',
+            'print(classify(["Stocks rallied after the central bank held rates."], truncation=True))', "```", "",
+            f"`truncation=True` cuts texts at {max_length} tokens, as in training (the tokenizer's model_max_length).",
+            ""]
+
+
+def card_text(run_dir: str | Path, library: str = "peft") -> str:
+    """The model card of a run: `library` is 'peft' for the adapter folder, 'transformers' for an export."""
+    run_dir = Path(run_dir)
+    config_text = (run_dir / runs.CONFIG).read_text(encoding="utf-8")
+    values = read_yaml(run_dir / runs.CONFIG)
+    manifest = _read_json(run_dir / runs.MANIFEST) or {}
+    result = _read_json(run_dir / runs.RESULT) or {}
+    labels = _read_json(run_dir / runs.LABELS) or []
+    evaluated = evaluations(run_dir)
+    model = values.get("model", {})
+    base = str(model.get("name_or_path", ""))
+    name = str(values.get("name", run_dir.name))
+    max_length = int(values.get("data", {}).get("max_length", 512))
+
+    metadata = ModelCardData(
+        library_name=library,
+        base_model=hub_id(base),
+        datasets=_datasets(values, evaluated) or None,
+        pipeline_tag="text-classification",
+        tags=["lorafit", "lora", "text-classification"] + (["peft"] if library == "peft" else ["merged-lora"]),
+        model_name=name,
+        eval_results=_eval_results(values, result, evaluated) or None,
+    )
+    what = f"A LoRA adapter, classification head included, for `{base}`" if library == "peft" else \
+        f"`{base}` fine-tuned with LoRA, merged into a plain transformers model"
+    lines = ["---", metadata.to_yaml(), "---", "", f"# {name}", "",
+             f"{what}: text classification into {len(labels)} classes ({', '.join(map(str, labels))}), "
+             "trained with lorafit under a hard budget of trainable parameters.", ""]
+    if hub_id(base) is None:
+        lines += [f"The base model was the local folder `{base}`, so `base_model` is not set in the metadata: "
+                  "add its Hub id there before uploading.", ""]
+    if result.get("best_eval_accuracy") is not None:
+        lines += [f"Validation accuracy **{result['best_eval_accuracy']:.4f}** (macro-F1 "
+                  f"{result.get('best_eval_macro_f1') or 0:.4f}) at step {result.get('best_step')} of "
+                  f"{result.get('global_step')}, on {result.get('eval_rows')} validation rows; "
+                  f"{result.get('trainable_params', 0):,} trainable parameters.", ""]
+    lines += _usage_section(library, base, len(labels), max_length)
+    if manifest.get("trainable_params"):
+        lines += _budget_section(manifest["trainable_params"])
+    lines += ["## Recipe", "", "The resolved config (`lorafit train` this file to retrain):", "", "```yaml",
+              config_text.rstrip("\n"), "```", ""]
+    lines += _curve_section(runs.read_eval_curve(run_dir))
+    lines += _evaluation_section(evaluated)
+    versions = manifest.get("versions")
+    if versions:
+        lines += ["## Software", "", ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def write_adapter_card(run_dir: str | Path) -> Path:
+    """(Re)write RUN/adapter/README.md, atomically; peft's own placeholder card is replaced."""
+    path = Path(run_dir) / runs.ADAPTER / CARD
+    runs.atomic_write_text(path, card_text(run_dir, library="peft"))
+    return path

@@ -1,0 +1,122 @@
+"""Export a run as a plain transformers model: LoRA merged into the base weights, the head included, class names in
+the config, the tokenizer beside it, safetensors only, and a model card. It loads with no lorafit and no peft:
+
+    transformers.pipeline("text-classification", model=DIR)
+
+The folder is built in a temporary place, reloaded with AutoModelForSequenceClassification and checked to give the
+run's own logits, and only then swapped in: a failure leaves nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from lorafit import card, runs
+from lorafit.config import RunConfig, config_from_dict
+from lorafit.errors import UserError
+from lorafit.model import load_adapter_for_inference, load_tokenizer
+
+# Run-folder entries an export must never replace (it would destroy the run's own files).
+_RUN_FOLDERS = (runs.ADAPTER, runs.CHECKPOINTS, card.EVALUATION, "tensorboard")
+
+# Texts the reloaded export is checked on: different lengths, so padding and attention masks are exercised too.
+PROBE_TEXTS = [
+    "Stocks rallied on Wall Street after the central bank held interest rates steady.",
+    "The home side scored twice in extra time to win the cup final.",
+    "Researchers released a new open-source compiler for quantum computers.",
+    "Talks resumed.",
+]
+
+
+def check_output(output: Path, run_dir: Path, overwrite: bool) -> None:
+    """Refuse an output that exists (without --overwrite), is a file, or would replace the run's own files."""
+    out, run = output.resolve(), run_dir.resolve()
+    if out == run or run.is_relative_to(out):
+        raise UserError(f"--output {output} contains the run folder {run_dir}; export to another folder, "
+                        f"e.g. --output exports/{run_dir.name}")
+    if out.is_relative_to(run) and out.relative_to(run).parts[0] in _RUN_FOLDERS:
+        raise UserError(f"--output {output} is inside the run's {out.relative_to(run).parts[0]}/ folder; "
+                        f"export to another folder, e.g. --output exports/{run_dir.name}")
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output {output} is a file; give a folder to create, e.g. --output exports/{run_dir.name}")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise UserError(f"--output {output} already exists; add --overwrite to replace it, or choose another folder")
+    runs.writable_dir_check(output.parent, need_bytes=2**20, option="--output")
+
+
+def check_exportable(cfg: RunConfig) -> None:
+    """Settings whose model a plain transformers model cannot reproduce (before any weight is loaded)."""
+    pooling = getattr(cfg.model, "pooling", "cls")
+    if pooling != "cls":
+        # Mean pooling is a lorafit forward hook; transformers' classifier would read the first token instead.
+        raise UserError(f"cannot export a run with model.pooling: {pooling}: plain transformers models read the "
+                        "first token, so the export would predict differently; use the run with `lorafit predict`, "
+                        "or train with model.pooling: cls to export")
+    if cfg.model.trust_remote_code:
+        raise UserError("cannot export a run whose model needs trust_remote_code: the export would need that Hub code "
+                        "to load; use the run's adapter/ with `lorafit predict` instead")
+
+
+def save_plain_model(model: torch.nn.Module, tokenizer, max_length: int, folder: Path) -> None:
+    """config.json (architecture, id2label/label2id), model.safetensors, and the tokenizer."""
+    model.save_pretrained(str(folder))  # transformers 5 writes safetensors only (no safe_serialization switch)
+    # Training truncated at data.max_length: a pipeline called with truncation=True then cuts texts at the same place.
+    tokenizer.model_max_length = min(max_length, tokenizer.model_max_length)
+    tokenizer.save_pretrained(str(folder))
+
+
+@torch.inference_mode()
+def verify_export(model: torch.nn.Module, tokenizer, folder: Path) -> None:
+    """Reload the folder as plain transformers would and require the run's own logits on probe texts."""
+    from transformers import AutoModelForSequenceClassification
+
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl"))
+    if pickled or not any(folder.glob("*.safetensors")):
+        raise RuntimeError(f"export wrote no safetensors weights or pickled ones ({', '.join(pickled)})")
+    reloaded, info = AutoModelForSequenceClassification.from_pretrained(str(folder), use_safetensors=True,
+                                                                        output_loading_info=True)
+    left = {kind: keys for kind, keys in info.items() if keys and kind != "error_msgs"}
+    if left:  # e.g. a peft wrapper's names: a plain load would leave that layer random
+        raise RuntimeError(f"the exported weights do not load cleanly into {type(reloaded).__name__}: {left}")
+    batch = tokenizer(PROBE_TEXTS, truncation=True, padding=True, return_tensors="pt")
+    expected, got = model(**batch).logits, reloaded.eval()(**batch).logits
+    if not torch.allclose(expected, got, atol=1e-4, rtol=1e-4):
+        raise UserError(f"the exported {type(reloaded).__name__} does not reproduce the run's predictions (logits "
+                        f"differ by up to {(expected - got).abs().max().item():.3g}); this model cannot be exported "
+                        "as a plain transformers model: use its adapter/ with `lorafit predict`")
+
+
+def load_merged_fp32(checked: runs.RunFolder, model_path: Optional[str]):
+    """(merged model on the CPU in fp32, tokenizer, resolved config). Not predict.load_run: for speed it moves the
+    model to the GPU and, under bf16, casts Linear weights to bf16; an export keeps the full-precision weights."""
+    values = checked.config
+    if model_path:
+        values.setdefault("model", {})["name_or_path"] = model_path
+    cfg = config_from_dict(values)
+    check_exportable(cfg)
+    adapter = checked.path / runs.ADAPTER
+    tokenizer = load_tokenizer(str(adapter) if (adapter / "tokenizer_config.json").exists() else cfg.model.name_or_path)
+    model = load_adapter_for_inference(adapter, cfg.model, checked.labels)
+    return model.float().eval(), tokenizer, cfg
+
+
+def export_run(run_dir: str | Path, output: str | Path, model_path: Optional[str] = None,
+               overwrite: bool = False) -> Path:
+    """Write the run as a plain transformers model into `output`; returns the folder."""
+    checked = runs.check_run_folder(run_dir, runs.INFERENCE)  # config, labels, adapter: one line if damaged
+    run_dir, output = checked.path, Path(output)
+    check_output(output, run_dir, overwrite)
+    model, tokenizer, cfg = load_merged_fp32(checked, model_path)
+    weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    runs.writable_dir_check(output.parent, need_bytes=weight_bytes + 50 * 2**20, option="--output")
+
+    def build(folder: Path) -> None:
+        save_plain_model(model, tokenizer, cfg.data.max_length, folder)
+        verify_export(model, tokenizer, folder)
+        runs.atomic_write_text(folder / card.CARD, card.card_text(run_dir, library="transformers"))
+
+    runs.atomic_replace_dir(build, output)
+    return output

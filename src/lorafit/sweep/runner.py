@@ -1,0 +1,453 @@
+"""Running a sweep: one worker claims trials of the study and runs each as an ordinary run folder (plus
+sweep.json), recording its outcome in the study; `run_sweep` is `lorafit sweep`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+import traceback
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import optuna
+from optuna.trial import TrialState
+from transformers import TrainerCallback
+
+from lorafit import device, runs
+from lorafit.budget import check_budget
+from lorafit.config import RunConfig
+from lorafit.errors import UserError
+from lorafit.model import load_model_config
+from lorafit.sweep.points import BASE_POINT, OverBudget, TrialFactory, apply_budget_policy, format_value
+from lorafit.sweep.spec import SweepSpec, load_sweep
+from lorafit.sweep.storage import (_redact, _stale_trials_failed, claim_lock_for, claim_waiting_trial,
+                                   default_storage_url, heartbeat, open_study, planning_lock, with_installed_driver)
+
+SWEEP_INFO = "sweep.json"  # in each trial's run folder: sweep, trial number, settings
+SWEEP_COPY = "sweep.yaml"  # in the sweep folder: the sweep as resolved (base config inlined)
+# Trial statuses recorded in the study (user_attrs["status"]); result.json says "skipped" for SKIPPED
+COMPLETED, PRUNED, SKIPPED, FAILED, INTERRUPTED = "completed", "pruned", "skipped_over_budget", "failed", "interrupted"
+
+
+class OptunaReportCallback(TrainerCallback):
+    """Report each evaluation's accuracy to the trial (live curves in optuna-dashboard); when the pruner says the
+    trial is poor, stop training there. The Trainer then restores the best checkpoint and the run folder is
+    complete, and the sweep marks the trial pruned (optuna.TrialPruned)."""
+
+    def __init__(self, trial: optuna.Trial):
+        self.trial = trial
+        self.pruned_at: Optional[int] = None
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not state.is_world_process_zero or not metrics or "eval_accuracy" not in metrics:
+            return
+        self.trial.report(float(metrics["eval_accuracy"]), state.global_step)
+        if self.trial.should_prune():
+            self.pruned_at = state.global_step
+            control.should_training_stop = True
+
+
+@dataclass
+class TrialOutcome:
+    status: str
+    value: Optional[float] = None
+    note: str = ""
+
+
+class SweepInterrupted(Exception):
+    def __init__(self, exit_code: int):
+        super().__init__(exit_code)
+        self.exit_code = exit_code
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _log(message: str) -> None:
+    print(f"lorafit: {message}", file=sys.stderr, flush=True)
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    folder = run_dir / runs.CHECKPOINTS
+    return folder.is_dir() and any(p.name.startswith("checkpoint-") for p in folder.iterdir())
+
+
+def _completed_result(run_dir: Path) -> Optional[dict]:
+    """The folder's result.json if it records a completed run."""
+    try:
+        result = runs.read_json(run_dir / runs.RESULT)
+    except (OSError, ValueError):
+        return None
+    return result if result.get("status") == "completed" else None
+
+
+def _finished_result(run_dir: Path, cfg: RunConfig) -> Optional[dict]:
+    """The result of a completed run of exactly this config already in the folder (e.g. a study recreated), checked
+    like any finished run before it is reused (a damaged one raises runs.RunFolderError)."""
+    try:
+        same = (run_dir / runs.CONFIG).read_text(encoding="utf-8") == cfg.to_yaml()
+    except OSError:
+        return None
+    if not same or _completed_result(run_dir) is None:
+        return None
+    return runs.check_run_folder(run_dir, runs.FINISHED).result
+
+
+def _curve_summary(run_dir: Path) -> dict:
+    evals = [row for row in runs.read_eval_curve(run_dir) if "accuracy" in row]
+    best = max(evals, key=lambda row: (row["accuracy"], -row["step"])) if evals else {}
+    final = max(evals, key=lambda row: row["step"]) if evals else {}
+    return {"best_eval_accuracy": best.get("accuracy"), "best_step": best.get("step"),
+            "final_eval_accuracy": final.get("accuracy"), "final_step": final.get("step")}
+
+
+
+class SweepRunner:
+    """One worker: claims trials of the study and runs each as a run folder until there is nothing left."""
+
+    def __init__(self, spec: SweepSpec, factory: TrialFactory, study: optuna.Study,
+                 storage: optuna.storages.RDBStorage, url: str):
+        self.spec, self.factory, self.study, self.storage = spec, factory, study, storage
+        self.claim_lock = claim_lock_for(url, factory.sweep_dir)
+        # Failing a dead worker's trial and queueing its retry are two steps: under the planning lock, a worker
+        # queueing grid points (open_study) cannot see the point in between and queue it a second time.
+        self.planning_lock = lambda: planning_lock(url, factory.sweep_dir)
+        self.study_id = storage.get_study_id_from_name(study.study_name)
+        self.worker = _worker_id()
+        self.tally: dict[str, int] = {}  # status -> trials this worker ran
+        self._prepared: dict[str, Any] = {}  # data key -> tokenized data of the last trial
+
+    # -- choosing the next trial --------------------------------------------------------------------------------
+    def _count(self, *states: TrialState) -> int:
+        return len(self.study.get_trials(deepcopy=False, states=states))
+
+    def _count_failed_for_good(self) -> int:
+        """Trials that ran and failed count toward search.n_trials, as in Optuna's own optimize: otherwise a
+        setting that fails every trial would make the search ask for new trials forever. Interrupted trials and
+        those of dead workers (no lorafit status) are queued again, so they do not count."""
+        return sum(1 for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                   if t.user_attrs.get("status") == FAILED)
+
+    def _claim_waiting(self) -> Optional[optuna.Trial]:
+        return claim_waiting_trial(self.study, self.storage, self.study_id, self.claim_lock)
+
+    def next_trial(self) -> "optuna.Trial | str | None":
+        """A claimed trial; 'wait' while only other workers' trials are running (one may die); None when done."""
+        trial = self._claim_waiting()
+        if trial is not None:
+            return trial
+        running = self._count(TrialState.RUNNING)
+        if self.spec.search is not None:
+            target = self.spec.search.n_trials
+            finished = self._count(TrialState.COMPLETE, TrialState.PRUNED) + self._count_failed_for_good()
+            if target is None or finished + running < target:
+                with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": we beat ourselves
+                    warnings.simplefilter("ignore")
+                    return self.study.ask()
+            if finished >= target:
+                return None
+        return "wait" if running else None
+
+    # -- one trial ---------------------------------------------------------------------------------------------
+    def _settings(self, trial: optuna.Trial) -> dict:
+        if self.spec.search is None:
+            return dict(trial.user_attrs.get("settings", {}))
+        settings = {}
+        for param in self.spec.search.params:
+            if param.type == "float":
+                value = trial.suggest_float(param.key, param.low, param.high, log=param.log, step=param.step)
+            elif param.type == "int":
+                value = trial.suggest_int(param.key, param.low, param.high, log=param.log, step=param.step or 1)
+            else:
+                label = trial.suggest_categorical(param.key, param.choice_labels())
+                value = param.choices[param.choice_labels().index(label)]
+            settings[param.key] = value
+        return settings
+
+    def _trial_name(self, trial: optuna.Trial) -> str:
+        # a retried trial (interrupted, or its worker died) keeps its run folder, so it resumes from the checkpoint
+        return trial.user_attrs.get("point") or trial.user_attrs.get("run_name") or f"trial-{trial.number:04d}"
+
+    def _sweep_info(self, trial: optuna.Trial, name: str, settings: dict, fitted_from: Any, cfg: RunConfig) -> dict:
+        return {"sweep": self.spec.name, "study": self.study.study_name, "mode": self.spec.mode,
+                "trial_number": trial.number, "point": name, "axis": trial.user_attrs.get("axis"),
+                "settings": settings, "r_requested": fitted_from, "r": cfg.lora.r, "worker": self.worker}
+
+    def run_trial(self, trial: optuna.Trial) -> TrialOutcome:
+        name = self._trial_name(trial)
+        run_dir = self.factory.sweep_dir / name
+        for key, value in (("run_name", name), ("run_dir", str(run_dir)), ("worker", self.worker)):
+            trial.set_user_attr(key, value)
+        settings = self._settings(trial)
+        point = ", ".join(f"{key}={format_value(value)}" for key, value in settings.items()) or "the base settings"
+        _log(f"trial {trial.number} {name}: started ({point})")  # its end line comes from _finish
+        cfg = self.factory.config(settings, name)
+        # batch_size auto as a number, as train.prepare makes it: the config a trial trains with, compares with the
+        # folder's config.yaml and hands to run_training (a worker's later trials skip prepare: see _prepare)
+        cfg = dataclasses.replace(cfg, train=device.resolve_train_batch(cfg.train))
+        try:
+            cfg, fitted_from = apply_budget_policy(cfg, self.spec.budget_policy)
+        except OverBudget as over:
+            self._write_skipped(run_dir, cfg, trial, name, settings, over)
+            return self._finish(trial, TrialOutcome(SKIPPED, note=over.reason))
+        except UserError as exc:
+            return self._fail(trial, run_dir, cfg, name, settings, str(exc))
+        if fitted_from is not None:
+            trial.set_user_attr("r_fitted", {"requested": fitted_from, "r": cfg.lora.r})
+
+        try:
+            previous = _finished_result(run_dir, cfg)
+        except runs.RunFolderError as exc:  # a user's damaged folder: say so, never overwrite it
+            return self._finish(trial, TrialOutcome(FAILED, note=str(exc)))
+        if previous is not None:  # trained before under this name and config: never rerun a finished run
+            return self._finish(trial, TrialOutcome(COMPLETED, previous.get("best_eval_accuracy"), "already in the folder"))
+        if run_dir.exists() and not _has_checkpoint(run_dir):
+            shutil.rmtree(run_dir)  # leftovers of an attempt that never checkpointed: start clean
+        runs.atomic_write_json(run_dir / SWEEP_INFO, self._sweep_info(trial, name, settings, fitted_from, cfg))
+        return self._train(trial, run_dir, cfg, name, settings)
+
+    def _train(self, trial, run_dir: Path, cfg: RunConfig, name: str, settings: dict) -> TrialOutcome:
+        from lorafit.train import run_training  # torch/transformers load only when a trial trains
+
+        reporter = OptunaReportCallback(trial)
+        try:
+            result = run_training(cfg, prepared=self._prepare(cfg), extra_callbacks=[reporter])
+        except runs.RunFolderBusy as exc:  # another process trains in this folder: write nothing there
+            return self._finish(trial, TrialOutcome(FAILED, note=str(exc)))
+        except UserError as exc:
+            return self._fail(trial, run_dir, cfg, name, settings, str(exc))
+        except Exception as exc:
+            traceback.print_exc()
+            return self._fail(trial, run_dir, cfg, name, settings, f"{type(exc).__name__}: {exc}")
+        if "exit_code" in result:
+            self._finish(trial, TrialOutcome(INTERRUPTED, note=f"interrupted at step {result['global_step']}"))
+            raise SweepInterrupted(result["exit_code"])
+        if reporter.pruned_at is not None:
+            result.update(status="pruned", pruned_at_step=reporter.pruned_at)
+            runs.atomic_write_json(run_dir / runs.RESULT, result)
+            return self._finish(trial, TrialOutcome(PRUNED, result.get("best_eval_accuracy"),
+                                                    f"pruned at step {reporter.pruned_at}"))
+        if result.get("best_eval_accuracy") is None:
+            return self._fail(trial, run_dir, cfg, name, settings, "training ended without a validation evaluation")
+        return self._finish(trial, TrialOutcome(COMPLETED, result["best_eval_accuracy"]))
+
+    def _prepare(self, cfg: RunConfig):
+        """Checked, tokenized data for a trial. Trials that differ only in LoRA / training settings share the
+        tokenization (minutes on a full dataset), so it is done once per worker, not once per trial."""
+        from lorafit.train import prepare
+
+        key = json.dumps([cfg.model.name_or_path, cfg.model.revision, cfg.model.trust_remote_code,
+                          cfg.model.num_labels, dataclasses.asdict(cfg.data), cfg.train.seed], default=str)
+        cached = self._prepared.get(key)
+        if cached is None:
+            prepared = prepare(cfg)
+            self._prepared = {key: prepared}  # keep one: a full dataset's tokens are not small
+            return prepared
+        return dataclasses.replace(cached, cfg=cfg, budget=check_budget(cfg, load_model_config(cfg.model)))
+
+    def _write_skipped(self, run_dir: Path, cfg: RunConfig, trial, name: str, settings: dict, over: OverBudget) -> None:
+        """A small run folder (config, result with the reason, no weights) so reports list the point."""
+        shutil.rmtree(run_dir, ignore_errors=True)
+        runs.atomic_write_text(run_dir / runs.CONFIG, cfg.to_yaml())
+        runs.atomic_write_json(run_dir / SWEEP_INFO, self._sweep_info(trial, name, settings, None, cfg))
+        runs.atomic_write_json(run_dir / runs.RESULT, {
+            "format_version": runs.FORMAT_VERSION, "status": "skipped", "reason": over.reason, "trainable_params": over.total, "budget": cfg.budget,
+            "lora_r": cfg.lora.r, "best_eval_accuracy": None, "final_eval_accuracy": None,
+        })
+
+    def _fail(self, trial, run_dir: Path, cfg: RunConfig, name: str, settings: dict, error: str) -> TrialOutcome:
+        """Keep what the run wrote (checkpoints let a retry resume); say what went wrong in result.json."""
+        if _completed_result(run_dir) is not None:  # e.g. a finished run of another config: its result stays true to its adapter
+            return self._finish(trial, TrialOutcome(FAILED, note=error))
+        if not (run_dir / runs.CONFIG).exists():
+            runs.atomic_write_text(run_dir / runs.CONFIG, cfg.to_yaml())
+        if not (run_dir / SWEEP_INFO).exists():
+            runs.atomic_write_json(run_dir / SWEEP_INFO, self._sweep_info(trial, name, settings, None, cfg))
+        manifest = run_dir / runs.MANIFEST
+        trainable = (runs.read_json(manifest).get("trainable_params") or {}).get("total") if manifest.exists() else None
+        runs.atomic_write_json(run_dir / runs.RESULT, {"format_version": runs.FORMAT_VERSION,
+                                                       "status": "failed", "error": error,
+                                                       "trainable_params": trainable, "budget": cfg.budget,
+                                                       "lora_r": cfg.lora.r, **_curve_summary(run_dir)})
+        return self._finish(trial, TrialOutcome(FAILED, note=error))
+
+    def _finish(self, trial: optuna.Trial, outcome: TrialOutcome) -> TrialOutcome:
+        trial.set_user_attr("status", outcome.status)
+        if outcome.note:
+            trial.set_user_attr("reason" if outcome.status == SKIPPED else "note", outcome.note)
+        if outcome.status == COMPLETED:
+            self.study.tell(trial, outcome.value)
+        elif outcome.status in (PRUNED, SKIPPED):
+            self.study.tell(trial, state=TrialState.PRUNED)
+        else:
+            self.study.tell(trial, state=TrialState.FAIL)
+            if outcome.status == INTERRUPTED and self.spec.search is not None:
+                # the same point again, in the same run folder: the rerun resumes from its checkpoint
+                self.study.enqueue_trial(trial.params, user_attrs={"run_name": trial.user_attrs["run_name"]})
+        value = f", best val accuracy {outcome.value:.4f}" if outcome.value is not None else ""
+        note = f" ({outcome.note})" if outcome.note else ""
+        _log(f"trial {trial.number} {trial.user_attrs.get('run_name')}: {outcome.status}{value}{note}")
+        return outcome
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+    def _run_guarded(self, trial: optuna.Trial, trial_id: int) -> TrialOutcome:
+        """Whatever happens inside a trial, the trial ends in a final state (an interrupt: FAIL, queued again)."""
+        try:
+            return self.run_trial(trial)
+        except KeyboardInterrupt:
+            if not self.storage.get_trial(trial_id).state.is_finished():
+                self._finish(trial, TrialOutcome(INTERRUPTED, note="interrupted"))
+            raise
+        except SweepInterrupted:
+            raise
+        except Exception as exc:  # a crash in one trial is recorded; the sweep goes on with the next
+            traceback.print_exc()
+            if self.storage.get_trial(trial_id).state.is_finished():
+                raise
+            return self._finish(trial, TrialOutcome(FAILED, note=f"{type(exc).__name__}: {exc}"))
+
+    def run(self, max_trials: Optional[int], timeout: Optional[float]) -> dict:
+        """Run trials until none is left (or this worker's trial count / time is used up); returns status counts."""
+        started = time.monotonic()
+        poll = max(1, min(10, self.spec.heartbeat_interval))
+        while max_trials is None or sum(self.tally.values()) < max_trials:
+            if timeout is not None and time.monotonic() - started >= timeout:
+                break
+            with self.planning_lock():
+                _stale_trials_failed(self.study)
+            trial = self.next_trial()
+            if trial is None:
+                break
+            if trial == "wait":  # others are running the last trials; take over any whose worker dies
+                time.sleep(poll)
+                continue
+            trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+            with heartbeat(self.storage, trial_id):
+                outcome = self._run_guarded(trial, trial_id)
+            self.tally[outcome.status] = self.tally.get(outcome.status, 0) + 1
+        return self.tally
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entry point
+
+
+@dataclass
+class SweepOutcome:
+    exit_code: int
+    sweep_dir: Path
+    storage: str
+    study_name: str
+    ran: dict  # status -> trials this worker ran
+    study_counts: dict  # status -> trials in the whole study
+    best: Optional[dict]
+
+
+def _study_counts(study: optuna.Study) -> dict:
+    counts: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        status = trial.user_attrs.get("status") or trial.state.name.lower()
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def _best(study: optuna.Study) -> Optional[dict]:
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not completed:
+        return None
+    best = max(completed, key=lambda t: t.value)
+    return {"trial": best.number, "run": best.user_attrs.get("run_name"), "best_eval_accuracy": best.value,
+            "run_dir": best.user_attrs.get("run_dir")}
+
+
+def _cli_overrides(model: Optional[str], train_file: Optional[str], overrides: Optional[dict]) -> dict:
+    values = dict(overrides or {})
+    if "name" in values:
+        raise UserError("trial names come from the sweep; drop the name override (set 'name' in the sweep file)")
+    if model is not None:
+        values["model.name_or_path"] = model
+    if train_file is not None:
+        values["data.train_file"] = train_file
+    return values
+
+
+def _preflight(factory: TrialFactory) -> None:
+    """Fail the whole sweep at once (exit 2) when every trial would fail: model unreachable, data file missing,
+    a tracker not installed."""
+    from lorafit.train import trackers
+
+    base = factory.config({}, BASE_POINT)
+    trackers(base.train.report_to)
+    load_model_config(base.model)
+    if base.data.train_file and not Path(base.data.train_file).is_file():
+        raise UserError(f"training file not found: {base.data.train_file} (set data.train_file or --train-file)")
+
+
+def run_sweep(path: str | Path, storage: Optional[str] = None, n_trials: Optional[int] = None,
+              timeout: Optional[float] = None, model: Optional[str] = None, train_file: Optional[str] = None,
+              output_dir: Optional[str] = None, overrides: Optional[dict] = None) -> SweepOutcome:
+    """`lorafit sweep`: join (or create) the sweep's study and run trials until none is left for this worker.
+
+    n_trials / timeout bound this worker; the sweep file's search.n_trials bounds the whole study.
+    """
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # lorafit prints one line per trial
+    spec = load_sweep(path)
+    cli_overrides = _cli_overrides(model, train_file, overrides)
+    factory = TrialFactory(spec, cli_overrides, output_dir)
+    points = factory.grid_points() if spec.search is None else []
+    if spec.search is not None:
+        factory.check_search_params()
+        if spec.search.n_trials is None and n_trials is None and timeout is None and spec.search.timeout is None:
+            raise UserError("a search needs an end: set search.n_trials or search.timeout, or pass --n-trials / --timeout")
+    _preflight(factory)
+
+    url = with_installed_driver(storage) if storage else default_storage_url(factory.sweep_dir)
+    study, optuna_storage, queued = open_study(spec, url, factory.sweep_dir, points, trial_base(factory))
+    runs.atomic_write_text(factory.sweep_dir / SWEEP_COPY, _resolved_sweep_yaml(spec, factory))
+
+    _log(f"sweep '{spec.name}' ({spec.mode}): folder {factory.sweep_dir}, storage {_redact(url)}"
+         + (f", {len(points)} points ({queued} queued now)" if points else ""))
+    _log(f"watch it live: optuna-dashboard {_redact(url)}")
+    runner = SweepRunner(spec, factory, study, optuna_storage, url)
+    exit_code = 0
+    try:
+        ran = runner.run(n_trials, timeout if timeout is not None else (spec.search.timeout if spec.search else None))
+    except SweepInterrupted as stop:
+        ran, exit_code = runner.tally, stop.exit_code
+        ran[INTERRUPTED] = ran.get(INTERRUPTED, 0) + 1
+        _log("sweep interrupted; rerun the same command to resume (finished trials are kept)")
+    if exit_code == 0 and ran.get(FAILED):
+        exit_code = 1
+    outcome = SweepOutcome(exit_code, factory.sweep_dir, url, spec.study, ran, _study_counts(study), _best(study))
+    print(json.dumps({"sweep": spec.name, "study": spec.study, "sweep_dir": str(factory.sweep_dir),
+                      "storage": _redact(url), "ran": ran, "study_trials": outcome.study_counts, "best": outcome.best}))
+    return outcome
+
+
+def trial_base(factory: TrialFactory) -> dict:
+    """The resolved config every trial starts from, as the study records it (name and folder are per trial)."""
+    values = factory.config({}, BASE_POINT).to_dict()
+    values.pop("name", None)
+    values.pop("output_dir", None)
+    return json.loads(json.dumps(values, default=str))  # what the storage's JSON gives back
+
+
+def _resolved_sweep_yaml(spec: SweepSpec, factory: TrialFactory) -> str:
+    import yaml
+
+    data = {"name": spec.name, "mode": spec.mode, "budget_policy": spec.budget_policy,
+            "base": factory.base_values, "sweep_file": str(spec.source)}
+    if spec.search is None:
+        data["axes"] = spec.axes
+    else:
+        data["search"] = dataclasses.asdict(spec.search)
+    return yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,238 @@
+"""Teachers: finished lorafit runs whose predictions a student run learns from.
+
+Two opt-in uses. Distillation (`train.teacher`): the student's loss also pulls its distribution toward the
+teacher's on every training text. Self-training (`data.unlabelled_file`): unlabelled rows that a teacher labels
+with confidence join the training data with the teacher's label.
+
+Teacher predictions come from lorafit's own prediction path (predict.load_run + predict_probabilities: merged
+adapter, length-sorted batches, the teacher's own pooling and max_length) and are computed once, then cached in the
+student's run folder next to a JSON naming the teachers' and the texts' fingerprints: a resumed run reuses them, a
+retrained teacher or changed data recomputes them. Only the student is trained, so only the student counts toward
+the budget; a teacher may be any size (a run with `budget: null`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lorafit import runs
+from lorafit.config import DataConfig, config_from_dict, run_folder_list
+from lorafit.console import say
+from lorafit.data import LabelledData, join_texts, read_table
+from lorafit.errors import UserError
+
+log = logging.getLogger(__name__)
+
+TEACHER_COLUMN = "teacher_logits"  # per training row: (teachers, classes) log-probabilities; never reaches the model
+DISTILL_CACHE = "teacher_logits"  # <run>/teacher_logits.npy + .json
+PSEUDO_CACHE = "pseudo_label_logits"  # <run>/pseudo_label_logits.npy + .json
+
+
+# --- checks before anything is written ------------------------------------------------------------------------------
+
+def check_teachers(value, label_names: list[str], setting: str) -> list[Path]:
+    """The run folders a teacher setting names, each a finished run with exactly the student's labels (in order).
+
+    Cheap: reads JSON/YAML and the teacher's base model config.json, no weights, so a bad teacher fails before the
+    student's run folder exists."""
+    from lorafit.model import load_model_config
+
+    folders = []
+    for folder in run_folder_list(value):
+        try:
+            checked = runs.check_run_folder(folder, runs.INFERENCE)  # config, labels and adapter, as predict needs
+            load_model_config(config_from_dict(checked.config).model)  # its base model is still where it was
+        except UserError as exc:
+            raise UserError(f"{setting}: {exc}") from None
+        run_dir = checked.path
+        if checked.labels != [str(n) for n in label_names]:
+            raise UserError(f"{setting}: {run_dir} was trained on labels {checked.labels}, but this run's are "
+                            f"{list(label_names)}; a teacher must have the same labels in the same order")
+        folders.append(run_dir)
+    return folders
+
+
+# --- teacher predictions, cached in the student's run folder --------------------------------------------------------
+
+def _file_digest(digest, path: Path) -> None:
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(2**20), b""):
+            digest.update(chunk)
+
+
+def teacher_fingerprint(run_dir: Path) -> str:
+    """What the teacher predicts with: its config (base model, pooling, max_length), labels and adapter weights."""
+    digest = hashlib.sha256()
+    for name in (runs.CONFIG, runs.LABELS, f"{runs.ADAPTER}/{runs.ADAPTER_WEIGHTS}"):
+        digest.update(name.encode("utf-8") + b"\0")
+        _file_digest(digest, run_dir / name)
+    return digest.hexdigest()[:16]
+
+
+def texts_fingerprint(texts: list[str]) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode("utf-8") + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def describe_teachers(run_dirs: list[Path]) -> list[dict]:
+    """For the manifest and the cache key: where each teacher is and exactly which weights it had."""
+    return [{"run_dir": str(d), "fingerprint": teacher_fingerprint(d)} for d in run_dirs]
+
+
+def predict_log_probs(run_dirs: list[Path], texts: list[str]) -> np.ndarray:
+    """(teachers, texts, classes) log-probabilities, one teacher in memory at a time."""
+    from lorafit.predict import load_run, predict_probabilities
+
+    out = []
+    for run_dir in run_dirs:
+        say(f"teacher {run_dir}: predicting {len(texts):,} texts (once: the result is cached in the run folder) ...")
+        loaded = load_run(run_dir)
+        out.append(predict_probabilities(loaded.model, loaded.tokenizer, texts, loaded.cfg.data.max_length,
+                                         loaded.batch_size, bf16=loaded.bf16, log=True,
+                                         progress=f"teacher {run_dir.name}", pad_to_multiple_of=loaded.pad_multiple))
+        del loaded
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the student trains on this device next
+    return np.stack(out).astype(np.float32)
+
+
+def _atomic_save_npy(path: Path, values: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, values)
+            handle.flush()
+            os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the run folder's other files are not
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cached_log_probs(run_dirs: list[Path], texts: list[str], run_dir: Path, name: str, write: bool) -> np.ndarray:
+    """predict_log_probs, read from <run_dir>/<name>.npy when its JSON names the same teachers and texts.
+
+    The JSON is written after the array, so a kill between the two leaves a stale key and a recomputation, never
+    an array that does not match its key. Under DDP only rank 0 writes (write=True); the other ranks read after it."""
+    key = {"teachers": describe_teachers(run_dirs), "texts": len(texts), "texts_fingerprint": texts_fingerprint(texts)}
+    meta_path, array_path = run_dir / f"{name}.json", run_dir / f"{name}.npy"
+    if meta_path.exists() and array_path.exists():
+        try:
+            saved = runs.read_json(meta_path)
+        except ValueError:
+            saved = None
+        # Compared on fingerprints: a teacher folder that moved still has the same predictions.
+        same = saved is not None and [t["fingerprint"] for t in saved.get("teachers", [])] == \
+            [t["fingerprint"] for t in key["teachers"]] and saved.get("texts_fingerprint") == key["texts_fingerprint"]
+        if same:
+            return np.load(array_path)
+        if write:
+            log.warning("%s was made by other teacher weights or for other texts; recomputing it", array_path)
+    if not write:
+        raise RuntimeError(f"{array_path} should have been written by the main process")
+    values = predict_log_probs(run_dirs, texts)
+    _atomic_save_npy(array_path, values)
+    runs.atomic_write_json(meta_path, {**key, "shape": list(values.shape),
+                                       "meaning": "log-probabilities [teacher, text, class]"})
+    return values
+
+
+def averaged_probabilities(log_probs: np.ndarray) -> np.ndarray:
+    """(texts, classes): the teachers' probabilities averaged."""
+    return np.exp(log_probs.astype(np.float64)).mean(axis=0)
+
+
+# --- distillation ---------------------------------------------------------------------------------------------------
+
+def distillation_loss(student_logits: torch.Tensor, teacher_log_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T² · KL(teacher ‖ student), both softened at temperature T, mean over the batch (Hinton et al., 2015).
+
+    teacher_log_probs is (batch, teachers, classes): several teachers' softened distributions are averaged. Log-
+    probabilities serve as logits (softmax is shift-invariant per row). T² keeps the gradient's scale independent
+    of T, so distill_weight means the same at any temperature."""
+    t = float(temperature)
+    teacher = torch.softmax(teacher_log_probs.float() / t, dim=-1).mean(dim=1)
+    student = torch.log_softmax(student_logits.float() / t, dim=-1)
+    return F.kl_div(student, teacher, reduction="batchmean") * (t * t)
+
+
+# --- self-training --------------------------------------------------------------------------------------------------
+
+@dataclass
+class Unlabelled:
+    """The unlabelled texts that may join training: not empty, and not a validation text."""
+
+    source: str
+    texts: list[str]
+    rows_read: int
+    empty_rows: int
+    validation_overlap: int  # rows dropped because their text is a validation text
+
+
+def read_unlabelled(cfg: DataConfig, validation_texts: list[str]) -> Unlabelled:
+    """data.unlabelled_file's texts, as `lorafit predict` reads a file (data.text_columns, else a `text` column).
+
+    Rows whose text equals a validation text are dropped here, before any teacher sees them: a pseudo-labelled
+    copy of a validation row would leak it into training and inflate validation accuracy."""
+    from lorafit.predict import input_text_columns
+
+    source = str(cfg.unlabelled_file)
+    frame = read_table(cfg.unlabelled_file, cfg.trust_pickle)
+    columns = input_text_columns(frame, None, cfg.text_columns)
+    texts = join_texts(frame, columns, cfg.text_separator, source, allow_empty=True, setting="data.text_columns")
+    held_out = {t.strip() for t in validation_texts}
+    kept, empty, overlap = [], 0, 0
+    for text in texts:
+        if not text.strip():
+            empty += 1
+        elif text.strip() in held_out:
+            overlap += 1
+        else:
+            kept.append(text)
+    return Unlabelled(source, kept, len(texts), empty, overlap)
+
+
+def select_pseudo_labels(unlabelled: Unlabelled, log_probs: np.ndarray, threshold: float,
+                         label_names: list[str]) -> tuple[LabelledData, dict, np.ndarray]:
+    """Rows whose averaged top-class probability is at least `threshold`, labelled with that class; the manifest's
+    account of them; and their positions in unlabelled.texts."""
+    probabilities = averaged_probabilities(log_probs)
+    chosen = np.flatnonzero(probabilities.max(axis=1) >= threshold)
+    labels = probabilities.argmax(axis=1)[chosen].astype(np.int64)
+    data = LabelledData([unlabelled.texts[i] for i in chosen], labels, list(label_names), f"pseudo:{unlabelled.source}")
+    per_class = np.bincount(labels, minlength=len(label_names))
+    record = {
+        "source": unlabelled.source,
+        "threshold": threshold,
+        "rows_read": unlabelled.rows_read,
+        "empty_rows_skipped": unlabelled.empty_rows,
+        "validation_overlap_dropped": unlabelled.validation_overlap,
+        "rows_labelled_by_teacher": len(unlabelled.texts),
+        "joined": int(len(chosen)),
+        "joined_per_class": {str(name): int(n) for name, n in zip(label_names, per_class)},
+        "cache": f"{PSEUDO_CACHE}.npy",
+    }
+    return data, record, chosen
+
+
+def combined(labelled: LabelledData, pseudo: LabelledData) -> LabelledData:
+    """Labelled rows first, then pseudo-labelled ones (the order the dataset and teacher logits follow)."""
+    return LabelledData(labelled.texts + pseudo.texts, np.concatenate([labelled.labels, pseudo.labels]),
+                        labelled.label_names, labelled.source)
+
+
+def same_teachers(a: list[Path], b: list[Path]) -> bool:
+    return [Path(p).resolve() for p in a] == [Path(p).resolve() for p in b]

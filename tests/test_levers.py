@@ -1,0 +1,347 @@
+"""The accuracy levers of issue 10 on tiny models: mean pooling, distillation from teacher runs, self-training on
+unlabelled text and LoRA+. Their bad values are cases in tests/test_bad_inputs.py's table."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import write_config
+from lorafit import teacher
+from lorafit.budget import budget_report
+from lorafit.config import config_from_dict, load_config
+from lorafit.errors import UserError
+from lorafit.model import load_model_config, load_pretrained_model, load_tokenizer, wrap_with_lora
+
+# The first text is short, so in a batch with the second it is padded.
+TEXTS = ["Stocks fall", "The home team won its third straight game after a late goal in extra time on Sunday night"]
+NUM_LABELS = 4
+
+
+def _train(config: Path, *args) -> None:
+    from lorafit.cli import main
+
+    assert main(["train", str(config), *map(str, args)]) == 0
+
+
+def _cfg(model_dir, head="linear", pooling="cls", targets=("query", "value")):
+    return config_from_dict({"model": {"name_or_path": str(model_dir), "head": head, "pooling": pooling},
+                             "lora": {"r": 4, "alpha": 8, "target_modules": list(targets)}})
+
+
+def _model(model_dir, pooling: str, head: str = "linear"):
+    cfg = _cfg(model_dir, head, pooling)
+    torch.manual_seed(0)  # the same LoRA initialisation for either pooling
+    return wrap_with_lora(load_pretrained_model(cfg.model, load_model_config(cfg.model)), cfg.lora, 4, head).eval()
+
+
+def _forward(model, batch):
+    """(logits, the sentence vector the classification head reads, the encoder's last hidden states)."""
+    seen = {}
+    head = model.get_base_model().classifier
+    handle = head.register_forward_pre_hook(lambda module, args: seen.setdefault("input", args[0]))
+    try:
+        with torch.no_grad():
+            out = model(**batch, output_hidden_states=True)
+    finally:
+        handle.remove()
+    read = seen["input"]
+    return out.logits, (read[:, 0] if read.dim() == 3 else read), out.hidden_states[-1]
+
+
+def _masked_mean(hidden, mask):
+    """Written out here, independently of lorafit's own."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1)
+
+
+def _kl(p: np.ndarray, q: np.ndarray) -> float:
+    """Mean KL(p ‖ q) over rows."""
+    return float((p * (np.log(p) - np.log(q))).sum(axis=1).mean())
+
+
+def _probabilities(run_dir: Path, texts: list[str]) -> np.ndarray:
+    from lorafit.predict import load_run, predict_probabilities
+
+    loaded = load_run(run_dir)
+    return predict_probabilities(loaded.model, loaded.tokenizer, texts, loaded.cfg.data.max_length, 64,
+                                 bf16=loaded.bf16).astype(np.float64)
+
+
+# --- pooling ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("which", ["roberta", "minilm"])
+def test_mean_pooling_head_reads_the_masked_mean(which, tiny_roberta, minilm_dir):
+    """RoBERTa's head reads the first token's state, BERT's classifier the pooler output: with mean pooling both
+    read the mean of the last hidden states over the non-padding tokens, and padding cannot move the logits."""
+    model_dir = tiny_roberta if which == "roberta" else minilm_dir
+    tokenizer = load_tokenizer(str(model_dir))
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    mask = batch["attention_mask"]
+    assert (mask[0] == 0).any(), "the short text must be padded for this test to mean anything"
+
+    model = _model(model_dir, "mean")
+    logits, head_input, hidden = _forward(model, batch)
+    torch.testing.assert_close(head_input, _masked_mean(hidden, mask))
+    # Teeth: had padding been averaged in, the padded row's vector would be this, and it is not.
+    assert not torch.allclose(hidden[0].mean(dim=0), head_input[0], atol=1e-3)
+
+    alone, _, _ = _forward(model, tokenizer(TEXTS[:1], return_tensors="pt"))
+    torch.testing.assert_close(alone[0], logits[0], atol=1e-5, rtol=1e-4)
+    other_padding = {k: v.clone() for k, v in batch.items()}
+    other_padding["input_ids"][mask == 0] = 1000  # any token id where the mask is 0
+    torch.testing.assert_close(_forward(model, other_padding)[0], logits)
+
+    cls_logits, cls_input, cls_hidden = _forward(_model(model_dir, "cls"), batch)
+    torch.testing.assert_close(cls_hidden, hidden)  # the encoder runs unchanged; only what the head reads differs
+    assert not torch.allclose(cls_logits, logits, atol=1e-4)
+    if which == "roberta":
+        torch.testing.assert_close(cls_input, cls_hidden[:, 0])
+
+
+def test_mean_pooling_adds_no_parameters_and_refuses_a_bypassed_pooler(roberta_dir, minilm_dir):
+    for model_dir in (roberta_dir, minilm_dir):
+        for head in ("full", "linear"):
+            assert budget_report(_cfg(model_dir, head, "mean")).to_dict() == budget_report(_cfg(model_dir, head)).to_dict()
+    # RoBERTa's head 'lora' adapts classifier.dense, which reads the mean: allowed, same count.
+    assert budget_report(_cfg(roberta_dir, "lora", "mean")).total == budget_report(_cfg(roberta_dir, "lora")).total
+    # BERT's pooler output is what mean pooling replaces: LoRA there would train parameters without a gradient.
+    with pytest.raises(UserError, match="head 'lora' adapts bert.pooler.dense.*use model.head: linear"):
+        budget_report(_cfg(minilm_dir, "lora", "mean"))
+    with pytest.raises(UserError, match=r"\['dense'\] adapt bert.pooler, which model.pooling: mean replaces"):
+        budget_report(_cfg(minilm_dir, "linear", "mean", targets=["query", "dense"]))
+
+
+# --- teacher and students -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def levers_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("levers")
+
+
+@pytest.fixture(scope="module")
+def teacher_run(levers_root, tiny_roberta, small_agnews) -> Path:
+    """A finished run with no budget (any size may teach), mean pooling, fp32, and a distinct, confident
+    distribution: trained 2 steps, then its output layer scaled up. (A tiny random model's own predictions are
+    nearly uniform: too close to any student's to show a student moving toward them.)"""
+    config = write_config(
+        levers_root / "teacher.yaml", name="teacher", output_dir=str(levers_root / "runs"), budget=None,
+        model={"name_or_path": str(tiny_roberta), "head": "full", "pooling": "mean"},
+        lora={"r": 8, "alpha": 16, "target_modules": ["query", "key", "value"]},
+        data={"train_file": str(small_agnews)},
+        train={"max_steps": 2, "eval_steps": 2, "batch_size": 8, "precision": "fp32"},
+    )
+    _train(config)
+    run = levers_root / "runs" / "teacher"
+    weights = run / "adapter" / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    tensors["base_model.model.classifier.out_proj.weight"] *= 60
+    tensors["base_model.model.classifier.out_proj.bias"] = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    save_file(tensors, weights)
+    return run
+
+
+def _student(folder: Path, name: str, model_dir: Path, train_file: Path, data=None, lora=None, **train) -> Path:
+    return write_config(
+        folder / f"{name}.yaml", name=name, output_dir=str(folder / "runs"),
+        model={"name_or_path": str(model_dir), "head": "linear", "pooling": "mean"},
+        lora={"r": 4, "alpha": 8, "target_modules": ["query", "value"], **(lora or {})},
+        data={"train_file": str(train_file), **(data or {})},
+        train={"max_steps": 16, "eval_steps": 16, "batch_size": 8, "learning_rate": 1e-2, "precision": "fp32", **train},
+    )
+
+
+@pytest.fixture(scope="module")
+def distilled(levers_root, teacher_run, tiny_roberta, small_agnews) -> dict:
+    """The same student (seed, steps, data order) trained with distill_weight 1 and 0: {weight: (config, run)}."""
+    runs = {}
+    for weight in (1.0, 0.0):
+        name = f"student-w{weight:g}"
+        config = _student(levers_root, name, tiny_roberta, small_agnews, teacher=str(teacher_run),
+                          distill_weight=weight, distill_temperature=2.0)
+        _train(config)
+        runs[weight] = (config, levers_root / "runs" / name)
+    return runs
+
+
+def _training_texts(config: Path) -> list[str]:
+    from lorafit.train import prepare
+
+    return prepare(load_config(config)).train_data.texts
+
+
+def test_distilled_student_moves_toward_the_teacher(distilled, teacher_run):
+    config, run = distilled[1.0]
+    texts = _training_texts(config)
+    teacher_probs = _probabilities(teacher_run, texts)
+    # The cache holds the teacher's own predictions of exactly these texts, in this order.
+    cached = np.load(run / "teacher_logits.npy")
+    assert cached.shape == (1, len(texts), NUM_LABELS)
+    np.testing.assert_allclose(np.exp(cached[0]), teacher_probs, atol=1e-5)
+
+    kl = {weight: _kl(_probabilities(r, texts), teacher_probs) for weight, (_, r) in distilled.items()}
+    print(f"\nKL(student || teacher) on {len(texts)} training texts: distilled {kl[1.0]:.4f}, labels only {kl[0.0]:.4f}")
+    assert kl[1.0] < 0.25 * kl[0.0]
+
+
+def test_manifest_names_the_teacher_and_the_budget_counts_the_student_only(distilled, teacher_run):
+    config, run = distilled[1.0]
+    fingerprint = teacher.teacher_fingerprint(teacher_run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["distillation"] == {
+        "teachers": [{"run_dir": str(teacher_run), "fingerprint": fingerprint}], "weight": 1.0,
+        "temperature": 2.0, "cache": "teacher_logits.npy",
+    }
+    key = json.loads((run / "teacher_logits.json").read_text())
+    assert [t["fingerprint"] for t in key["teachers"]] == [fingerprint]
+
+    student = json.loads((run / "result.json").read_text())["trainable_params"]
+    teacher_result = json.loads((teacher_run / "result.json").read_text())
+    assert student == budget_report(load_config(config)).total == manifest["trainable_params"]["total"]
+    assert teacher_result["budget"] is None and teacher_result["trainable_params"] > student  # not counted
+
+
+def test_teacher_cache_is_reused_and_recomputed_when_teacher_or_texts_change(distilled, teacher_run, tmp_path,
+                                                                             monkeypatch):
+    config, run = distilled[1.0]
+    texts = _training_texts(config)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for name in ("teacher_logits.npy", "teacher_logits.json"):
+        shutil.copy(run / name, cache / name)
+    calls = []
+
+    def predicted(run_dirs, texts):
+        calls.append(len(texts))
+        return np.zeros((len(run_dirs), len(texts), NUM_LABELS), dtype=np.float32)
+
+    monkeypatch.setattr(teacher, "predict_log_probs", predicted)
+    reused = teacher.cached_log_probs([teacher_run], texts, cache, teacher.DISTILL_CACHE, write=True)
+    assert calls == [] and np.array_equal(reused, np.load(run / "teacher_logits.npy"))
+
+    teacher.cached_log_probs([teacher_run], texts[:-1], cache, teacher.DISTILL_CACHE, write=True)  # other data
+    assert calls == [len(texts) - 1]
+    retrained = tmp_path / "retrained-teacher"  # the same folder contents, other weights
+    shutil.copytree(teacher_run, retrained)
+    weights = retrained / "adapter" / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    tensors["base_model.model.classifier.out_proj.bias"] += 1.0
+    save_file(tensors, weights)
+    teacher.cached_log_probs([retrained], texts[:-1], cache, teacher.DISTILL_CACHE, write=True)
+    assert calls == [len(texts) - 1, len(texts) - 1]
+
+
+# --- self-training ------------------------------------------------------------------------------------------------
+
+def test_confident_pseudo_labels_join_training_and_validation_texts_never_do(teacher_run, tiny_roberta, small_agnews,
+                                                                             agnews_pool, tmp_path):
+    """train.teacher both labels the unlabelled rows (no data.pseudo_label_teacher) and teaches: its predictions on
+    the rows that joined are reused for distillation."""
+    from lorafit.train import add_teacher_targets, prepare
+
+    plain = _student(tmp_path, "selftrain", tiny_roberta, small_agnews, max_steps=2, eval_steps=2)
+    prepared = prepare(load_config(plain))
+    labelled_rows, validation = len(prepared.train_data), prepared.eval_data.texts
+    used = set(pd.read_csv(small_agnews).text)
+    new = [t for t in pd.read_csv(agnews_pool).text if t not in used][:60]
+    leaked = validation[:8]
+    unlabelled = tmp_path / "unlabelled.csv"
+    pd.DataFrame({"text": new[:30] + leaked + [""] + new[30:]}).to_csv(unlabelled, index=False)
+
+    # The teacher's probabilities, computed here independently of the self-training code.
+    probs = _probabilities(teacher_run, new + leaked)
+    top = probs.max(axis=1)
+    middle = np.sort(top)[len(top) // 4: 3 * len(top) // 4]
+    gap = int(np.argmax(np.diff(middle)))  # a threshold far from every probability: no rounding can flip a row
+    threshold = float((middle[gap] + middle[gap + 1]) / 2)
+    expected = [i for i in range(len(new)) if top[i] >= threshold]
+    assert 0 < len(expected) < len(new)
+    assert (top[len(new):] >= threshold).any(), "a validation text must be confident enough to test the leak check"
+
+    config = _student(tmp_path, "selftrain", tiny_roberta, small_agnews, max_steps=2, eval_steps=2,
+                      teacher=str(teacher_run),
+                      data={"unlabelled_file": str(unlabelled), "pseudo_label_threshold": threshold})
+    _train(config)
+    run = tmp_path / "runs" / "selftrain"
+    manifest = json.loads((run / "manifest.json").read_text())
+    labels = probs[expected].argmax(axis=1)
+    assert manifest["pseudo_labels"] == {
+        "source": str(unlabelled), "threshold": threshold, "rows_read": 69, "empty_rows_skipped": 1,
+        "validation_overlap_dropped": 8, "rows_labelled_by_teacher": 60, "joined": len(expected),
+        "joined_per_class": {str(c): int((labels == c).sum()) for c in range(NUM_LABELS)},
+        "cache": "pseudo_label_logits.npy", "labelled_rows": labelled_rows,
+        "teachers": [{"run_dir": str(teacher_run), "fingerprint": teacher.teacher_fingerprint(teacher_run)}],
+    }
+    assert manifest["data"]["train_rows"] == labelled_rows + len(expected)
+
+    # Exactly those rows, with the teacher's labels, after the labelled ones (read back from the run's cache).
+    trained_on = add_teacher_targets(prepare(load_config(config)), run, write=False)
+    assert trained_on.train_data.texts[labelled_rows:] == [new[i] for i in expected]
+    assert trained_on.train_data.labels[labelled_rows:].tolist() == labels.tolist()
+    assert len(trained_on.train_ds) == labelled_rows + len(expected)
+    assert not set(validation) & set(trained_on.train_data.texts)
+    # Distillation targets: the labelled rows from teacher_logits.npy, the joined rows from the labelling pass.
+    assert np.load(run / "teacher_logits.npy").shape == (1, labelled_rows, NUM_LABELS)
+    targets = np.asarray(trained_on.train_ds[teacher.TEACHER_COLUMN][labelled_rows:])
+    np.testing.assert_allclose(np.exp(targets[:, 0]), probs[expected], atol=1e-5)
+
+
+# --- LoRA+ and resuming with the levers ---------------------------------------------------------------------------
+
+def _optimizer_groups(config: Path, tmp_path: Path) -> dict:
+    """{trainable parameter name: (lr, weight_decay)} of the optimizer the Trainer would train with."""
+    from lorafit.train import GracefulInterrupt, build_trainer, prepare
+
+    prepared = prepare(load_config(config))
+    cfg = prepared.cfg
+    model = wrap_with_lora(load_pretrained_model(cfg.model, load_model_config(cfg.model)), cfg.lora, 4, cfg.model.head)
+    optimizer = build_trainer(prepared, model, tmp_path / "run", GracefulInterrupt()).create_optimizer()
+    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    return {name: (group_of[id(p)]["lr"], group_of[id(p)]["weight_decay"])
+            for name, p in model.named_parameters() if p.requires_grad}
+
+
+def test_loraplus_trains_b_matrices_at_ratio_times_the_learning_rate(tiny_roberta, small_agnews, tmp_path):
+    common = {"learning_rate": 1e-3, "weight_decay": 0.1}
+    groups = _optimizer_groups(_student(tmp_path, "plus", tiny_roberta, small_agnews,
+                                        lora={"loraplus_lr_ratio": 8}, **common), tmp_path)
+    b = {n: g for n, g in groups.items() if "lora_B" in n}
+    a = {n: g for n, g in groups.items() if "lora_A" in n}
+    assert b and a and any("out_proj.weight" in n for n in groups)
+    assert set(b.values()) == {(8e-3, 0.1)}
+    assert set(a.values()) == {(1e-3, 0.1)}
+    assert all(g == (1e-3, 0.1) for n, g in groups.items() if n.endswith("out_proj.weight"))
+    plain = _optimizer_groups(_student(tmp_path, "plain", tiny_roberta, small_agnews, **common), tmp_path)
+    assert {lr for lr, _ in plain.values()} == {1e-3}
+
+
+def test_run_with_levers_resumes_to_the_same_adapter(teacher_run, tiny_roberta, small_agnews, tmp_path):
+    """LoRA+ optimizer state, the teacher-target column and its cache through a kill after step 2 of 4."""
+    config = _student(tmp_path, "resumed", tiny_roberta, small_agnews, lora={"loraplus_lr_ratio": 8},
+                      max_steps=4, eval_steps=2, teacher=str(teacher_run), distill_weight=0.5)
+    _train(config)
+    run = tmp_path / "runs" / "resumed"
+    unbroken = load_file(run / "adapter" / "adapter_model.safetensors")
+    cache_written = (run / "teacher_logits.npy").stat().st_mtime_ns
+    saved = torch.load(run / "checkpoints" / "checkpoint-2" / "optimizer.pt", weights_only=True)
+    lrs = sorted({group["lr"] for group in saved["param_groups"] if group["params"]})
+    assert len(lrs) == 2 and lrs[1] == pytest.approx(8 * lrs[0])  # the schedule scales both alike
+
+    # What a kill right after step 2's checkpoint leaves: no later checkpoint, no result, no adapter.
+    shutil.rmtree(run / "checkpoints" / "checkpoint-4")
+    (run / "result.json").unlink()
+    shutil.rmtree(run / "adapter")
+    _train(config)
+    assert json.loads((run / "result.json").read_text())["resumed_from_step"] == 2
+    resumed = load_file(run / "adapter" / "adapter_model.safetensors")
+    assert unbroken.keys() == resumed.keys()
+    for name in unbroken:
+        assert torch.equal(unbroken[name], resumed[name]), name
+    assert (run / "teacher_logits.npy").stat().st_mtime_ns == cache_written  # the teacher did not run again
