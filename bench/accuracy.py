@@ -318,10 +318,15 @@ def main(argv=None) -> dict:
         report["self_training"] = self_training(dirs, (train_csv, validation_csv), args, only, pending)
     report["pending"] = pending
     report["bench_wall_seconds"] = round(time.time() - started)
+    return emit(report, args.out)
+
+
+def emit(report: dict, out) -> dict:
+    """Print the benchmark's JSON, and write it to `out` too when given."""
     text = json.dumps(report, indent=2)
     print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    if out:
+        Path(out).write_text(text + "\n")
     return report
 
 

@@ -29,14 +29,13 @@ where it stopped.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from accuracy import POOL, carve_split  # bench/accuracy.py: the same carved split for every accuracy benchmark
+from accuracy import POOL, carve_split, emit  # bench/accuracy.py: the same carved split for every accuracy benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -242,11 +241,7 @@ def main(argv=None) -> dict:
         report["targets"] = {"default_at_least_91pct": results["default"]["val_accuracy"]["mean"] >= 0.91,
                              "default_beats_seed_by_15_points": gain >= 0.15}
     report["bench_wall_seconds"] = time.time() - started
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return report
+    return emit(report, args.out)
 
 
 if __name__ == "__main__":
