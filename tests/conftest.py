@@ -24,6 +24,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the Hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (`-n N`), each worker gets its share of the cores, subprocesses included, so that N
+    workers do not each start a thread per core and fight over them. Most tests here are small-model Python
+    overhead (one core busy), which is why two workers on two cores finish the suite sooner than one."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def roberta_dir() -> Path:
     """roberta-base's real config and tokenizer, no weights."""

@@ -163,9 +163,37 @@ def test_resume_refuses_a_changed_config(tmp_path, tiny_roberta, keyword_csv, cl
     config = resume_config(tmp_path / "changed", tiny_roberta, keyword_csv)
     run_dir = tmp_path / "changed" / "runs" / "resume"
     run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text("name: resume\ntrain: {learning_rate: 0.1}\n")
+    import yaml
+
+    from lorafit.config import load_config
+
+    saved = load_config(config).to_dict()
+    saved["train"]["learning_rate"] = 0.1
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
     before = sorted(p.name for p in run_dir.iterdir())
     result = cli("train", config, "--resume")
     assert result.code == 2
     assert "different config" in result.err and "--overwrite" in result.err
+    assert "train.learning_rate: 0.1 there" in result.err  # the setting that differs, named
     assert sorted(p.name for p in run_dir.iterdir()) == before
+
+
+def test_a_run_begun_with_the_gpu_batch_names_the_batch_when_resumed_on_the_cpu(tmp_path, tiny_roberta, keyword_csv,
+                                                                                 cli):
+    """batch_size auto resolves to 128 on CUDA and 32 here: the refusal says so and how to resume."""
+    import yaml
+
+    config = resume_config(tmp_path / "auto", tiny_roberta, keyword_csv)
+    values = yaml.safe_load(config.read_text())
+    values["train"]["batch_size"] = "auto"
+    config.write_text(yaml.safe_dump(values))
+    assert cli("train", config).code == 0
+    run_dir = tmp_path / "auto" / "runs" / "resume"
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["train"]["batch_size"] == 32
+    saved["train"].update(batch_size=128, learning_rate=saved["train"]["learning_rate"] * 2)  # as a GPU wrote it
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    (run_dir / "result.json").unlink()  # unfinished: a resume, not a finished run
+    result = cli("train", config)
+    assert result.code == 2
+    assert "train.batch_size: 128 there, 32 here" in result.err and "auto is 128 on CUDA and 32 on the CPU" in result.err

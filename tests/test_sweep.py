@@ -185,6 +185,11 @@ def test_sweep_file_mistakes_are_one_line_user_errors(tmp_path, tiny_roberta, sm
     result = cli("sweep", bad_key, "--output-dir", tmp_path / "runs")
     assert result.code == 2 and "unknown config key 'lora.dropuot'" in result.err and "did you mean 'dropout'" in result.err
     assert not (tmp_path / "runs" / "badkey").exists()  # nothing written for a sweep that cannot run
+    no_teacher = write_sweep(tmp_path, "noteacher", {**base, "train": {**base["train"], "teacher": str(tmp_path / "gone")}},
+                             grid={"axes": {"lora.r": [2, 4]}})
+    result = cli("sweep", no_teacher, "--output-dir", tmp_path / "runs")
+    assert result.code == 2 and "train.teacher: run folder not found" in result.err
+    assert not (tmp_path / "runs" / "noteacher").exists()  # not one failed trial folder per point
     bad_range = write_sweep(tmp_path, "range", base, search={"n_trials": 1, "params": {
         "train.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-4}}})
     with pytest.raises(UserError, match="low .* must be below high"):

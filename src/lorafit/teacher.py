@@ -19,6 +19,8 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -38,8 +40,9 @@ PSEUDO_CACHE = "pseudo_label_logits"  # <run>/pseudo_label_logits.npy + .json
 
 # --- checks before anything is written ------------------------------------------------------------------------------
 
-def check_teachers(value, label_names: list[str], setting: str) -> list[Path]:
-    """The run folders a teacher setting names, each a finished run with exactly the student's labels (in order).
+def check_teachers(value, label_names: Optional[list[str]], setting: str) -> list[Path]:
+    """The run folders a teacher setting names, each a finished run with exactly the student's labels (in order;
+    label_names None: the labels are not known yet and not compared).
 
     Cheap: reads JSON/YAML and the teacher's base model config.json, no weights, so a bad teacher fails before the
     student's run folder exists."""
@@ -53,7 +56,7 @@ def check_teachers(value, label_names: list[str], setting: str) -> list[Path]:
         except UserError as exc:
             raise UserError(f"{setting}: {exc}") from None
         run_dir = checked.path
-        if checked.labels != [str(n) for n in label_names]:
+        if label_names is not None and checked.labels != [str(n) for n in label_names]:
             raise UserError(f"{setting}: {run_dir} was trained on labels {checked.labels}, but this run's are "
                             f"{list(label_names)}; a teacher must have the same labels in the same order")
         folders.append(run_dir)
@@ -125,8 +128,10 @@ def _atomic_save_npy(path: Path, values: np.ndarray) -> None:
 def cached_log_probs(run_dirs: list[Path], texts: list[str], run_dir: Path, name: str, write: bool) -> np.ndarray:
     """predict_log_probs, read from <run_dir>/<name>.npy when its JSON names the same teachers and texts.
 
-    The JSON is written after the array, so a kill between the two leaves a stale key and a recomputation, never
-    an array that does not match its key. Under DDP only rank 0 writes (write=True); the other ranks read after it."""
+    The old JSON is removed before the array is replaced and the new one written after it, so a kill (or a full
+    disk) in between leaves no key and a recomputation, never an array beside a key it does not match (an old key
+    kept beside a new array was matched again once the old teachers and texts came back). Under DDP only rank 0
+    writes (write=True); the other ranks read after it."""
     key = {"teachers": describe_teachers(run_dirs), "texts": len(texts), "texts_fingerprint": texts_fingerprint(texts)}
     meta_path, array_path = run_dir / f"{name}.json", run_dir / f"{name}.npy"
     if meta_path.exists() and array_path.exists():
@@ -144,6 +149,7 @@ def cached_log_probs(run_dirs: list[Path], texts: list[str], run_dir: Path, name
     if not write:
         raise RuntimeError(f"{array_path} should have been written by the main process")
     values = predict_log_probs(run_dirs, texts)
+    meta_path.unlink(missing_ok=True)  # the key goes first: it must never outlive the array it describes
     _atomic_save_npy(array_path, values)
     runs.atomic_write_json(meta_path, {**key, "shape": list(values.shape),
                                        "meaning": "log-probabilities [teacher, text, class]"})

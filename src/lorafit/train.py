@@ -108,10 +108,23 @@ def teacher_folders(cfg: RunConfig, label_names: list[str]) -> tuple[list[Path],
     """(distillation teachers, self-training teachers), each a checked run folder with these labels. Taken from
     cfg each time, not kept in Prepared: a sweep reuses one Prepared for trials with other teachers."""
     teachers = teacher.check_teachers(cfg.train.teacher, label_names, "train.teacher")
+    _refuse_own_run_folder(cfg, teachers, "train.teacher")
     if not cfg.data.unlabelled_file:
         return teachers, []
     setting = "data.pseudo_label_teacher" if cfg.data.pseudo_label_teacher else "train.teacher"
-    return teachers, teacher.check_teachers(cfg.pseudo_label_teachers, label_names, setting)
+    pseudo_teachers = teacher.check_teachers(cfg.pseudo_label_teachers, label_names, setting)
+    _refuse_own_run_folder(cfg, pseudo_teachers, setting)
+    return teachers, pseudo_teachers
+
+
+def _refuse_own_run_folder(cfg: RunConfig, folders: list[Path], setting: str) -> None:
+    """A teacher that is the run folder this run trains into: --overwrite would clear the finished teacher (its
+    adapter and labels) before it predicts, losing it; refused in prepare, before anything is written."""
+    own = Path(cfg.run_dir).resolve()
+    for folder in folders:
+        if Path(folder).resolve() == own:
+            raise UserError(f"{setting}: {folder} is this run's own run folder, which training would replace; "
+                            "train the student under another --name")
 
 
 def add_teacher_targets(prepared: Prepared, run_dir: Path, write: bool) -> Prepared:
@@ -237,7 +250,8 @@ def open_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> tuple[Path, O
     elif runs.run_content(run_dir):
         saved = run_dir / runs.CONFIG
         if saved.exists() and saved.read_text(encoding="utf-8", errors="replace") != cfg.to_yaml():
-            raise UserError(f"{run_dir} holds a run with a different config; use another --name, or --overwrite to replace it")
+            raise UserError(f"{run_dir} holds a run with a different config{_config_differences(saved, cfg)}; "
+                            "use another --name, or --overwrite to replace it")
         if (_resumable_json(run_dir, runs.RESULT) or {}).get("status") == "completed":
             raise UserError(f"{run_dir} already holds a finished run; use another --name, or --overwrite to replace it")
         _resumable_json(run_dir, runs.MANIFEST)
@@ -257,6 +271,35 @@ def open_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> tuple[Path, O
         run_dir.mkdir(parents=True, exist_ok=True)
         runs.atomic_write_text(run_dir / runs.CONFIG, cfg.to_yaml())
     return run_dir, checkpoint
+
+
+def _config_differences(saved: Path, cfg: RunConfig, shown: int = 3) -> str:
+    """' (train.batch_size: 128 there, 32 here)': the settings that differ, so a user sees why a rerun is refused.
+    batch_size auto is the usual surprise: it resolves per device, so a run begun on a GPU differs on a CPU."""
+    import yaml
+
+    from lorafit.config import config_from_dict
+
+    try:
+        values = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, OSError):
+        return ""
+    try:  # an older lorafit's file lacks newer fields: read them as their defaults, as that run did
+        values = config_from_dict(values).to_dict()
+    except Exception:  # a file this lorafit cannot read: compare what it says
+        pass
+    there = flatten_config(values) if isinstance(values, dict) else {}
+    here = flatten_config(cfg.to_dict())
+    keys = [k for k in sorted(set(there) | set(here)) if there.get(k) != here.get(k)]
+    if not keys:
+        return ""
+    listed = "; ".join(f"{k}: {there.get(k)!r} there, {here.get(k)!r} here" for k in keys[:shown])
+    more = f"; and {len(keys) - shown} more" if len(keys) > shown else ""
+    automatic = {device.CUDA_BATCH_SIZE, device.REFERENCE_BATCH_SIZE}
+    hint = (f" (train.batch_size auto is {device.CUDA_BATCH_SIZE} on CUDA and {device.REFERENCE_BATCH_SIZE} on the "
+            "CPU: to resume on this device set train.batch_size and train.learning_rate to the folder's values)"
+            if {there.get("train.batch_size"), here.get("train.batch_size")} == automatic else "")
+    return f" ({listed}{more}){hint}"
 
 
 RESUME_FIX = "restore it from a backup, or start the run over with --overwrite"

@@ -1,0 +1,94 @@
+"""Regression tests for bugs found reviewing lorafit.teacher and the train.py code that feeds teacher targets to
+the student (distillation cache, self-training, a teacher that is the run being trained)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import write_config
+from lorafit import runs, teacher
+
+NUM_LABELS = 4
+
+
+def _fake_teacher(folder: Path, weights: bytes) -> Path:
+    """A folder with the three files teacher_fingerprint reads; nothing here loads it as a model."""
+    (folder / runs.ADAPTER).mkdir(parents=True)
+    (folder / runs.CONFIG).write_text("name: t\n")
+    (folder / runs.LABELS).write_text(json.dumps([str(i) for i in range(NUM_LABELS)]))
+    (folder / runs.ADAPTER / runs.ADAPTER_WEIGHTS).write_bytes(weights)
+    return folder
+
+
+def test_cache_whose_key_write_failed_is_never_reused_under_an_older_key(tmp_path, monkeypatch):
+    """A cache rewritten for new teacher weights, then killed (or out of disk) before its JSON key was written,
+    left the old key beside the new array: a later run with the old weights (a teacher restored from a backup)
+    matched that key and trained on the other teacher's predictions, silently (same shape)."""
+    old = _fake_teacher(tmp_path / "old", b"weights 1")
+    new = _fake_teacher(tmp_path / "new", b"weights 2")
+    texts = ["a", "b", "c"]
+    run_dir = tmp_path / "student"
+    run_dir.mkdir()
+    fill = {str(old): 1.0, str(new): 2.0}  # each teacher's "predictions" say which teacher made them
+
+    def predicted(run_dirs, texts):
+        return np.full((len(run_dirs), len(texts), NUM_LABELS), fill[str(run_dirs[0])], dtype=np.float32)
+
+    monkeypatch.setattr(teacher, "predict_log_probs", predicted)
+    first = teacher.cached_log_probs([old], texts, run_dir, teacher.DISTILL_CACHE, write=True)
+    assert (first == 1.0).all()
+
+    real_write = runs.atomic_write_json
+
+    def no_space(path, value):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runs, "atomic_write_json", no_space)
+    with pytest.raises(OSError):
+        teacher.cached_log_probs([new], texts, run_dir, teacher.DISTILL_CACHE, write=True)
+    monkeypatch.setattr(runs, "atomic_write_json", real_write)
+
+    again = teacher.cached_log_probs([old], texts, run_dir, teacher.DISTILL_CACHE, write=True)
+    assert (again == 1.0).all(), "the old teacher's key was matched to the new teacher's array"
+    assert not [p for p in os.listdir(run_dir) if p.endswith(".tmp")]
+
+
+def _train(config: Path, *args) -> int:
+    from lorafit.cli import main
+
+    return main(["train", str(config), *map(str, args)])
+
+
+@pytest.mark.parametrize("setting", ["train.teacher", "data.pseudo_label_teacher"])
+def test_a_run_cannot_be_its_own_teacher_and_overwrite_keeps_it(setting, tiny_roberta, small_agnews, tmp_path, capsys):
+    """Self-distillation into the same --name with --overwrite: the teacher was checked, then the run folder (the
+    teacher's adapter, labels and result) was cleared, then the teacher was found missing. The finished run was
+    lost and the error came after it. It must be refused before anything is written."""
+    common = dict(name="self", output_dir=str(tmp_path / "runs"),
+                  model={"name_or_path": str(tiny_roberta)},
+                  lora={"r": 4, "alpha": 8, "target_modules": ["query", "value"]},
+                  data={"train_file": str(small_agnews)},
+                  train={"max_steps": 2, "eval_steps": 2, "batch_size": 8, "precision": "fp32"})
+    assert _train(write_config(tmp_path / "first.yaml", **common)) == 0
+    run = tmp_path / "runs" / "self"
+    kept = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != runs.LOCK}
+    assert (run / runs.ADAPTER / runs.ADAPTER_WEIGHTS) in [run / p for p in kept]
+
+    unlabelled = tmp_path / "unlabelled.csv"
+    unlabelled.write_text("text\nsome unlabelled news text\n")
+    if setting == "train.teacher":
+        again = {**common, "train": {**common["train"], "teacher": str(run)}}
+    else:
+        again = {**common, "data": {**common["data"], "unlabelled_file": str(unlabelled),
+                                    "pseudo_label_teacher": str(run)}}
+    capsys.readouterr()
+    assert _train(write_config(tmp_path / "again.yaml", **again), "--overwrite") != 0
+    err = capsys.readouterr().err
+    now = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != runs.LOCK}
+    assert now == kept, f"the finished run that was to teach was cleared; left: {sorted(map(str, now))}; {err}"
+    assert setting in err and "own run folder" in err, err
