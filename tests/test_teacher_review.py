@@ -92,3 +92,11 @@ def test_a_run_cannot_be_its_own_teacher_and_overwrite_keeps_it(setting, tiny_ro
     now = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != runs.LOCK}
     assert now == kept, f"the finished run that was to teach was cleared; left: {sorted(map(str, now))}; {err}"
     assert setting in err and "own run folder" in err, err
+
+
+def test_texts_fingerprint_tells_apart_texts_that_join_to_the_same_bytes():
+    """A cache of teacher predictions is keyed by its texts: two lists that would concatenate (with a separator) to
+    the same bytes are different training sets and must not share a key."""
+    assert teacher.texts_fingerprint(["a\0b"]) != teacher.texts_fingerprint(["a", "b"])
+    assert teacher.texts_fingerprint(["ab", ""]) != teacher.texts_fingerprint(["a", "b"])
+    assert teacher.texts_fingerprint(["a", "b"]) == teacher.texts_fingerprint(["a", "b"])

@@ -81,9 +81,11 @@ def teacher_fingerprint(run_dir: Path) -> str:
 
 
 def texts_fingerprint(texts: list[str]) -> str:
+    """The texts in order. Each is length-prefixed: with a separator alone, ["a\\0b"] and ["a", "b"] would match."""
     digest = hashlib.sha256()
     for text in texts:
-        digest.update(text.encode("utf-8") + b"\0")
+        encoded = text.encode("utf-8")
+        digest.update(len(encoded).to_bytes(8, "little") + encoded)
     return digest.hexdigest()[:16]
 
 
@@ -142,8 +144,9 @@ def cached_log_probs(run_dirs: list[Path], texts: list[str], run_dir: Path, name
         # Compared on fingerprints: a teacher folder that moved still has the same predictions.
         same = saved is not None and [t["fingerprint"] for t in saved.get("teachers", [])] == \
             [t["fingerprint"] for t in key["teachers"]] and saved.get("texts_fingerprint") == key["texts_fingerprint"]
-        if same:
-            return np.load(array_path)
+        values = np.load(array_path) if same else None
+        if values is not None and values.shape[1] == len(texts):  # a row per text, or it is not this cache
+            return values
         if write:
             log.warning("%s was made by other teacher weights or for other texts; recomputing it", array_path)
     if not write:
