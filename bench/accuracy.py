@@ -220,8 +220,11 @@ def train(cfg, threads: int) -> dict:
         result = run_training(cfg)  # continues an interrupted run with these settings from its last checkpoint
     except UserError:  # the folder holds other settings, or a finished run of them: replace it
         result = run_training(cfg, overwrite=True)
-    if result.get("status") == "completed":
-        commit_small_files(cfg.run_dir)
+    if result.get("status") != "completed":  # stopped by a signal: it is no measurement; the same command continues it
+        print(f"accuracy: {cfg.name} stopped at step {result.get('global_step')} with a checkpoint; run the same "
+              "command to continue it", file=sys.stderr)
+        raise SystemExit(result.get("exit_code", 1))
+    commit_small_files(cfg.run_dir)
     return result
 
 
