@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+import yaml
 from peft.optimizers import create_loraplus_optimizer
 from transformers import (
     DataCollatorWithPadding,
@@ -34,7 +35,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from lorafit import card, device, runs, teacher
 from lorafit.budget import BudgetReport, check_budget, count_trainable, resolve_rank
-from lorafit.config import RunConfig, flatten_config
+from lorafit.config import RunConfig, config_from_dict, flatten_config
 from lorafit.console import say
 from lorafit.data import (
     LabelledData,
@@ -104,7 +105,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     return Prepared(cfg, budget, train_data, eval_data, tokenizer, train_ds, eval_ds, unlabelled)
 
 
-def teacher_folders(cfg: RunConfig, label_names: list[str]) -> tuple[list[Path], list[Path]]:
+def teacher_folders(cfg: RunConfig, label_names: Optional[list[str]]) -> tuple[list[Path], list[Path]]:
     """(distillation teachers, self-training teachers), each a checked run folder with these labels. Taken from
     cfg each time, not kept in Prepared: a sweep reuses one Prepared for trials with other teachers."""
     teachers = teacher.check_teachers(cfg.train.teacher, label_names, "train.teacher")
@@ -276,10 +277,6 @@ def open_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> tuple[Path, O
 def _config_differences(saved: Path, cfg: RunConfig, shown: int = 3) -> str:
     """' (train.batch_size: 128 there, 32 here)': the settings that differ, so a user sees why a rerun is refused.
     batch_size auto is the usual surprise: it resolves per device, so a run begun on a GPU differs on a CPU."""
-    import yaml
-
-    from lorafit.config import config_from_dict
-
     try:
         values = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, OSError):

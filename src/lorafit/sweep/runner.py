@@ -382,19 +382,14 @@ def _cli_overrides(model: Optional[str], train_file: Optional[str], overrides: O
 def _preflight(factory: TrialFactory) -> None:
     """Fail the whole sweep at once (exit 2), with nothing written, when every trial would fail: model unreachable,
     data file missing, a tracker not installed, a base teacher that is not a finished run."""
-    from lorafit import teacher
-    from lorafit.train import trackers
+    from lorafit.train import teacher_folders, trackers
 
     base = factory.config({}, BASE_POINT)
     trackers(base.train.report_to)
     load_model_config(base.model)
     if base.data.train_file and not Path(base.data.train_file).is_file():
         raise UserError(f"training file not found: {base.data.train_file} (set data.train_file or --train-file)")
-    labels = base.data.label_names  # None until the data is read: then each trial compares the labels
-    teacher.check_teachers(base.train.teacher, labels, "train.teacher")
-    if base.data.unlabelled_file:
-        setting = "data.pseudo_label_teacher" if base.data.pseudo_label_teacher else "train.teacher"
-        teacher.check_teachers(base.pseudo_label_teachers, labels, setting)
+    teacher_folders(base, base.data.label_names)  # labels None until the data is read: each trial compares them
 
 
 def run_sweep(path: str | Path, storage: Optional[str] = None, n_trials: Optional[int] = None,
