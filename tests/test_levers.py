@@ -208,6 +208,31 @@ def test_manifest_names_the_teacher_and_the_budget_counts_the_student_only(disti
     assert teacher_result["budget"] is None and teacher_result["trainable_params"] > student  # not counted
 
 
+def test_a_teacher_validated_on_other_rows_is_named_in_a_warning_and_the_manifest(distilled, teacher_run, levers_root,
+                                                                                   tiny_roberta, small_agnews, caplog):
+    """The teacher carved its validation rows with seed 42; a student seeded 7 carves others, some of which the
+    teacher trained on: its labels leak into the student through the targets, so the student's figure reads high."""
+    _, same_rows = distilled[1.0]
+    assert "teachers_validated_elsewhere" not in json.loads((same_rows / "manifest.json").read_text())
+
+    config = _student(levers_root, "student-other-split", tiny_roberta, small_agnews, teacher=str(teacher_run),
+                      max_steps=2, eval_steps=2, seed=7)
+    with caplog.at_level("WARNING"):
+        _train(config)
+    manifest = json.loads((levers_root / "runs" / "student-other-split" / "manifest.json").read_text())
+    assert manifest["teachers_validated_elsewhere"] == [str(teacher_run)]
+    assert any(str(teacher_run) in r.getMessage() and "validated on other rows" in r.getMessage()
+               for r in caplog.records)
+
+    # A teacher folder without a readable manifest cannot vouch for its validation rows either.
+    eval_fingerprint = json.loads((teacher_run / "manifest.json").read_text())["data"]["eval_fingerprint"]
+    assert teacher.teachers_validated_elsewhere([teacher_run], eval_fingerprint) == []
+    bare = levers_root / "teacher-without-manifest"
+    shutil.copytree(teacher_run, bare)
+    (bare / "manifest.json").unlink()
+    assert teacher.teachers_validated_elsewhere([bare], eval_fingerprint) == [str(bare)]
+
+
 def test_teacher_cache_is_reused_and_recomputed_when_teacher_or_texts_change(distilled, teacher_run, tmp_path,
                                                                              monkeypatch):
     config, run = distilled[1.0]

@@ -100,3 +100,31 @@ def test_texts_fingerprint_tells_apart_texts_that_join_to_the_same_bytes():
     assert teacher.texts_fingerprint(["a\0b"]) != teacher.texts_fingerprint(["a", "b"])
     assert teacher.texts_fingerprint(["ab", ""]) != teacher.texts_fingerprint(["a", "b"])
     assert teacher.texts_fingerprint(["a", "b"]) == teacher.texts_fingerprint(["a", "b"])
+
+
+def test_a_base_model_replaced_in_place_changes_the_teacher_fingerprint(tmp_path):
+    """The teacher's predictions depend on its base model's weights as much as on its adapter: a local base model
+    replaced behind the same path (a re-download, another checkpoint copied over it) must not reuse the cached
+    predictions of the old one. A moved teacher folder with the same base model keeps its fingerprint."""
+    base = tmp_path / "base-model"
+    base.mkdir()
+    (base / "config.json").write_text('{"model_type": "bert"}')
+    weights = base / "model.safetensors"
+    weights.write_bytes(b"old weights")
+    run = _fake_teacher(tmp_path / "teacher", b"adapter")
+    (run / runs.CONFIG).write_text(f"name: t\nmodel:\n  name_or_path: {base}\n")
+    before = teacher.teacher_fingerprint(run)
+
+    moved = tmp_path / "moved-teacher"
+    run.rename(moved)
+    assert teacher.teacher_fingerprint(moved) == before
+
+    weights.write_bytes(b"new weights")  # same path, same size, other contents, written later
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # a coarse clock's tick
+    assert teacher.teacher_fingerprint(moved) != before
+    weights.write_bytes(b"old weights")
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 2 * 10**9))
+    assert teacher.teacher_fingerprint(moved) == before
+
+    (moved / runs.CONFIG).write_text("name: t\nmodel:\n  name_or_path: some-org/some-hub-model\n")
+    teacher.teacher_fingerprint(moved)  # a Hub id (not a folder here) is fingerprinted by its config alone

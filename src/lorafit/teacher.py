@@ -13,6 +13,7 @@ the budget; a teacher may be any size (a run with `budget: null`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -24,6 +25,7 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 
 from lorafit import runs
 from lorafit.config import DataConfig, config_from_dict, run_folder_list
@@ -63,6 +65,25 @@ def check_teachers(value, label_names: Optional[list[str]], setting: str) -> lis
     return folders
 
 
+def teachers_validated_elsewhere(run_dirs: list[Path], eval_fingerprint: str) -> list[str]:
+    """The teachers whose manifest names other validation rows than the student's (or none at all).
+
+    Such a teacher may have trained on the student's validation rows: its targets then carry those labels into the
+    student, and the student's validation accuracy reads high. A teacher validated on the same rows never trained
+    on them (lorafit carves validation out of training), so it is safe. Warned about, not refused: a teacher
+    trained on other data entirely is a legitimate choice the fingerprints cannot tell apart."""
+    elsewhere = []
+    for run_dir in run_dirs:
+        try:
+            manifest = runs.read_run_json(run_dir, runs.MANIFEST, required=False) or {}
+        except UserError:
+            manifest = {}
+        data = manifest.get("data")
+        if not isinstance(data, dict) or data.get("eval_fingerprint") != eval_fingerprint:
+            elsewhere.append(str(run_dir))
+    return elsewhere
+
+
 # --- teacher predictions, cached in the student's run folder --------------------------------------------------------
 
 def _file_digest(digest, path: Path) -> None:
@@ -71,12 +92,37 @@ def _file_digest(digest, path: Path) -> None:
             digest.update(chunk)
 
 
+@functools.lru_cache(maxsize=64)
+def _local_file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """A file's content hash, kept per process by (path, size, mtime): a base model's weights are hashed once even
+    when a sweep describes the same teacher for every trial."""
+    digest = hashlib.sha256()
+    _file_digest(digest, Path(path))
+    return digest.hexdigest()
+
+
+def _base_model_files(run_dir: Path) -> list[Path]:
+    """The files of the teacher's base model when it is a local folder (its weights, config and tokenizer: what
+    from_pretrained reads, all at the top level). A Hub id is already in the config with its revision."""
+    try:
+        values = yaml.safe_load((run_dir / runs.CONFIG).read_text(encoding="utf-8")) or {}
+        base = Path(str(values["model"]["name_or_path"]))
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError):
+        return []  # check_teachers already refused such a config; nothing more to add here
+    return sorted(f for f in base.iterdir() if f.is_file() and not f.name.startswith(".")) if base.is_dir() else []
+
+
 def teacher_fingerprint(run_dir: Path) -> str:
-    """What the teacher predicts with: its config (base model, pooling, max_length), labels and adapter weights."""
+    """What the teacher predicts with: its config (base model, pooling, max_length), labels and adapter weights,
+    and a local base model's files: a base model replaced in place behind the same path makes other predictions."""
     digest = hashlib.sha256()
     for name in (runs.CONFIG, runs.LABELS, f"{runs.ADAPTER}/{runs.ADAPTER_WEIGHTS}"):
         digest.update(name.encode("utf-8") + b"\0")
         _file_digest(digest, run_dir / name)
+    for path in _base_model_files(run_dir):
+        stat = path.stat()
+        digest.update(f"base/{path.name}\0".encode("utf-8"))
+        digest.update(_local_file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns).encode("ascii"))
     return digest.hexdigest()[:16]
 
 

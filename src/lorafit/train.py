@@ -133,6 +133,14 @@ def add_teacher_targets(prepared: Prepared, run_dir: Path, write: bool) -> Prepa
     predictions are cached in run_dir (write=False: read what the main process wrote there)."""
     records: dict = {}
     teachers, pseudo_teachers = teacher_folders(prepared.cfg, prepared.train_data.label_names)
+    elsewhere = teacher.teachers_validated_elsewhere(list(dict.fromkeys(teachers + pseudo_teachers)),
+                                                     prepared.eval_data.fingerprint())
+    for folder in elsewhere if write else []:
+        log.warning("teacher %s was validated on other rows than this run; if it trained on this run's validation "
+                    "rows, this run's validation accuracy reads high: train the teacher with this run's data "
+                    "settings and seed", folder)
+    if elsewhere:
+        records["teachers_validated_elsewhere"] = elsewhere  # the manifest says the validation figure may be high
     prepared, pseudo_log_probs = _add_pseudo_labels(prepared, pseudo_teachers, run_dir, write, records)
     if teachers:
         # Rows that joined by self-training already have the labelling teachers' predictions: reused if they teach.
