@@ -39,6 +39,13 @@ def _read_json(path: Path):
         return None
 
 
+def _read_object(path: Path) -> dict:
+    """A run file's JSON object, or {} where it is missing, unreadable, or overwritten with other JSON (a list, a
+    string): check_run_folder lets a command go on when a file it does not need is damaged."""
+    data = _read_json(path)
+    return data if isinstance(data, dict) else {}
+
+
 def evaluations(run_dir: Path) -> list[tuple[str, dict]]:
     """(name, metrics) of every `lorafit evaluate` output in RUN/evaluation/, by name."""
     found = []
@@ -181,8 +188,8 @@ def card_text(run_dir: str | Path, library: str = "peft") -> str:
     run_dir = Path(run_dir)
     config_text = (run_dir / runs.CONFIG).read_text(encoding="utf-8")
     values = read_yaml(run_dir / runs.CONFIG)
-    manifest = _read_json(run_dir / runs.MANIFEST) or {}
-    result = _read_json(run_dir / runs.RESULT) or {}
+    manifest = _read_object(run_dir / runs.MANIFEST)
+    result = _read_object(run_dir / runs.RESULT)
     labels = _read_json(run_dir / runs.LABELS) or []
     evaluated = evaluations(run_dir)
     model = values.get("model", {})

@@ -9,6 +9,9 @@ run's own logits, and only then swapped in: a failure leaves nothing.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -33,6 +36,9 @@ PROBE_TEXTS = [
 
 def check_output(output: Path, run_dir: Path, overwrite: bool) -> None:
     """Refuse an output that exists (without --overwrite), is a file, or would replace the run's own files."""
+    if output.name in ("", ".."):  # `.`, `..`, `/`: the export swaps in a folder by name, and these have none
+        raise UserError(f"--output {output} names the current or a parent folder; give the export folder's own name, "
+                        f"e.g. --output exports/{run_dir.name}")
     out, run = output.resolve(), run_dir.resolve()
     if out == run or run.is_relative_to(out):
         raise UserError(f"--output {output} contains the run folder {run_dir}; export to another folder, "
@@ -118,5 +124,24 @@ def export_run(run_dir: str | Path, output: str | Path, model_path: Optional[str
         verify_export(model, tokenizer, folder)
         runs.atomic_write_text(folder / card.CARD, card.card_text(run_dir, library="transformers"))
 
-    runs.atomic_replace_dir(build, output)
+    with _sigterm_as_interrupt():
+        runs.atomic_replace_dir(build, output)
     return output
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM ends Python without cleaning up, which would leave the half-built hidden folder (a whole model) beside
+    --output: raise KeyboardInterrupt instead, so atomic_replace_dir removes it (the CLI then exits as interrupted)."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers are the main thread's only
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt

@@ -117,26 +117,38 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
 
 
 def atomic_replace_dir(build, target: str | Path) -> None:
-    """Fill a fresh temporary folder with build(tmp_dir), then swap it in for target in one rename."""
+    """Fill a fresh temporary folder with build(tmp_dir), then swap it in for target: the old target is renamed
+    aside, the new one renamed in, then the old one removed (or put back if the second rename fails)."""
     target = Path(target)
     with _disk_errors_explained(target):
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+        old, moved = target.with_name(f".{target.name}.old"), False
         try:
             os.chmod(tmp, 0o777 & ~_umask())
             build(tmp)
-            old = None
-            if target.exists():
-                old = target.with_name(f".{target.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
+            if target.exists() or target.is_symlink():
+                _remove_path(old)  # left by a killed swap; may be a symlink, which rmtree refuses
                 os.replace(target, old)
+                moved = True
             os.replace(tmp, target)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            if moved:
+                _remove_path(old)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
+            if moved and not (target.exists() or target.is_symlink()):
+                with contextlib.suppress(OSError):  # the swap failed halfway: put the old folder back, not hidden
+                    os.replace(old, target)
             raise
         _fsync_dir(target.parent)
+
+
+def _remove_path(path: Path) -> None:
+    """Remove a folder, file or symlink (not what a symlink points to), ignoring errors as rmtree does."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
@@ -235,6 +247,8 @@ def check_run_folder(run_dir: str | Path, need=INFERENCE) -> RunFolder:
         manifest = read_run_json(run_dir, MANIFEST, required=True)
     result = read_run_json(run_dir, RESULT, required="result" in need)
     folder = RunFolder(run_dir, values, result=result, manifest=manifest)
+    if "adapter" in need:
+        _check_trained(run_dir)  # before labels.json: a run still training or stopped has neither, and is not damaged
     if "labels" in need:
         folder.labels = _check_labels(run_dir, cfg)
     if "adapter" in need:
@@ -283,6 +297,10 @@ def _check_config(run_dir: Path, manifest: Optional[dict]):
     if not path.is_file():
         if any((run_dir / name).exists() for name in (MANIFEST, RESULT, LABELS, ADAPTER, EVAL_CURVE)):
             raise RunFolderError(run_dir, CONFIG, "is missing")
+        busy = _lock_note(run_dir)
+        if busy:  # a run starting: its lock comes before its config
+            raise UserError(f"{run_dir} has no {CONFIG} yet{busy}; wait for that run to finish, or give a finished "
+                            "run folder")
         raise UserError(f"{run_dir} is not a lorafit run folder (no {CONFIG}); give a folder made by `lorafit train`")
     try:
         text = path.read_text(encoding="utf-8")
@@ -331,13 +349,21 @@ def _check_labels(run_dir: Path, cfg) -> list[str]:
     return [str(n) for n in labels]
 
 
+def _lock_note(run_dir: Path) -> str:
+    holder = read_lock(run_dir)
+    return f" ({describe_holder(holder)} holds its lock: training it now, unless it was killed)" if holder else ""
+
+
+def _check_trained(run_dir: Path) -> None:
+    """Training writes the adapter (then labels.json) only when it completes."""
+    if not (run_dir / ADAPTER / "adapter_config.json").is_file():
+        raise UserError(f"{run_dir} has no trained adapter ({ADAPTER}/adapter_config.json is missing)"
+                        f"{_lock_note(run_dir)}; finish or rerun training first (lorafit train CONFIG; --overwrite "
+                        "starts over)")
+
+
 def _check_adapter(run_dir: Path, cfg) -> None:
-    adapter = run_dir / ADAPTER
-    if not (adapter / "adapter_config.json").is_file():
-        holder = read_lock(run_dir)
-        busy = f" ({describe_holder(holder)} holds its lock: training it now, unless it was killed)" if holder else ""
-        raise UserError(f"{run_dir} has no trained adapter ({ADAPTER}/adapter_config.json is missing){busy}; finish "
-                        "or rerun training first (lorafit train CONFIG; --overwrite starts over)")
+    adapter = run_dir / ADAPTER  # its adapter_config.json is there: _check_trained ran first
     weights = adapter / ADAPTER_WEIGHTS
     if not weights.is_file():
         if (adapter / "adapter_model.bin").exists():
@@ -542,20 +568,29 @@ class RunLock:
         self.release()
 
     def acquire(self) -> "RunLock":
-        self._created = [p for p in [self.run_dir, *self.run_dir.parents] if not p.exists()]
+        self._created = []
         try:
             with _disk_errors_explained(self.run_dir):
-                self.run_dir.mkdir(parents=True, exist_ok=True)
                 self._fd = self._lock_file()
         except BaseException:
             self._remove_created()
             raise
         return self
 
+    def _make_folder(self) -> None:
+        """Make the run folder, noting the folders made (deepest first) for _remove_created."""
+        made = [p for p in [self.run_dir, *self.run_dir.parents] if not p.exists()]
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._created = sorted(set(self._created) | set(made), key=lambda p: len(p.parts), reverse=True)
+
     def _lock_file(self) -> int:
         path = self.run_dir / LOCK
         for _ in range(50):  # each retry follows a holder that just released; more means something is wrong
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            self._make_folder()  # again on a retry: a holder that released removes the empty folder it made
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            except FileNotFoundError:
+                continue  # that folder was removed between the two calls
             try:
                 self._os_locked = _try_flock(fd)
                 if self._os_locked is None:

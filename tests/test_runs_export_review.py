@@ -1,0 +1,191 @@
+"""Run folders and `lorafit export` on awkward ground: `--output .`, a symlinked output replaced twice, a swap that
+fails halfway, a run still training or stopped (not "damaged"), a lock holder that removes its folder as another
+process takes the lock, a result.json overwritten with other JSON, and a SIGTERM during an export."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import write_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_roberta, small_agnews) -> Path:
+    """A finished tiny run (4 steps); tests work on copies."""
+    from lorafit.cli import main
+
+    root = tmp_path_factory.mktemp("review-run")
+    config = write_config(
+        root / "tiny.yaml", name="tiny", output_dir=str(root / "runs"),
+        model={"name_or_path": str(tiny_roberta)},
+        lora={"r": 4, "alpha": 8, "target_modules": ["query", "value"]},
+        data={"train_file": str(small_agnews), "max_length": 32, "validation_size": 40, "max_train_samples": 64},
+        train={"max_steps": 4, "eval_steps": 2, "batch_size": 8, "learning_rate": 1e-3, "logging_steps": 2,
+               "precision": "fp32"},
+    )
+    assert main(["train", str(config)]) == 0
+    return root / "runs" / "tiny"
+
+
+@pytest.fixture
+def run(trained, tmp_path) -> Path:
+    return shutil.copytree(trained, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints"))
+
+
+def _one_line(result, *words):
+    assert result.code == 2, (result.code, result.err)
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lorafit: error: "), result.err
+    assert all(w in lines[0] for w in words), lines[0]
+    return lines[0]
+
+
+def test_export_to_the_current_folder_is_one_line(cli, run, tmp_path, monkeypatch):
+    here = tmp_path / "empty"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    _one_line(cli("export", run, "--output", ".", "--overwrite"), "current or a parent folder", "--output exports/")
+    assert here.is_dir() and not any(here.iterdir())
+
+
+def test_export_over_a_symlinked_output_twice(cli, run, tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "keep.txt").write_text("mine")
+    link = tmp_path / "out"
+    link.symlink_to(real)
+    for _ in range(2):
+        result = cli("export", run, "--output", link, "--overwrite")
+        assert result.code == 0, result.err
+    assert (link / "model.safetensors").is_file()
+    assert not (tmp_path / ".out.old").exists() and not (tmp_path / ".out.old").is_symlink(), "no debris left"
+
+
+def test_export_over_a_broken_symlink(cli, run, tmp_path):
+    (tmp_path / "out").symlink_to(tmp_path / "nowhere")
+    result = cli("export", run, "--output", tmp_path / "out")
+    assert result.code == 0, result.err
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_a_swap_that_fails_halfway_keeps_the_old_folder(tmp_path, monkeypatch):
+    from lorafit import runs
+    from lorafit.errors import UserError
+
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("keep")
+    real = os.replace
+
+    def no_space_for_the_new_one(src, dst):
+        if Path(dst) == target and Path(src).name != ".out.old":
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(runs.os, "replace", no_space_for_the_new_one)
+    with pytest.raises(UserError, match="nothing was half-written"):
+        runs.atomic_replace_dir(lambda folder: (folder / "new.txt").write_text("new"), target)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (target / "old.txt").read_text() == "keep"
+
+
+def test_a_run_still_training_or_stopped_is_not_called_damaged(cli, run, tmp_path):
+    from lorafit import runs
+
+    shutil.rmtree(run / "adapter")  # training writes the adapter, then labels.json, only when it completes
+    (run / "labels.json").unlink()
+    result = json.loads((run / "result.json").read_text())
+    (run / "result.json").write_text(json.dumps({**result, "status": "interrupted"}))
+    line = _one_line(cli("export", run, "--output", tmp_path / "out"), "no trained adapter", "lorafit train CONFIG")
+    assert "damaged" not in line and "labels.json" not in line
+    with runs.RunLock(run):
+        _one_line(cli("export", run, "--output", tmp_path / "out"), f"process {os.getpid()}", "holds its lock")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_starting_is_not_called_no_run_folder(cli, tmp_path):
+    from lorafit import runs
+
+    starting = tmp_path / "starting"  # a run whose lock is taken and whose config is not written yet
+    with runs.RunLock(starting):
+        line = _one_line(cli("export", starting, "--output", tmp_path / "out"), "no config.yaml yet",
+                         f"process {os.getpid()}")
+        assert "not a lorafit run folder" not in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_lock_taken_while_the_holder_removes_its_empty_folder(tmp_path, monkeypatch):
+    """A run that fails before writing anything releases its lock and removes the folder it made; a second process
+    that opened the old lock file meanwhile retries on a fresh one instead of a FileNotFoundError traceback."""
+    from lorafit import runs
+
+    run_dir = tmp_path / "runs" / "x"
+    first = runs.RunLock(run_dir).acquire()
+    real = runs._try_flock
+
+    def first_leaves_then_flock(fd):
+        first.release()  # the lock file unlinked, then the empty folders it made removed
+        monkeypatch.setattr(runs, "_try_flock", real)
+        return real(fd)
+
+    monkeypatch.setattr(runs, "_try_flock", first_leaves_then_flock)
+    second = runs.RunLock(run_dir).acquire()
+    try:
+        assert runs.read_lock(run_dir)["pid"] == os.getpid()
+    finally:
+        second.release()
+    assert not (tmp_path / "runs").exists(), "the folders the second one made are removed again"
+
+
+@pytest.mark.parametrize("content", [[1], "overwritten"])
+def test_export_with_result_json_overwritten_by_other_json(cli, run, tmp_path, content):
+    """check_run_folder lets export go on when result.json (which it does not need) is damaged: the card too."""
+    (run / "result.json").write_text(json.dumps(content))
+    (run / "manifest.json").write_text(json.dumps(content))
+    result = cli("export", run, "--output", tmp_path / "out")
+    assert result.code == 0, result.err
+    assert (tmp_path / "out" / "README.md").is_file()
+
+
+# A real `lorafit export` that stops inside the build (the hidden temporary folder holds the model) until killed.
+SLOW_EXPORT = r"""
+import sys, time
+from pathlib import Path
+from lorafit import export
+def wait(model, tokenizer, folder):
+    Path(sys.argv[3]).touch()
+    time.sleep(300)
+export.verify_export = wait
+from lorafit.cli import main
+sys.exit(main(["export", sys.argv[1], "--output", sys.argv[2]]))
+"""
+
+
+def test_sigterm_during_export_leaves_no_hidden_folder(run, tmp_path):
+    exports, building = tmp_path / "exports", tmp_path / "building"
+    exports.mkdir()
+    process = subprocess.Popen([sys.executable, "-c", SLOW_EXPORT, str(run), str(exports / "out"), str(building)],
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        deadline = time.time() + 300
+        while not building.exists():
+            assert process.poll() is None, process.stderr.read()
+            assert time.time() < deadline
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "Traceback" not in process.stderr.read()
+    assert list(exports.iterdir()) == [], "a killed export leaves nothing under the output's folder"
