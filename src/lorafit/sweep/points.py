@@ -31,8 +31,8 @@ def format_value(value: Any) -> str:
         return ",".join(map(str, value))
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:g}"
+    if isinstance(value, float):  # short, unless that would give two values one name (and one folder)
+        return f"{value:g}" if float(f"{value:g}") == value else repr(value)
     return str(value)
 
 
@@ -91,8 +91,24 @@ class TrialFactory:
         return unique
 
     def check_search_params(self) -> None:
+        """Every value a trial may draw must make a valid config: each choice, both ends of a range, and a value
+        inside a float range (a fractional one, which a whole-number setting such as lora.r refuses)."""
         for param in self.spec.search.params:
-            self.coerced(param.key, param.choices[0] if param.type == "categorical" else param.low)
+            for value in _probe_values(param):
+                try:
+                    self.coerced(param.key, value)
+                except UserError as exc:
+                    raise UserError(f"search.params.{param.key}: a trial could draw {value!r}: {exc}") from None
+
+
+def _probe_values(param) -> list:
+    if param.type == "categorical":
+        return list(param.choices)
+    values = [param.low, param.high]
+    if param.type == "float":
+        inside = param.low + param.step if param.step else param.low + (param.high - param.low) * 0.382
+        values.append(min(inside, param.high))
+    return values
 
 
 class OverBudget(Exception):

@@ -196,6 +196,9 @@ class SweepRunner:
         try:
             cfg, fitted_from = apply_budget_policy(cfg, self.spec.budget_policy)
         except OverBudget as over:
+            if _completed_result(run_dir) is not None:  # a finished run of another config (an earlier study): keep it
+                return self._finish(trial, TrialOutcome(FAILED, note=f"{run_dir} holds a finished run of another "
+                                                        "config; move it away or use another --output-dir"))
             self._write_skipped(run_dir, cfg, trial, name, settings, over)
             return self._finish(trial, TrialOutcome(SKIPPED, note=over.reason))
         except UserError as exc:
@@ -209,8 +212,10 @@ class SweepRunner:
             return self._finish(trial, TrialOutcome(FAILED, note=str(exc)))
         if previous is not None:  # trained before under this name and config: never rerun a finished run
             return self._finish(trial, TrialOutcome(COMPLETED, previous.get("best_eval_accuracy"), "already in the folder"))
-        if run_dir.exists() and not _has_checkpoint(run_dir):
-            shutil.rmtree(run_dir)  # leftovers of an attempt that never checkpointed: start clean
+        if run_dir.exists() and not _has_checkpoint(run_dir) and _completed_result(run_dir) is None:
+            # leftovers of an attempt that never checkpointed: start clean (a finished run of another config whose
+            # checkpoints were deleted is no leftover: training refuses its folder, and the trial fails saying so)
+            shutil.rmtree(run_dir)
         runs.atomic_write_json(run_dir / SWEEP_INFO, self._sweep_info(trial, name, settings, fitted_from, cfg))
         return self._train(trial, run_dir, cfg, name, settings)
 
@@ -280,6 +285,13 @@ class SweepRunner:
         return self._finish(trial, TrialOutcome(FAILED, note=error))
 
     def _finish(self, trial: optuna.Trial, outcome: TrialOutcome) -> TrialOutcome:
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+        if self.storage.get_trial(trial_id).state.is_finished():
+            # another worker failed it (no heartbeat for the grace period: a stalled database, a suspended machine)
+            # and queued it again; it can no longer be updated, and this worker goes on with the next trial
+            _log(f"trial {trial.number} {trial.user_attrs.get('run_name')}: {outcome.status}, but another worker "
+                 "took it over meanwhile (its heartbeat had stopped); its run folder keeps what it wrote")
+            return outcome
         trial.set_user_attr("status", outcome.status)
         if outcome.note:
             trial.set_user_attr("reason" if outcome.status == SKIPPED else "note", outcome.note)

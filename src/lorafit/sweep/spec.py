@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import optuna
 
-from lorafit.config import read_yaml
+from lorafit.config import SECTIONS, read_yaml
 from lorafit.errors import UserError
 
 SWEEP_KEYS = ("name", "description", "base", "overrides", "output_dir", "study_name", "budget_policy", "grid",
@@ -95,6 +95,16 @@ class SweepSpec:
         return self.study_name or self.name
 
 
+def pruner_from(options: dict) -> optuna.pruners.BasePruner:
+    """The pruner a search.pruner mapping names; its options are checked by building it."""
+    options = dict(options)
+    kind = options.pop("type", "median")
+    try:
+        return PRUNERS[kind](**options)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"search.pruner ({kind}): {exc}") from None
+
+
 def _check_keys(values: dict, allowed: tuple, where: str) -> None:
     if not isinstance(values, dict):
         raise UserError(f"{where} must be a mapping of keys to values, got {values!r}")
@@ -127,6 +137,27 @@ def _choice(value: Any, choices: tuple, where: str) -> Any:
     return value
 
 
+def _setting_key(key: Any, where: str) -> str:
+    """A config key a trial can change (lora.dropout, budget). Refused: a non-text key (a traceback later), 'name' and
+    'output_dir' (each trial's own name and folder replace them: the setting would do nothing), and a whole
+    section (it would reset the section's other settings to their defaults)."""
+    if not isinstance(key, str) or not key:
+        raise UserError(f"{where} has the key {key!r}; keys are config settings such as lora.dropout")
+    if key in ("name", "output_dir"):
+        raise UserError(f"{where}.{key} would do nothing: each trial's name and folder come from the sweep; "
+                        "set the sweep's 'name' / 'output_dir' (or --output-dir) instead")
+    if key in SECTIONS:
+        raise UserError(f"{where}.{key} would replace the whole '{key}' section; name each setting, e.g. {key}.<key>")
+    return key
+
+
+def _optional_text(values: dict, key: str, path: Path) -> Optional[str]:
+    value = values.get(key)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise UserError(f"{path}: '{key}' is {value!r}; give a name or folder as text, or leave it out")
+    return value
+
+
 def _load_base(base: Any, sweep_file: Path) -> dict:
     if isinstance(base, dict):
         return base
@@ -151,13 +182,19 @@ def _parse_param(key: str, values: Any) -> SearchParam:
     if low >= high:
         raise UserError(f"{where}: low ({low:g}) must be below high ({high:g})")
     step = _number(values["step"], f"{where}.step") if values.get("step") is not None else None
+    if step is not None and step <= 0:  # Optuna would refuse it in every trial
+        raise UserError(f"{where}.step is {step:g}; use a positive step, or leave it out")
+    if kind == "int" and not all(v is None or float(v).is_integer() for v in (low, high, step)):
+        # int() would cut 0.5 to 0 silently (and a log range to low 0, refused by Optuna in every trial)
+        raise UserError(f"{where}: an int parameter needs whole numbers for low, high and step; "
+                        "use type: float for a fractional range")
     log_scale = bool(values.get("log", False))
     if log_scale and low <= 0:  # Optuna would refuse it in every trial, failing the whole search one by one
         raise UserError(f"{where}: a log-scale range needs low > 0 (got {low:g}); raise low or drop 'log: true'")
     if log_scale and step is not None:
         raise UserError(f"{where}: 'log' and 'step' cannot be combined; drop one of them")
     if kind == "int":
-        low, high, step = int(low), int(high), int(step) if step else None
+        low, high, step = int(low), int(high), int(step) if step is not None else None
     return SearchParam(key, kind, low, high, log_scale, step)
 
 
@@ -172,8 +209,9 @@ def _parse_search(values: Any) -> SearchSpec:
     if not isinstance(pruner, dict):
         raise UserError(f"search.pruner must be a type name (median, none, ...) or a mapping, got {pruner!r}")
     _choice(pruner.get("type", "median"), tuple(PRUNERS), "search.pruner.type")
+    pruner_from(pruner)  # its options too: refused now, before the sweep folder and its study are created
     n_trials = values.get("n_trials")
-    if n_trials is not None and (not isinstance(n_trials, int) or n_trials < 1):
+    if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1):
         raise UserError(f"search.n_trials is {n_trials!r}; use a positive whole number")
     timeout = _number(values["timeout"], "search.timeout") if values.get("timeout") is not None else None
     if timeout is not None and timeout <= 0:
@@ -187,7 +225,7 @@ def _parse_search(values: Any) -> SearchSpec:
         sampler=_choice(values.get("sampler", "tpe"), SAMPLERS, "search.sampler"),
         seed=seed,
         pruner=pruner,
-        params=[_parse_param(key, spec) for key, spec in params.items()],
+        params=[_parse_param(_setting_key(key, "search.params"), spec) for key, spec in params.items()],
     )
 
 
@@ -198,6 +236,7 @@ def _parse_grid(values: Any) -> tuple[str, dict]:
     if not isinstance(axes, dict) or not axes:
         raise UserError("grid.axes must map config keys to lists of values, e.g. lora.dropout: [0.05, 0.1]")
     for key, axis_values in axes.items():
+        _setting_key(key, "grid.axes")
         if not isinstance(axis_values, list) or not axis_values:
             raise UserError(f"grid.axes.{key} must be a non-empty list of values, e.g. [0.05, 0.1]")
     return mode, axes
@@ -216,15 +255,18 @@ def load_sweep(path: str | Path) -> SweepSpec:
     if ("grid" in values) == ("search" in values):
         raise UserError(f"{path}: give exactly one of 'grid' (fixed points) or 'search' (Optuna ranges)")
     overrides = values.get("overrides") or {}
-    if not isinstance(overrides, dict):  # its keys are checked when the trial configs are built
+    if not isinstance(overrides, dict):  # whether its keys exist is checked when the trial configs are built
         raise UserError(f"{path}: 'overrides' must map config keys to values, e.g. lora.alpha_over_r: 2")
+    for key in overrides:  # output_dir stays allowed: it moves the sweep folder, as the base config's does
+        if key != "output_dir":
+            _setting_key(key, "overrides")
     grid_mode, axes = _parse_grid(values["grid"]) if "grid" in values else (None, {})
     heartbeat = _whole(values.get("heartbeat_interval", 60), "heartbeat_interval", minimum=1)
     grace = values.get("grace_period")
     grace = _whole(grace, "grace_period", minimum=heartbeat + 1) if grace is not None else None
     return SweepSpec(
         name=name, base=_load_base(values["base"], path), source=path, overrides=overrides,
-        output_dir=values.get("output_dir"), study_name=values.get("study_name"),
+        output_dir=_optional_text(values, "output_dir", path), study_name=_optional_text(values, "study_name", path),
         budget_policy=_choice(values.get("budget_policy", "skip"), BUDGET_POLICIES, "budget_policy"),
         grid_mode=grid_mode, axes=axes, search=_parse_search(values["search"]) if "search" in values else None,
         heartbeat_interval=heartbeat, grace_period=grace,

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from lorafit.config import flatten_config
 from lorafit.errors import UserError
 from lorafit.sweep.points import Point
-from lorafit.sweep.spec import PRUNERS, SweepSpec
+from lorafit.sweep.spec import SweepSpec, pruner_from
 
 DEFAULT_STORAGE_FILE = "optuna.db"
 LOCK_FILE = ".sweep.lock"
@@ -42,10 +42,14 @@ def with_installed_driver(url: str) -> str:
     return url
 
 
-def open_storage(url: str, spec: SweepSpec) -> optuna.storages.RDBStorage:
+def check_storage_url(url: str) -> None:
     if "://" not in url:
         raise UserError(f"--storage {url!r} is not a database URL; use e.g. postgresql://user:password@host/db "
                         "or sqlite:////abs/path/optuna.db")
+
+
+def open_storage(url: str, spec: SweepSpec) -> optuna.storages.RDBStorage:
+    check_storage_url(url)
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback if hasattr(
         optuna.storages, "RetryHeartbeatStaleTrialCallback") else optuna.storages.RetryFailedTrialCallback
     # optuna >= 4.9 calls the stale-trial hook heartbeat_stale_trial_callback; older releases failed_trial_callback
@@ -133,12 +137,7 @@ def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
 def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
     if spec.search is None:
         return optuna.pruners.NopPruner()
-    options = dict(spec.search.pruner)
-    kind = options.pop("type", "median")
-    try:
-        return PRUNERS[kind](**options)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"search.pruner ({kind}): {exc}") from None
+    return pruner_from(spec.search.pruner)
 
 
 def _stale_trials_failed(study: optuna.Study) -> None:
@@ -212,8 +211,16 @@ def _changed_settings(old: dict, new: dict) -> str:
     return "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
 
 
+def _refuse_changed(spec: SweepSpec, url: str, changes: str) -> None:
+    elsewhere = "" if url.startswith("postgresql") else ", or use another --output-dir"  # its own SQLite
+    raise UserError(f"study '{spec.study}' in {_redact(url)} ran its trials with other settings ({changes}); "
+                    "its finished trials would be kept as they are: give this sweep another name (or study_name)"
+                    f"{elsewhere}")
+
+
 def open_study(spec: SweepSpec, url: str, sweep_dir: Path, points: list[Point], base: dict):
     """Create or join the study, fail trials of dead workers, and queue the grid points not yet done."""
+    check_storage_url(url)  # before the planning lock creates the sweep folder: a typo writes nothing
     with planning_lock(url, sweep_dir):
         storage = open_storage(url, spec)
         study = optuna.create_study(study_name=spec.study, storage=storage, sampler=make_sampler(spec),
@@ -222,17 +229,19 @@ def open_study(spec: SweepSpec, url: str, sweep_dir: Path, points: list[Point], 
         if recorded_mode not in (None, spec.mode):
             raise UserError(f"study '{spec.study}' in {_redact(url)} holds a {recorded_mode} sweep, not {spec.mode}; "
                             "give this sweep another name (or study_name)")
+        # finished points are never rerun, so a changed base (or budget policy: its skipped points stay skipped)
+        # would silently keep the old results
         recorded_base = study.user_attrs.get("base")
         if recorded_base is not None and recorded_base != base:
-            # finished points are never rerun, so a changed base would silently keep the old results
-            elsewhere = "" if url.startswith("postgresql") else ", or use another --output-dir"  # its own SQLite
-            raise UserError(f"study '{spec.study}' in {_redact(url)} ran its trials with other settings "
-                            f"({_changed_settings(recorded_base, base)}); its finished trials would be kept as they "
-                            f"are: give this sweep another name (or study_name){elsewhere}")
+            _refuse_changed(spec, url, _changed_settings(recorded_base, base))
+        recorded_policy = study.user_attrs.get("budget_policy")  # None: a study from before it was recorded
+        if recorded_policy not in (None, spec.budget_policy):
+            _refuse_changed(spec, url, f"budget_policy: {recorded_policy!r} -> {spec.budget_policy!r}")
         _stale_trials_failed(study)
         queued = queue_grid_points(study, points) if points else 0
         study.set_user_attr("mode", spec.mode)
         study.set_user_attr("base", base)
+        study.set_user_attr("budget_policy", spec.budget_policy)
         study.set_user_attr("sweep_file", str(spec.source))
         if points:
             study.set_user_attr("points", [p.name for p in points])
