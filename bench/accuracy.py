@@ -234,10 +234,13 @@ def selected(only: list[tuple], model: str, recipe: str, seed: int) -> bool:
     return any(o[0] == model and (len(o) < 2 or o[1] == recipe) and (len(o) < 3 or int(o[2]) == seed) for o in only)
 
 
-def summarize(rows: list[tuple[int, dict]], config: Path, examples: int) -> dict:
+def summarize(rows: list[tuple[int, dict]], config: Path, values: dict) -> dict:
+    """(seed, result.json) of the finished runs of one recipe; values: the settings of its last seed's run."""
     accuracy = [r["best_eval_accuracy"] for _, r in rows]
-    summary = {"config": str(config.relative_to(ROOT)), "examples_seen": examples, "seeds": [s for s, _ in rows],
-               "accuracy": [round(a, 4) for a in accuracy]}
+    summary = {"config": str(config.relative_to(ROOT)), "examples_seen": examples_per_run(values),
+               "seeds": [s for s, _ in rows], "accuracy": [round(a, 4) for a in accuracy],
+               # pending: the exact count `lorafit budget` gives before training, so every row of the table has it
+               "trainable_params": counted_params(values)}
     if rows:
         summary.update(
             mean=round(statistics.fmean(accuracy), 4),
@@ -262,17 +265,23 @@ def lever_files(model: str) -> dict:
 def measure(model: str, model_dir: str, key: str, config: Path, seeds: list, split, args, only, pending) -> dict:
     """One recipe on one model over its seeds: reuse or train each run, then summarize (pending runs listed)."""
     runs_dir = Path(args.runs_dir).resolve()
-    rows, examples = [], None
+    rows = []
     for seed in seeds:
         name = f"{model}-{key.replace('_', '-')}-seed{seed}"
         values = run_values(config, name, model_dir, *split, seed, runs_dir)
-        examples = examples_per_run(values)
         result = run_or_reuse(values, selected(only, model, key, seed), args.threads)
         if result is None:
             pending.append(name)
         else:
             rows.append((seed, result))
-    return summarize(rows, config, examples)
+    return summarize(rows, config, values)
+
+
+def counted_params(values: dict) -> int:
+    from lorafit.budget import budget_report
+    from lorafit.config import config_from_dict
+
+    return budget_report(config_from_dict(values)).total
 
 
 def head_to_head(dirs: dict, split: tuple[Path, Path], args, only, pending: list) -> dict:
@@ -335,7 +344,7 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
                 pending.append(name)
             else:
                 rows.append((seed, result))
-        out[variant] = summarize(rows, config, examples_per_run(values))
+        out[variant] = summarize(rows, config, values)
     out["labelled_rows"], out["unlabelled_rows"] = 4000, len(train_rows) - 4000
     return out
 
@@ -378,9 +387,9 @@ def markdown_table(report: dict) -> str:
         if summary["accuracy"]:
             per_seed = " / ".join(f"{a:.4f} ({s})" for a, s in zip(summary["accuracy"], summary["seeds"]))
             mean = f"{summary['mean']:.4f} ± {summary['std']:.4f}" if len(summary["accuracy"]) > 1 else "(1 seed)"
-            trainable = f"{summary['trainable_params']:,}"
         else:
-            per_seed, mean, trainable = "pending", "", ""
+            per_seed, mean = "pending", ""
+        trainable = f"{summary['trainable_params']:,}" if summary.get("trainable_params") else ""
         lines.append(f"| {model} | {title} | `{summary['config']}` | {trainable} | {summary['examples_seen']:,} | "
                      f"{per_seed} | {mean} |")
 
