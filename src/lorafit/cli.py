@@ -99,7 +99,8 @@ def cmd_evaluate(args, extra) -> int:
     from lorafit.evaluate import evaluate_run, metrics_table
 
     _no_extra(extra)
-    metrics = evaluate_run(args.run_dir, args.data, model_path=args.model, quantize=args.quantize)
+    metrics = evaluate_run(args.run_dir, args.data, model_path=args.model, quantize=args.quantize,
+                           trust_pickle=args.trust_pickle)
     print(json.dumps(metrics) if args.json else metrics_table(metrics))
     return 0
 
@@ -189,8 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="accuracy, macro-F1, per-class scores and confusion matrix of a run")
     p.add_argument("run_dir")
-    p.add_argument("--data", required=True, help="labelled file, or a Hub split as DATASET_ID:SPLIT")
+    p.add_argument("--data", required=True,
+                   help="labelled file (.pkl with --trust-pickle), or a Hub split as DATASET_ID:SPLIT")
     p.add_argument("--model", help="base model location, if it moved since training")
+    p.add_argument("--trust-pickle", action="store_true", help="allow a pickle file (it can run code: only files you trust)")
     p.add_argument("--json", action="store_true")
     add_quantize_option(p)
     p.set_defaults(func=cmd_evaluate)

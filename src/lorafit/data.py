@@ -68,13 +68,13 @@ def read_table(path: str | Path, trust_pickle: bool = False) -> pd.DataFrame:
         if suffix in (".csv", ".tsv"):
             frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False,
                                 encoding="utf-8", on_bad_lines="error")
-        elif suffix == ".jsonl":
-            frame = pd.read_json(path, lines=True, dtype=False)
+        elif suffix == ".jsonl":  # utf-8-sig: Windows editors start UTF-8 files with a BOM, which JSON rejects
+            frame = pd.read_json(path, lines=True, dtype=False, encoding="utf-8-sig")
         elif suffix == ".json":
             try:
-                frame = pd.read_json(path, dtype=False)
+                frame = pd.read_json(path, dtype=False, encoding="utf-8-sig")
             except ValueError:
-                frame = pd.read_json(path, lines=True, dtype=False)
+                frame = pd.read_json(path, lines=True, dtype=False, encoding="utf-8-sig")
         elif suffix == ".parquet":
             frame = pd.read_parquet(path)
         elif suffix in PICKLE_EXTENSIONS:
@@ -99,6 +99,12 @@ def read_table(path: str | Path, trust_pickle: bool = False) -> pd.DataFrame:
         raise UserError(f"cannot read {path}: {detail}; {fix}") from None
     if len(frame) == 0:
         raise UserError(f"{path} has no data rows (only a header, or nothing); add rows")
+    named = [n for n in frame.index.names if n is not None and n not in frame.columns]
+    if named:  # parquet and pickles keep a DataFrame's named index (df.set_index("id")) out of its columns
+        frame = frame.reset_index(level=named)
+    duplicated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+    if duplicated:  # frame[name] would be a table, not a column (a pickled DataFrame can hold such names)
+        raise UserError(f"{path} has several columns named {', '.join(map(repr, duplicated))}; rename them apart")
     return frame
 
 
@@ -118,6 +124,9 @@ def _read_pickle(path: Path, trust_pickle: bool) -> pd.DataFrame:
             raise UserError(f"cannot unpickle {path}: {type(exc).__name__}: {exc}") from None
     if isinstance(obj, pd.DataFrame):
         return obj
+    if isinstance(obj, dict) and obj and all(hasattr(v, "to_pandas") for v in obj.values()):  # a datasets.DatasetDict
+        raise UserError(f"{path} holds several splits ({', '.join(map(str, obj))}); pickle one of them, "
+                        f"e.g. pickle.dump(dataset[{next(iter(obj))!r}], handle)")
     if hasattr(obj, "to_pandas"):  # datasets.Dataset, the competition's format
         return obj.to_pandas()
     if isinstance(obj, dict):
@@ -125,7 +134,8 @@ def _read_pickle(path: Path, trust_pickle: bool) -> pd.DataFrame:
     raise UserError(f"{path} holds a {type(obj).__name__}; expected a datasets.Dataset or a pandas DataFrame")
 
 
-def load_hub_split(dataset: str, config_name: Optional[str], split: str) -> tuple[pd.DataFrame, Optional[list[str]]]:
+def load_hub_split(dataset: str, config_name: Optional[str], split: str,
+                   label_column: Optional[str] = None) -> tuple[pd.DataFrame, Optional[list[str]]]:
     """A Hub dataset split as a DataFrame, plus its class names when the label column is a ClassLabel."""
     import datasets
 
@@ -138,10 +148,9 @@ def load_hub_split(dataset: str, config_name: Optional[str], split: str) -> tupl
             f"cannot load dataset '{dataset}' split '{split}': {reason} ({type(exc).__name__}); "
             "pass local files instead (--train-file PATH, --eval-file PATH)"
         ) from None
-    names = None
-    for feature in ds.features.values():
-        if hasattr(feature, "names"):
-            names = list(feature.names)
+    # Only the label column's own names: a dataset may hold other ClassLabel columns (TREC: coarse and fine labels)
+    feature = ds.features.get(label_column) if label_column else None
+    names = list(feature.names) if hasattr(feature, "names") else None
     return ds.to_pandas(), names
 
 
@@ -172,14 +181,17 @@ def join_texts(frame: pd.DataFrame, columns: list[str], separator: str, source: 
 
 def _label_value(value):
     """int for integral numbers (1, 1.0, '1'), None for missing, str for names."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or value is pd.NA:  # pd.NA: nullable columns (parquet Int64, pandas strings)
         return None
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, numbers.Integral):
         return int(value)
-    if isinstance(value, numbers.Real):
-        return int(value) if float(value).is_integer() else str(value)
+    if isinstance(value, numbers.Real):  # any float width: a float32 NaN is no Python float
+        number = float(value)
+        if math.isnan(number):
+            return None
+        return int(number) if number.is_integer() else str(value)
     text = str(value).strip()
     if text == "" or text.lower() in ("nan", "none", "null"):
         return None
@@ -204,15 +216,16 @@ def encode_labels(values, label_names: Optional[list[str]], num_labels: int, sou
             "use one kind throughout"
         )
     if kinds == {int}:
-        ids = np.asarray(parsed, dtype=np.int64)
         names = list(label_names) if label_names else [str(i) for i in range(num_labels)]
-        bad = np.flatnonzero((ids < 0) | (ids >= len(names)))
-        if len(bad):
+        bad = [i for i, v in enumerate(parsed) if not 0 <= v < len(names)]  # before int64: 1e20 would overflow it
+        if bad:
+            one_based = min(parsed) == 1 and max(parsed) == len(names)
+            fix = (f"they look numbered 1..{len(names)}: subtract 1 from every label" if one_based
+                   else "fix those rows or set model.num_labels")
             raise UserError(
-                f"{source} has labels outside 0..{len(names) - 1} at rows {_rows(bad)} (e.g. {ids[bad[0]]}); "
-                f"fix those rows or set model.num_labels"
+                f"{source} has labels outside 0..{len(names) - 1} at rows {_rows(bad)} (e.g. {parsed[bad[0]]}); {fix}"
             )
-        return ids, names
+        return np.asarray(parsed, dtype=np.int64), names
     names = list(label_names) if label_names else sorted(set(parsed))
     index = {name: i for i, name in enumerate(names)}
     unknown = [i for i, v in enumerate(parsed) if v not in index]
@@ -237,7 +250,7 @@ def load_labelled(cfg: DataConfig, num_labels: int, path: Optional[str] = None, 
     """Labelled rows from a local file (path) or a Hub split (cfg.dataset, hub_split)."""
     if path is not None:
         return labelled_from_frame(read_table(path, cfg.trust_pickle), cfg, num_labels, str(path), label_names)
-    frame, hub_names = load_hub_split(cfg.dataset, cfg.dataset_config, hub_split or cfg.train_split)
+    frame, hub_names = load_hub_split(cfg.dataset, cfg.dataset_config, hub_split or cfg.train_split, cfg.label_column)
     return labelled_from_frame(frame, cfg, num_labels, f"{cfg.dataset}:{hub_split or cfg.train_split}",
                                label_names or hub_names)
 

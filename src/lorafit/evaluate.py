@@ -74,14 +74,14 @@ def plot_confusion(metrics: dict, path: Path, title: str) -> None:
     tmp.replace(path)
 
 
-def load_eval_data(spec: str, run) -> tuple[LabelledData, str]:
+def load_eval_data(spec: str, run, trust_pickle: bool = False) -> tuple[LabelledData, str]:
     """`spec` is a local file, or a Hub dataset split written `dataset_id:split` (e.g. fancyzhx/ag_news:test)."""
     cfg = run.cfg
     if Path(spec).exists():
-        frame, source, name = read_table(spec), spec, Path(spec).stem
+        frame, source, name = read_table(spec, trust_pickle=trust_pickle), spec, Path(spec).stem
     elif ":" in spec and not spec.startswith((".", "/")):
         dataset, split = spec.rsplit(":", 1)
-        frame, _ = load_hub_split(dataset, cfg.data.dataset_config, split)
+        frame, _ = load_hub_split(dataset, cfg.data.dataset_config, split, cfg.data.label_column)
         source, name = spec, f"{dataset.replace('/', '_')}-{split}"
     else:
         raise UserError(f"--data {spec}: no such file; give a file path or a Hub split as DATASET_ID:SPLIT")
@@ -89,9 +89,10 @@ def load_eval_data(spec: str, run) -> tuple[LabelledData, str]:
     return data, name
 
 
-def evaluate_run(run_dir: str | Path, data_spec: str, model_path: Optional[str] = None, quantize: str = "none") -> dict:
+def evaluate_run(run_dir: str | Path, data_spec: str, model_path: Optional[str] = None, quantize: str = "none",
+                 trust_pickle: bool = False) -> dict:
     run = load_run(run_dir, model_path, quantize)
-    data, name = load_eval_data(data_spec, run)
+    data, name = load_eval_data(data_spec, run, trust_pickle)
     probs = predict_probabilities(run.model, run.tokenizer, data.texts, run.cfg.data.max_length, run.batch_size,
                                   bf16=run.bf16, progress="evaluating", pad_to_multiple_of=run.pad_multiple)
     metrics = classification_metrics(data.labels, probs.argmax(axis=1), run.label_names)

@@ -161,14 +161,18 @@ def prediction_rows(frame: pd.DataFrame, source: str, text_columns: list[str], s
         if id_column not in frame.columns:
             raise UserError(f"{source} has no id column '{id_column}'; available: {', '.join(map(str, frame.columns))}; "
                             "name one with --id-column, or leave it out to number the rows")
-        duplicated = frame[id_column].duplicated(keep=False).to_numpy().nonzero()[0]
+        values = frame[id_column]
+        # Missing first: two missing ids are not "duplicates". CSV/TSV read an empty cell as "", not NaN.
+        blank = values.map(lambda v: isinstance(v, str) and not v.strip())
+        missing = (values.isna() | blank).to_numpy().nonzero()[0]
+        if len(missing):
+            raise UserError(f"{source} has missing ids in '{id_column}' at rows {', '.join(map(str, missing[:5]))}; "
+                            "fill them, or leave out --id-column to number the rows")
+        # Compared as the CSV will spell them: 1 and "1" (mixed JSON types) would be one ID there.
+        duplicated = values.map(str).duplicated(keep=False).to_numpy().nonzero()[0]
         if len(duplicated):
             raise UserError(f"{source} has duplicate ids in '{id_column}' at rows {', '.join(map(str, duplicated[:5]))}; "
                             "ids must be unique: fix those rows, or leave out --id-column to number the rows")
-        if frame[id_column].isna().any():
-            missing = frame[id_column].isna().to_numpy().nonzero()[0]
-            raise UserError(f"{source} has missing ids in '{id_column}' at rows {', '.join(map(str, missing[:5]))}; "
-                            "fill them, or leave out --id-column to number the rows")
     empty = sum(1 for t in texts if not t.strip())
     if empty:  # checked after every error, so a refused input gives exactly one line
         log.warning("%d of %d input texts are empty; they are predicted all the same", empty, len(texts))
@@ -185,12 +189,16 @@ def input_text_columns(frame: pd.DataFrame, text_column: Optional[str], run_colu
     return list(run_columns)
 
 
-def check_output_path(output_path: Path) -> None:
-    """Refuse an output the CSV could not be written to, before any prediction is made."""
+def check_output_path(output_path: Path, input_path: Optional[Path] = None) -> None:
+    """Refuse an output the CSV could not be written to, or that would replace the input, before any prediction."""
     if output_path.suffix.lower() != ".csv":
         raise UserError(f"--output {output_path} must end in .csv; e.g. --output submission.csv")
     if output_path.is_dir():
         raise UserError(f"--output {output_path} is a folder; give a file name, e.g. {output_path / 'submission.csv'}")
+    if input_path is not None and output_path.exists() and input_path.exists() and output_path.samefile(input_path):
+        other = output_path.with_name(f"{output_path.stem}-predictions.csv")
+        raise UserError(f"--output {output_path} is the --input file; writing it would replace your texts: "
+                        f"give another name, e.g. --output {other}")
     folder = output_path.parent
     if not folder.exists():
         raise UserError(f"output folder {folder} does not exist; create it first")
@@ -205,7 +213,7 @@ def predict_file(run_dir: str | Path, input_path: str | Path, output_path: str |
     if batch_size is not None and batch_size < 1:
         raise UserError(f"--batch-size {batch_size} must be at least 1; e.g. --batch-size 64")
     output_path = Path(output_path)
-    check_output_path(output_path)
+    check_output_path(output_path, Path(input_path))
     checked = runs.check_run_folder(run_dir, runs.INFERENCE)
     cfg = config_from_dict(checked.config)
     frame = read_table(input_path, trust_pickle=trust_pickle)
