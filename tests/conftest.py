@@ -90,6 +90,22 @@ def write_config(path: Path, **sections) -> Path:
     return path
 
 
+def train_finished_tiny_run(root: Path, tiny_roberta: Path, small_agnews: Path) -> Path:
+    """A finished 4-step run of the tiny RoBERTa at root/runs/tiny: what tests that damage or export a run copy."""
+    from lorafit.cli import main
+
+    config = write_config(
+        root / "tiny.yaml", name="tiny", output_dir=str(root / "runs"),
+        model={"name_or_path": str(tiny_roberta)},
+        lora={"r": 4, "alpha": 8, "target_modules": ["query", "value"]},
+        data={"train_file": str(small_agnews), "max_length": 32, "validation_size": 40, "max_train_samples": 64},
+        train={"max_steps": 4, "eval_steps": 2, "batch_size": 8, "learning_rate": 1e-3, "logging_steps": 2,
+               "precision": "fp32"},
+    )
+    assert main(["train", str(config)]) == 0
+    return root / "runs" / "tiny"
+
+
 @pytest.fixture
 def tiny_config(tmp_path, tiny_roberta, small_agnews) -> Path:
     """A config that trains the tiny RoBERTa for a few steps into tmp_path/runs/tiny."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import run_subprocess, write_config
+from conftest import run_subprocess, train_finished_tiny_run
 
 MODES = ("deleted", "emptied", "cut in half", "garbage")
 # Damage to these must be refused by predict and evaluate (they are what a prediction is made of).
@@ -43,16 +43,7 @@ def finished(tmp_path_factory, tiny_roberta, small_agnews) -> Finished:
     from lorafit.cli import main
 
     root = tmp_path_factory.mktemp("damaged-runs")
-    config = write_config(
-        root / "tiny.yaml", name="tiny", output_dir=str(root / "runs"),
-        model={"name_or_path": str(tiny_roberta)},
-        lora={"r": 4, "alpha": 8, "target_modules": ["query", "value"]},
-        data={"train_file": str(small_agnews), "max_length": 32, "validation_size": 40, "max_train_samples": 64},
-        train={"max_steps": 4, "eval_steps": 2, "batch_size": 8, "learning_rate": 1e-3, "logging_steps": 2,
-               "precision": "fp32"},
-    )
-    assert main(["train", str(config)]) == 0
-    run_dir = root / "runs" / "tiny"
+    run_dir = train_finished_tiny_run(root, tiny_roberta, small_agnews)
     texts = root / "texts.csv"
     pd.read_csv(small_agnews).head(12).to_csv(texts, index=False)
     assert main(["predict", str(run_dir), "--input", str(texts), "--output", str(root / "ref.csv"), "--probabilities"]) == 0

@@ -15,25 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_config
+from conftest import train_finished_tiny_run
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_roberta, small_agnews) -> Path:
     """A finished tiny run (4 steps); tests work on copies."""
-    from lorafit.cli import main
-
-    root = tmp_path_factory.mktemp("review-run")
-    config = write_config(
-        root / "tiny.yaml", name="tiny", output_dir=str(root / "runs"),
-        model={"name_or_path": str(tiny_roberta)},
-        lora={"r": 4, "alpha": 8, "target_modules": ["query", "value"]},
-        data={"train_file": str(small_agnews), "max_length": 32, "validation_size": 40, "max_train_samples": 64},
-        train={"max_steps": 4, "eval_steps": 2, "batch_size": 8, "learning_rate": 1e-3, "logging_steps": 2,
-               "precision": "fp32"},
-    )
-    assert main(["train", str(config)]) == 0
-    return root / "runs" / "tiny"
+    return train_finished_tiny_run(tmp_path_factory.mktemp("review-run"), tiny_roberta, small_agnews)
 
 
 @pytest.fixture
