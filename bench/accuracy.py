@@ -134,6 +134,10 @@ def run_values(config: Path, name: str, model_dir: str, train: Path, validation:
     values["model"]["name_or_path"] = model_dir
     values.setdefault("data", {}).update(train_file=str(train), eval_file=str(validation), **data_extra)
     values.setdefault("train", {})["seed"] = seed
+    teacher = values["train"].get("teacher")
+    if isinstance(teacher, str) and not Path(teacher).is_absolute():
+        # A lever's teacher is another bench run (runs/accuracy/<run> in the file): the one under --runs-dir.
+        values["train"]["teacher"] = str(runs_dir / Path(teacher).name)
     return values
 
 

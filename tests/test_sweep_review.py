@@ -37,6 +37,9 @@ def test_pruner_options_are_refused_before_the_sweep_folder_is_made(tmp_path, ti
     (_search({"lora.dropout": {**RANGE, "step": 0}}), "step is 0; use a positive step"),
     (_search({"train.warmup_steps": {"type": "int", "low": 0.5, "high": 8, "log": True}}), "needs whole numbers"),
     (_search({"lora.dropout": RANGE}, n_trials=True), "search.n_trials is True"),
+    # bool("false") is True: the quoted word turned log scale on
+    (_search({"train.learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": "false"}}),
+     "log is 'false'; use true or false, without quotes"),
     ({"grid": {"axes": {"name": ["a", "b"]}}}, "grid.axes.name would do nothing"),
     ({"grid": {"mode": "product", "axes": {"output_dir": ["x", "y"]}}}, "grid.axes.output_dir would do nothing"),
     (_search({"name": {"choices": ["a", "b"]}}), "search.params.name would do nothing"),

@@ -188,7 +188,9 @@ def _parse_param(key: str, values: Any) -> SearchParam:
         # int() would cut 0.5 to 0 silently (and a log range to low 0, refused by Optuna in every trial)
         raise UserError(f"{where}: an int parameter needs whole numbers for low, high and step; "
                         "use type: float for a fractional range")
-    log_scale = bool(values.get("log", False))
+    log_scale = values.get("log", False)
+    if not isinstance(log_scale, bool):  # bool("false") is True: a quoted word would silently turn log scale on
+        raise UserError(f"{where}.log is {log_scale!r}; use true or false, without quotes")
     if log_scale and low <= 0:  # Optuna would refuse it in every trial, failing the whole search one by one
         raise UserError(f"{where}: a log-scale range needs low > 0 (got {low:g}); raise low or drop 'log: true'")
     if log_scale and step is not None:
