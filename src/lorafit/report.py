@@ -13,6 +13,7 @@ config key whose value differs between runs, the best run for each value.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
@@ -71,35 +73,45 @@ class RunRecord:
             return str(self.result["status"])
         return "incomplete"  # no result.json: still running, or stopped before it finished
 
+    def _summary(self, key: str) -> Any:
+        """result.json's number, unless the run is unfinished: resuming keeps the result.json of its interruption
+        (or failure) while the curve goes on, so there the curve is the newer account."""
+        if self.curve and self.result.get("status") != "completed":
+            return None
+        return _number(self.result.get(key))
+
     @property
     def peak(self) -> Optional[float]:
-        value = self.result.get("best_eval_accuracy")
+        value = self._summary("best_eval_accuracy")
         if value is None and self.curve:
             value = max(row["accuracy"] for row in self.curve)
         return value
 
     @property
     def peak_step(self) -> Optional[int]:
-        if self.result.get("best_step") is not None:
-            return self.result["best_step"]
+        step = self._summary("best_step")
+        if step is not None:
+            return step
         return max(self.curve, key=lambda row: (row["accuracy"], -row["step"]))["step"] if self.curve else None
 
     @property
     def final(self) -> Optional[float]:
-        value = self.result.get("final_eval_accuracy")
+        value = self._summary("final_eval_accuracy")
         if value is None and self.curve:
             value = max(self.curve, key=lambda row: row["step"])["accuracy"]
         return value
 
     @property
     def trainable_params(self) -> Optional[int]:
-        if self.result.get("trainable_params") is not None:
+        if _number(self.result.get("trainable_params")) is not None:
             return int(self.result["trainable_params"])
-        return (self.manifest.get("trainable_params") or {}).get("total")
+        counts = self.manifest.get("trainable_params")
+        total = _number(counts.get("total")) if isinstance(counts, dict) else None
+        return int(total) if total is not None else None
 
     @property
     def budget(self) -> Optional[int]:
-        return self.config.get("budget")
+        return _number(self.config.get("budget"))
 
     @property
     def settings(self) -> dict:
@@ -120,8 +132,13 @@ class RunRecord:
         return str(text).splitlines()[0] if text else ""
 
     @property
+    def sweep_id(self) -> Optional[tuple]:
+        """One sweep: its name and its folder (the same sweep file run twice, e.g. for two models, is two sweeps)."""
+        return (self.sweep["sweep"], str(self.path.parent)) if self.sweep else None
+
+    @property
     def order(self) -> tuple:
-        return (self.sweep.get("sweep", ""), self.sweep.get("trial_number", math.inf), self.name)
+        return (*(self.sweep_id or ("", "")), self.sweep.get("trial_number", math.inf), self.name)
 
 
 def _read_json(path: Path) -> dict:
@@ -132,18 +149,35 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _number(value: Any) -> Optional[float]:
+    """A finite number from a run's files, else None: a hand-edited or damaged field ("0.9", NaN) shows as "–"."""
+    if not _numeric(value) or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    return value
+
+
+def _read_sweep(path: Path) -> dict:
+    """sweep.json as lorafit.sweep writes it, else {} (the run is listed as a plain run)."""
+    info = _read_json(path / SWEEP_INFO)
+    if not isinstance(info.get("sweep"), str) or not isinstance(info.get("settings") or {}, dict):
+        return {}
+    return info if _number(info.get("trial_number", 0)) is not None else {}
+
+
 RUN_MARKERS = (runs.CONFIG, runs.RESULT, runs.MANIFEST)  # any one makes a run folder (a damaged one may lack the rest)
 
 
 def find_run_dirs(root: Path, skip: Optional[Path] = None) -> list[Path]:
     """Every run folder (holding config.yaml, or result.json / manifest.json when damaged), not looking inside run
-    folders or hidden (temporary) folders."""
-    found = []
-    for folder, subfolders, files in os.walk(root):
-        here = Path(folder)
-        if skip is not None and here.resolve() == skip.resolve():
+    folders or hidden (temporary) folders. Symlinked folders are followed (runs gathered from elsewhere), each
+    real folder once (a second name for a run, a link back up)."""
+    found, seen = [], set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        here, real = Path(folder), Path(folder).resolve()
+        if real in seen or (skip is not None and real == skip.resolve()):
             subfolders[:] = []
             continue
+        seen.add(real)
         if any(name in files for name in RUN_MARKERS):
             found.append(here)
             subfolders[:] = []
@@ -159,11 +193,13 @@ def load_run(path: Path) -> RunRecord:
         config = {}
     if not isinstance(config, dict):
         config = {}
-    curve = [row for row in runs.read_eval_curve(path) if isinstance(row.get("accuracy"), (int, float))]
+    curve = [row for row in runs.read_eval_curve(path)
+             if _number(row.get("accuracy")) is not None and _number(row.get("step")) is not None]
     result = _read_json(path / runs.RESULT)
-    return RunRecord(path=path, name=str(config.get("name") or path.name), config=flatten_config(config),
+    name = _displayable(str(config.get("name") or path.name))  # drawn in plots too: matplotlib refuses surrogates
+    return RunRecord(path=path, name=name, config=flatten_config(config),
                      result=result, curve=sorted(curve, key=lambda row: row["step"]),
-                     sweep=_read_json(path / SWEEP_INFO), manifest=_read_json(path / runs.MANIFEST),
+                     sweep=_read_sweep(path), manifest=_read_json(path / runs.MANIFEST),
                      problem=folder_problem(path, result))
 
 
@@ -184,8 +220,9 @@ def folder_problem(path: Path, result: dict) -> Optional[runs.RunFolderError]:
 
 def load_runs(root: str | Path, skip: Optional[Path] = None) -> list[RunRecord]:
     root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"folder not found: {root} (give a sweep folder or a folder of run folders)")
+    if not root.is_dir():  # e.g. the sweep's YAML file instead of the folder the sweep wrote
+        problem = f"{root} is a file, not a folder" if root.exists() else f"folder not found: {root}"
+        raise UserError(f"{problem} (give a sweep folder or a folder of run folders)")
     records = sorted((load_run(p) for p in find_run_dirs(root, skip)), key=lambda r: r.order)
     if not records:
         raise UserError(f"no run folders (folders with {runs.CONFIG}) under {root}; run `lorafit train` or `lorafit sweep` first")
@@ -205,7 +242,9 @@ def format_value(value: Any) -> str:
 
 
 def _hashable(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
+    if isinstance(value, list):
+        return tuple(map(_hashable, value))
+    return repr(value) if isinstance(value, dict) else value  # only in a hand-written config; still one value
 
 
 def _numeric(value: Any) -> bool:
@@ -230,9 +269,9 @@ class Comparison:
     note: str = ""
 
 
-def one_at_a_time_bases(records: list[RunRecord]) -> dict[str, RunRecord]:
-    """sweep name -> its base run, for one-at-a-time sweeps."""
-    return {r.sweep["sweep"]: r for r in records
+def one_at_a_time_bases(records: list[RunRecord]) -> dict[tuple, RunRecord]:
+    """sweep (name, folder) -> its base run, for one-at-a-time sweeps."""
+    return {r.sweep_id: r for r in records
             if r.sweep.get("mode") == "one_at_a_time" and not r.sweep.get("settings")}
 
 
@@ -258,11 +297,11 @@ def varying_keys(records: list[RunRecord]) -> list[str]:
 
 def compare(records: list[RunRecord], key: str) -> Comparison:
     """The runs that show the effect of one setting (see the module docstring)."""
-    for sweep_name, base in one_at_a_time_bases(records).items():
-        axis_runs = [r for r in records if r.sweep.get("sweep") == sweep_name and set(r.settings) == {key}]
+    for sweep_id, base in one_at_a_time_bases(records).items():
+        axis_runs = [r for r in records if r.sweep_id == sweep_id and set(r.settings) == {key}]
         if axis_runs:
             members = [(_value(base, key), base, True)] + [(_value(r, key), r, False) for r in axis_runs]
-            return Comparison(key, _ordered(members), f"one at a time, sweep {sweep_name}")
+            return Comparison(key, _ordered(members), f"one at a time, sweep {sweep_id[0]}")
     best: dict = {}
     counts: dict = {}
     for record in records:
@@ -490,7 +529,7 @@ def varied_text(record: RunRecord, keys: list[str]) -> str:
 
 def _relative(path: Path, root: Path) -> str:
     try:
-        return str(path.relative_to(root)) if path != root else path.name
+        return str(path.relative_to(root)) if path != root else path.resolve().name  # "." has no name
     except ValueError:
         return str(path)
 
@@ -504,8 +543,8 @@ def markdown_table(root: Path, records: list[RunRecord], keys: list[str]) -> str
               "step of peak", "wall time", "examples/s", "note"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     for r in records:
-        eps = r.result.get("train_examples_per_second")
-        wall = r.result.get("wall_seconds") or r.manifest.get("wall_seconds")
+        eps = _number(r.result.get("train_examples_per_second"))
+        wall = _number(r.result.get("wall_seconds")) or _number(r.manifest.get("wall_seconds"))
         cells = [_relative(r.path, root), r.status, varied_text(r, keys),
                  f"{r.trainable_params:,}" if r.trainable_params is not None else "–",
                  _fmt_accuracy(r.peak), _fmt_accuracy(r.final), r.peak_step if r.peak_step is not None else "–",
@@ -548,21 +587,42 @@ def _safe_filename(key: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in key)
 
 
+def _displayable(text: str) -> str:
+    """Folder names that are not UTF-8 (made on another system) as U+FFFD: report.md is UTF-8 text."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a lone surrogate from a JSON escape, not from a file name
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
+@contextlib.contextmanager
+def _writing_to(out_dir: Path):
+    """An output folder that cannot be made or written (a file in the way, no permission): one line."""
+    try:
+        yield
+    except OSError as exc:
+        raise UserError(f"cannot write the report to {out_dir}: {exc.strerror or exc}; give a writable folder "
+                        "with --out DIR") from None
+
+
 def make_report(root: str | Path, out: Optional[str | Path] = None) -> Report:
     root = Path(root)
     out_dir = Path(out) if out else root / REPORT_DIR
-    records = load_runs(root, skip=out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # the report folder holds no runs; but --out DIR naming DIR itself must not hide every run
+    skip = None if out_dir.resolve() == root.resolve() else out_dir
+    records = load_runs(root, skip=skip)
     plots: dict[str, list[str]] = {}
-    plots["peak-by-scope.png"] = plot_scope(records, out_dir / "peak-by-scope.png")
-    trained = [r for r in records if r.curve]
-    for key in curve_keys(records):
-        filename = f"curve-{_safe_filename(key)}.png"
-        plots[filename] = plot_curves(compare(trained, key), out_dir / filename)
-    plots["accuracy-vs-params.png"] = plot_params(records, out_dir / "accuracy-vs-params.png")
-    table_keys = varying_keys(records)
-    markdown_path = out_dir / "report.md"
-    runs.atomic_write_text(markdown_path, markdown(root, records, plots, table_keys) + "\n")
+    with _writing_to(out_dir), rc_context({"text.parse_math": False}):  # a "$" in a run name is text, not math
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plots["peak-by-scope.png"] = plot_scope(records, out_dir / "peak-by-scope.png")
+        trained = [r for r in records if r.curve]
+        for key in curve_keys(records):
+            filename = f"curve-{_safe_filename(key)}.png"
+            plots[filename] = plot_curves(compare(trained, key), out_dir / filename)
+        plots["accuracy-vs-params.png"] = plot_params(records, out_dir / "accuracy-vs-params.png")
+        table_keys = varying_keys(records)
+        markdown_path = out_dir / "report.md"
+        runs.atomic_write_text(markdown_path, _displayable(markdown(root, records, plots, table_keys)) + "\n")
     return Report(out_dir, records, plots, markdown_path)
 
 
