@@ -143,7 +143,8 @@ def count_trainable(model: torch.nn.Module) -> tuple[dict, int, int]:
 def _report_for_rank(cfg: RunConfig, model_config, r: int) -> BudgetReport:
     # Pooling adds no parameters, but it decides which layers are used (see model.install_pooling): built the same.
     base = install_pooling(meta_model(model_config, cfg.model.trust_remote_code), cfg.model.pooling)
-    model = wrap_with_lora(base, cfg.lora, r, cfg.model.head)
+    with torch.device("meta"):  # peft builds LoRA layers on the default device before moving them: keep them off it
+        model = wrap_with_lora(base, cfg.lora, r, cfg.model.head)
     lora_by_module, head_by_module, other = trainable_breakdown(model)
     return BudgetReport(
         model=cfg.model.name_or_path, r=r, target_modules=list(cfg.lora.target_modules), head=cfg.model.head,

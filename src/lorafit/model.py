@@ -65,11 +65,17 @@ def use_bf16(precision: str) -> bool:
 def _hub_error(what: str, name: str, exc: Exception) -> UserError:
     """Turn a loading failure into one actionable line: missing local folder, unreachable Hub, or unknown id."""
     text = str(exc)
-    if Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
+    local = Path(name).expanduser()
+    if not local.exists() and name.startswith((".", "/", "~")):  # transformers would call it a malformed Hub id
+        return UserError(f"cannot load the {what}: local path '{name}' does not exist; check the path")
+    if local.exists():
         return UserError(f"cannot load the {what} from local path '{name}': {text.splitlines()[0] if text else type(exc).__name__}")
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     reason = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else "the Hugging Face Hub could not be reached"
-    if offline or any(s in text for s in ("connect", "Connection", "resolve", "offline", "Network", "timed out", "couldn't")):
+    # Only missing files (OSError) are the network's or the cache's fault; a ValueError means they were found but
+    # not understood, e.g. a model type this transformers does not know.
+    unreachable = offline or any(s in text for s in ("connect", "Connection", "resolve", "offline", "Network", "timed out", "couldn't"))
+    if unreachable and isinstance(exc, OSError):
         return HubUnreachableError(
             f"cannot load the {what} '{name}': {reason}; pass a local folder instead (e.g. --model /path/to/{name.split('/')[-1]})"
         )
@@ -101,8 +107,12 @@ def load_tokenizer(name_or_path: str, revision: Optional[str] = None, trust_remo
 
 def meta_model(model_config: PretrainedConfig, trust_remote_code: bool = False) -> torch.nn.Module:
     """The architecture with no weights at all: enough to count parameters, free to build for any size."""
-    with torch.device("meta"):
-        return AutoModelForSequenceClassification.from_config(model_config, trust_remote_code=trust_remote_code)
+    try:
+        with torch.device("meta"):
+            return AutoModelForSequenceClassification.from_config(model_config, trust_remote_code=trust_remote_code)
+    except ValueError as exc:  # no text-classification class for this model type (e.g. vit), or a bad config value
+        raise UserError(f"cannot build a text classifier from the {model_config.model_type} config: "
+                        f"{str(exc).splitlines()[0].rstrip('.')}; use a text encoder such as roberta-base") from None
 
 
 def load_pretrained_model(model_cfg: ModelConfig, model_config: PretrainedConfig) -> torch.nn.Module:
@@ -312,6 +322,15 @@ def head_modules_to_save(model: torch.nn.Module, head: str) -> list[str]:
     return names
 
 
+def _refuse_saved_name_clash(model: torch.nn.Module, dense: str, saved: list[str]) -> None:
+    """peft picks modules_to_save by plain name suffix, so 'classifier' also names DistilBERT's pre_classifier:
+    it would wrap the LoRA layer on it, which peft refuses with a TypeError."""
+    clash = [name for name in saved if dense.endswith(name) and not name.startswith(dense)]
+    if clash:
+        raise UserError(f"head 'lora' cannot adapt {dense} in {model.config.model_type}: peft's modules_to_save "
+                        f"name '{clash[0]}' also matches it; use model.head: full or linear")
+
+
 def build_lora_config(model: torch.nn.Module, spec: LoraSpec, r: int, head: str) -> LoraConfig:
     targets = list(spec.target_modules)
     to_save = head_modules_to_save(model, head)
@@ -326,6 +345,7 @@ def build_lora_config(model: torch.nn.Module, spec: LoraSpec, r: int, head: str)
             # peft's SEQ_CLS wrapper trains a module named classifier/score whole and keeps LoRA out of it; the
             # generic wrapper lets LoRA in, with the head's output layer named in modules_to_save instead.
             task_type = None
+        _refuse_saved_name_clash(model, dense, to_save + (list(PEFT_HEAD_NAMES) if task_type else []))
     if task_type == TaskType.SEQ_CLS:
         to_save = [m for m in to_save if m not in PEFT_HEAD_NAMES]  # peft adds these itself
     return LoraConfig(
@@ -379,6 +399,17 @@ def freeze_head_hidden_layers(peft_model: torch.nn.Module, head: str, dense: Opt
                 param.requires_grad_(False)
 
 
+def freeze_replaced_pooler(peft_model: torch.nn.Module) -> None:
+    """Mean pooling replaces the encoder's pooler output, so its parameters (its bias trains with lora.bias: all)
+    get no gradient: wasted budget, and an error under DDP. check_pooling keeps LoRA out of it."""
+    base = peft_model.get_base_model()
+    pooler = encoder_pooler(base)
+    if getattr(base, "lorafit_pooling", "cls") != "mean" or pooler is None:
+        return
+    for param in base.get_submodule(pooler).parameters():
+        param.requires_grad_(False)
+
+
 def warn_about_new_head_weights(model: torch.nn.Module, head: str) -> None:
     """Say when the head builds on a layer the checkpoint did not provide (random weights)."""
     new = getattr(model, "lorafit_new_weights", frozenset())
@@ -408,6 +439,7 @@ def wrap_with_lora(model: torch.nn.Module, spec: LoraSpec, r: int, head: str) ->
     prepare_head(model, head)
     peft_model = get_peft_model(model, build_lora_config(model, spec, r, head))
     freeze_head_hidden_layers(peft_model, head, dense)
+    freeze_replaced_pooler(peft_model)
     return peft_model
 
 
