@@ -263,7 +263,9 @@ def lever_files(model: str) -> dict:
     """Lever candidates: configs/accuracy/<model>-lever-<name>.yaml, measured with the default recipe's seeds and
     reported under results.<model>.levers.<name>."""
     prefix = f"{model}-lever-"
-    return {path.stem[len(prefix):]: path for path in sorted((ROOT / "configs" / "accuracy").glob(prefix + "*.yaml"))}
+    # lever-distill-mpnet is levers.distill_mpnet and --only minilm:lever_distill_mpnet, as recipes are named
+    return {path.stem[len(prefix):].replace("-", "_"): path
+            for path in sorted((ROOT / "configs" / "accuracy").glob(prefix + "*.yaml"))}
 
 
 def measure(model: str, model_dir: str, key: str, config: Path, seeds: list, split, args, only, pending) -> dict:
@@ -353,11 +355,27 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
     return out
 
 
+def parse_only(text: str, dirs: dict) -> list[tuple]:
+    """--only entries as (model[, recipe[, seed]]); `none` runs nothing. An entry that names no run is refused: it
+    would silently run nothing and report every run pending."""
+    if text.strip() == "none":
+        return [("none",)]  # matches no run: everything is reported from disk
+    only = [tuple(part.strip().split(":")) for part in text.split(",") if part.strip()]
+    for entry in only:
+        model, recipe, seed = (*entry, None, None)[:3]
+        recipes = (*RECIPES, "self_training", *(f"lever_{name}" for name in lever_files(model)))
+        if model not in dirs or (recipe is not None and recipe not in recipes) or \
+                (seed is not None and not seed.isdigit()) or len(entry) > 3:
+            raise SystemExit(f"--only {':'.join(entry)} names no run; use model[:recipe[:seed]] with model in "
+                             f"{', '.join(dirs)} and recipe one of {', '.join(recipes)}")
+    return only
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     started = time.time()
     dirs = model_dirs(args)
-    only = [tuple(part.split(":")) for part in args.only.split(",") if part.strip()]
+    only = parse_only(args.only, dirs)
     train_csv, validation_csv, data_info = carve_split(args.train_file, Path(args.runs_dir).resolve() / "data")
     pending: list[str] = []
     report = {
