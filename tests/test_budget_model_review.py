@@ -95,3 +95,14 @@ def test_missing_local_folder_is_named_as_missing(name):
     """transformers reads a missing path as a malformed Hub id ('Repo id must be in the form ...')."""
     with pytest.raises(UserError, match=f"local path '{name}' does not exist"):
         budget_report(_cfg(name))
+
+
+@pytest.mark.parametrize("head, hint", [("full", True), ("linear", False)])
+def test_over_budget_at_rank_1_names_the_head_share_and_suggests_a_head_only_if_it_is_smaller(tmp_path, head, hint):
+    """The hint always said 'model.head: linear', also to a user who had chosen it: advice that changes nothing."""
+    folder = _config_dir(tmp_path, "roberta", **TINY)
+    at_1 = budget_report(_cfg(folder, head, r=1))
+    with pytest.raises(UserError, match=rf"even r=1 needs {at_1.total:,} .*\(the head {at_1.head_params:,} of them\)") \
+            as refused:
+        budget_report(_cfg(folder, head, r="auto", budget=at_1.total - 1))
+    assert ("model.head: linear" in str(refused.value)) is hint

@@ -167,9 +167,11 @@ def largest_fitting_rank(cfg: RunConfig, model_config=None) -> int:
         raise UserError("the chosen target modules add no LoRA parameters; check lora.target_modules")
     max_r = (cfg.budget - fixed) // per_rank
     if max_r < 1:
+        # head: linear is the smallest head; suggesting it where it is already chosen sent users in a circle
+        smaller_head = "" if cfg.model.head == "linear" else " or a smaller head (model.head: linear)"
         raise UserError(
-            f"even r=1 needs {at_1.total:,} trainable parameters, over the budget of {cfg.budget:,}; "
-            "use fewer target modules or a smaller head (model.head: linear)"
+            f"even r=1 needs {at_1.total:,} trainable parameters (the head {at_1.head_params:,} of them), over the "
+            f"budget of {cfg.budget:,}; use fewer target modules{smaller_head}"
         )
     assert _report_for_rank(cfg, model_config, max_r).total <= cfg.budget
     return int(max_r)
