@@ -134,10 +134,12 @@ def run_values(config: Path, name: str, model_dir: str, train: Path, validation:
     values["model"]["name_or_path"] = model_dir
     values.setdefault("data", {}).update(train_file=str(train), eval_file=str(validation), **data_extra)
     values.setdefault("train", {})["seed"] = seed
-    teacher = values["train"].get("teacher")
-    if isinstance(teacher, str) and not Path(teacher).is_absolute():
+    teachers = values["train"].get("teacher")
+    if teachers:
         # A lever's teacher is another bench run (runs/accuracy/<run> in the file): the one under --runs-dir.
-        values["train"]["teacher"] = str(runs_dir / Path(teacher).name)
+        under_runs_dir = [t if Path(t).is_absolute() else str(runs_dir / Path(t).name)
+                          for t in ([teachers] if isinstance(teachers, str) else teachers)]
+        values["train"]["teacher"] = under_runs_dir[0] if isinstance(teachers, str) else under_runs_dir
     return values
 
 

@@ -103,10 +103,10 @@ class RunRecord:
 
     @property
     def trainable_params(self) -> Optional[int]:
-        if _number(self.result.get("trainable_params")) is not None:
-            return int(self.result["trainable_params"])
+        total = _number(self.result.get("trainable_params"))
         counts = self.manifest.get("trainable_params")
-        total = _number(counts.get("total")) if isinstance(counts, dict) else None
+        if total is None and isinstance(counts, dict):
+            total = _number(counts.get("total"))
         return int(total) if total is not None else None
 
     @property
