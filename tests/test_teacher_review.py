@@ -128,3 +128,56 @@ def test_a_base_model_replaced_in_place_changes_the_teacher_fingerprint(tmp_path
 
     (moved / runs.CONFIG).write_text("name: t\nmodel:\n  name_or_path: some-org/some-hub-model\n")
     teacher.teacher_fingerprint(moved)  # a Hub id (not a folder here) is fingerprinted by its config alone
+
+
+def test_students_of_one_teacher_share_its_predictions_through_their_parent_folder(tmp_path, monkeypatch):
+    """Other seeds of a distilled recipe (and sweep trials over distill_weight) sit beside each other and need the
+    same teacher pass over the same texts: the second student copies the first one's predictions (31 minutes of
+    CPU for an MPNet teacher) into its own folder. Other teacher weights or other texts are never borrowed."""
+    parent = tmp_path / "runs"
+    mpnet = _fake_teacher(tmp_path / "teacher", b"weights 1")
+    retrained = _fake_teacher(tmp_path / "teacher-retrained", b"weights 2")
+    texts = ["a", "b", "c"]
+    calls = []
+
+    def predicted(run_dirs, texts):
+        calls.append(len(texts))
+        return np.full((len(run_dirs), len(texts), NUM_LABELS), float(len(calls)), dtype=np.float32)
+
+    monkeypatch.setattr(teacher, "predict_log_probs", predicted)
+    seed42, seed43, seed44, other = (parent / n for n in ("seed42", "seed43", "seed44", "other"))
+    for folder in (seed42, seed43, seed44, other):
+        folder.mkdir(parents=True)
+    first = teacher.cached_log_probs([mpnet], texts, seed42, teacher.DISTILL_CACHE, write=True)
+    second = teacher.cached_log_probs([mpnet], texts, seed43, teacher.DISTILL_CACHE, write=True)
+    assert calls == [3] and np.array_equal(first, second)
+    # A copy, not a link to the sibling: the student's folder stands alone once the sibling is deleted.
+    (seed42 / "teacher_logits.npy").unlink()
+    assert np.array_equal(np.load(seed43 / "teacher_logits.npy"), first)
+    assert json.loads((seed43 / "teacher_logits.json").read_text())["texts_fingerprint"] == \
+        teacher.texts_fingerprint(texts)
+
+    teacher.cached_log_probs([retrained], texts, other, teacher.DISTILL_CACHE, write=True)  # other weights
+    teacher.cached_log_probs([mpnet], texts[:2], seed44, teacher.DISTILL_CACHE, write=True)  # other texts
+    assert calls == [3, 3, 2]
+    # A sibling's array that no longer matches its key (damaged, or mid-rewrite) is not borrowed either.
+    fresh = parent / "seed45"
+    fresh.mkdir()
+    np.save(seed43 / "teacher_logits.npy", np.zeros((1, 2, NUM_LABELS), dtype=np.float32))
+    teacher.cached_log_probs([mpnet], texts, fresh, teacher.DISTILL_CACHE, write=True)
+    assert calls == [3, 3, 2, 3]
+
+
+def test_damaged_cache_array_is_recomputed_not_a_traceback(tmp_path, monkeypatch):
+    """A teacher_logits.npy cut short (a copy interrupted, a full disk) beside a matching key: np.load raised."""
+    mpnet = _fake_teacher(tmp_path / "teacher", b"weights 1")
+    run_dir = tmp_path / "student"
+    run_dir.mkdir()
+    texts = ["a", "b"]
+    monkeypatch.setattr(teacher, "predict_log_probs",
+                        lambda run_dirs, texts: np.ones((len(run_dirs), len(texts), NUM_LABELS), dtype=np.float32))
+    teacher.cached_log_probs([mpnet], texts, run_dir, teacher.DISTILL_CACHE, write=True)
+    array = run_dir / "teacher_logits.npy"
+    array.write_bytes(array.read_bytes()[:60])
+    again = teacher.cached_log_probs([mpnet], texts, run_dir, teacher.DISTILL_CACHE, write=True)
+    assert again.shape == (1, 2, NUM_LABELS) and np.array_equal(np.load(array), again)

@@ -7,7 +7,8 @@ with confidence join the training data with the teacher's label.
 Teacher predictions come from lorafit's own prediction path (predict.load_run + predict_probabilities: merged
 adapter, length-sorted batches, the teacher's own pooling and max_length) and are computed once, then cached in the
 student's run folder next to a JSON naming the teachers' and the texts' fingerprints: a resumed run reuses them, a
-retrained teacher or changed data recomputes them. Only the student is trained, so only the student counts toward
+run beside it in the same parent folder copies them (other seeds, sweep trials), a retrained teacher or changed
+data recomputes them. Only the student is trained, so only the student counts toward
 the budget; a teacher may be any size (a run with `budget: null`).
 """
 
@@ -183,26 +184,64 @@ def cached_log_probs(run_dirs: list[Path], texts: list[str], run_dir: Path, name
     key = {"teachers": describe_teachers(run_dirs), "texts": len(texts), "texts_fingerprint": texts_fingerprint(texts)}
     meta_path, array_path = run_dir / f"{name}.json", run_dir / f"{name}.npy"
     if meta_path.exists() and array_path.exists():
-        try:
-            saved = runs.read_json(meta_path)
-        except ValueError:
-            saved = None
-        # Compared on fingerprints: a teacher folder that moved still has the same predictions.
-        same = saved is not None and [t["fingerprint"] for t in saved.get("teachers", [])] == \
-            [t["fingerprint"] for t in key["teachers"]] and saved.get("texts_fingerprint") == key["texts_fingerprint"]
-        values = np.load(array_path) if same else None
-        if values is not None and values.shape[1] == len(texts):  # a row per text, or it is not this cache
+        values = _read_matching_cache(run_dir, name, key)
+        if values is not None:
             return values
         if write:
             log.warning("%s was made by other teacher weights or for other texts; recomputing it", array_path)
     if not write:
         raise RuntimeError(f"{array_path} should have been written by the main process")
-    values = predict_log_probs(run_dirs, texts)
+    values = _sibling_cache(run_dir, name, key)
+    if values is None:
+        values = predict_log_probs(run_dirs, texts)
     meta_path.unlink(missing_ok=True)  # the key goes first: it must never outlive the array it describes
     _atomic_save_npy(array_path, values)
     runs.atomic_write_json(meta_path, {**key, "shape": list(values.shape),
                                        "meaning": "log-probabilities [teacher, text, class]"})
     return values
+
+
+def _read_matching_cache(folder: Path, name: str, key: dict) -> Optional[np.ndarray]:
+    """<folder>/<name>.npy when its JSON names the same teachers (by fingerprint: a teacher folder that moved still
+    makes the same predictions) and the same texts, with a row per text; else None.
+
+    The key is read again after the array: a writer removes the key before it replaces the array, so a key that
+    matches both before and after means the array read in between is the one it describes."""
+    def matches() -> bool:
+        try:
+            saved = runs.read_json(folder / f"{name}.json")
+        except (OSError, ValueError):
+            return False
+        return isinstance(saved, dict) and isinstance(saved.get("teachers"), list) and \
+            [t.get("fingerprint") for t in saved["teachers"] if isinstance(t, dict)] == \
+            [t["fingerprint"] for t in key["teachers"]] and saved.get("texts_fingerprint") == key["texts_fingerprint"]
+
+    if not matches():
+        return None
+    try:
+        values = np.load(folder / f"{name}.npy")
+    except (OSError, ValueError):
+        return None
+    if values.ndim != 3 or values.shape[:2] != (len(key["teachers"]), key["texts"]) or not matches():
+        return None
+    return values
+
+
+def _sibling_cache(run_dir: Path, name: str, key: dict) -> Optional[np.ndarray]:
+    """The same teachers' predictions on the same texts, already made by another run in the same parent folder
+    (the other seeds of a bench recipe, the trials of a sweep over distill_weight): a copy of them, not a new
+    teacher pass (31 minutes for an MPNet teacher over 16,774 texts on a 2-core CPU)."""
+    parent = run_dir.resolve().parent
+    try:
+        candidates = sorted(p.parent for p in parent.glob(f"*/{name}.json") if p.parent.resolve() != run_dir.resolve())
+    except OSError:
+        return None
+    for folder in candidates:
+        values = _read_matching_cache(folder, name, key)
+        if values is not None:
+            say(f"teacher predictions: reusing {folder / name}.npy (same teacher weights, same texts)")
+            return values
+    return None
 
 
 def averaged_probabilities(log_probs: np.ndarray) -> np.ndarray:
