@@ -106,3 +106,15 @@ def test_over_budget_at_rank_1_names_the_head_share_and_suggests_a_head_only_if_
             as refused:
         budget_report(_cfg(folder, head, r="auto", budget=at_1.total - 1))
     assert ("model.head: linear" in str(refused.value)) is hint
+
+
+def test_auto_rank_stops_at_the_layers_full_rank(roberta_dir):
+    """r: auto took the budget alone as its bound: at a budget of 1e9 it chose r=27,000 on roberta-base (35x its
+    768-wide layers), parameters that add no rank to the update and memory training could not hold. A budget that
+    binds first still decides: the seed project's value-only r=22 under 1,000,000."""
+    from lorafit.budget import resolve_rank
+
+    big = _cfg(roberta_dir, r="auto", targets=("query", "key", "value", "dense"), budget=10**9)
+    report = budget_report(big)
+    assert report.r == resolve_rank(big) == 768 and report.max_r > 768 and report.fits
+    assert budget_report(_cfg(roberta_dir, r="auto", targets=("value",), budget=1_000_000)).r == 22

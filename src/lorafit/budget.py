@@ -177,14 +177,36 @@ def largest_fitting_rank(cfg: RunConfig, model_config=None) -> int:
     return int(max_r)
 
 
+def full_rank(cfg: RunConfig, model_config) -> int:
+    """The rank past which LoRA gains nothing: an update B·A to a layer of in x out features has rank at most
+    min(in, out), so a larger r only adds parameters (and memory). The largest such bound over the targeted layers:
+    768 for roberta-base's linear layers, 384 for MiniLM's."""
+    from peft.tuners.lora import LoraLayer
+
+    base = install_pooling(meta_model(model_config, cfg.model.trust_remote_code), cfg.model.pooling)
+    with torch.device("meta"):
+        model = wrap_with_lora(base, cfg.lora, 1, cfg.model.head)
+    bounds = [min(m.in_features, m.out_features) for m in model.modules()
+              if isinstance(m, LoraLayer) and m.in_features and m.out_features]
+    return max(bounds) if bounds else 1
+
+
+def auto_rank(cfg: RunConfig, model_config) -> int:
+    """`r: auto`: the largest rank that fits the budget, but no larger than the layers' full rank (with a big
+    budget the budget alone asked for r=27,000 on roberta-base, 35x its width, and training ran out of memory)."""
+    return min(largest_fitting_rank(cfg, model_config), full_rank(cfg, model_config))
+
+
 def resolve_rank(cfg: RunConfig, model_config=None) -> int:
-    return largest_fitting_rank(cfg, model_config) if cfg.lora.r == "auto" else int(cfg.lora.r)
+    if cfg.lora.r != "auto":
+        return int(cfg.lora.r)
+    return auto_rank(cfg, model_config or load_model_config(cfg.model))
 
 
 def budget_report(cfg: RunConfig, fit: bool = False, model_config=None) -> BudgetReport:
     model_config = model_config or load_model_config(cfg.model)
     max_r = largest_fitting_rank(cfg, model_config) if (fit or cfg.lora.r == "auto") else None
-    r = max_r if cfg.lora.r == "auto" else int(cfg.lora.r)
+    r = auto_rank(cfg, model_config) if cfg.lora.r == "auto" else int(cfg.lora.r)
     report = _report_for_rank(cfg, model_config, r)
     report.max_r = max_r
     return report

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from lorafit.budget import budget_report, check_budget, largest_fitting_rank
+from lorafit.budget import auto_rank, budget_report, check_budget, largest_fitting_rank
 from lorafit.config import RunConfig, apply_overrides, config_from_dict
 from lorafit.errors import UserError
 from lorafit.model import load_model_config
@@ -132,7 +132,7 @@ def apply_budget_policy(cfg: RunConfig, policy: str) -> tuple[RunConfig, Optiona
     report = budget_report(_with_rank(cfg, 1 if requested == "auto" else int(requested)), model_config=model_config)
     if requested == "auto" or (not report.fits and policy == "fit"):
         try:
-            r = largest_fitting_rank(cfg, model_config)
+            r = auto_rank(cfg, model_config) if requested == "auto" else largest_fitting_rank(cfg, model_config)
         except UserError as exc:
             raise OverBudget(str(exc), report.total) from None
         return _with_rank(cfg, r), (requested if requested != r else None)
