@@ -181,3 +181,32 @@ def test_damaged_cache_array_is_recomputed_not_a_traceback(tmp_path, monkeypatch
     array.write_bytes(array.read_bytes()[:60])
     again = teacher.cached_log_probs([mpnet], texts, run_dir, teacher.DISTILL_CACHE, write=True)
     assert again.shape == (1, 2, NUM_LABELS) and np.array_equal(np.load(array), again)
+
+
+def test_teacher_on_an_unpinned_hub_model_gets_a_new_fingerprint_when_main_moves(tmp_path, monkeypatch):
+    """A teacher whose base model is a Hub id without a revision: when the cache's `main` moved to new weights,
+    the teacher predicts differently, but its fingerprint (config, labels, adapter) was unchanged and students
+    kept the old cached predictions. A pinned revision stays put when main moves."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--org--encoder"
+
+    def point_main_at(commit: str) -> None:
+        (repo / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
+        (repo / "snapshots" / commit / "config.json").write_text("{}")
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    unpinned = _fake_teacher(tmp_path / "unpinned", b"weights")
+    (unpinned / runs.CONFIG).write_text("model:\n  name_or_path: org/encoder\n")
+    pinned = _fake_teacher(tmp_path / "pinned", b"weights")
+    (pinned / runs.CONFIG).write_text("model:\n  name_or_path: org/encoder\n  revision: " + "a" * 40 + "\n")
+
+    point_main_at("a" * 40)
+    before = teacher.teacher_fingerprint(unpinned), teacher.teacher_fingerprint(pinned)
+    point_main_at("b" * 40)
+    after = teacher.teacher_fingerprint(unpinned), teacher.teacher_fingerprint(pinned)
+    assert before[0] != after[0], "main moved to other weights, the unpinned teacher's fingerprint did not"
+    assert before[1] == after[1]

@@ -102,20 +102,45 @@ def _local_file_sha256(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
+def _base_model(run_dir: Path) -> tuple[Optional[str], Optional[str]]:
+    """The teacher's base model (name_or_path, revision) from its config; (None, None) if unreadable, which
+    check_teachers already refused."""
+    try:
+        model = (yaml.safe_load((run_dir / runs.CONFIG).read_text(encoding="utf-8")) or {})["model"]
+        revision = model.get("revision")
+        return str(model["name_or_path"]), (None if revision is None else str(revision))
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return None, None
+
+
 def _base_model_files(run_dir: Path) -> list[Path]:
     """The files of the teacher's base model when it is a local folder (its weights, config and tokenizer: what
-    from_pretrained reads, all at the top level). A Hub id is already in the config with its revision."""
+    from_pretrained reads, all at the top level)."""
+    name, _ = _base_model(run_dir)
+    base = Path(name) if name else None
+    return sorted(f for f in base.iterdir() if f.is_file() and not f.name.startswith(".")) \
+        if base is not None and base.is_dir() else []
+
+
+def _hub_snapshot(run_dir: Path) -> Optional[str]:
+    """The commit a Hub base model resolves to in the local cache (refs/<revision>, main when unpinned). The config
+    names only the revision: a `main` that moved to new weights behind the same id makes other predictions."""
+    from huggingface_hub import try_to_load_from_cache
+
+    name, revision = _base_model(run_dir)
+    if not name or Path(name).is_dir():
+        return None
     try:
-        values = yaml.safe_load((run_dir / runs.CONFIG).read_text(encoding="utf-8")) or {}
-        base = Path(str(values["model"]["name_or_path"]))
-    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError):
-        return []  # check_teachers already refused such a config; nothing more to add here
-    return sorted(f for f in base.iterdir() if f.is_file() and not f.name.startswith(".")) if base.is_dir() else []
+        path = try_to_load_from_cache(name, "config.json", revision=revision)
+    except (ValueError, OSError):  # not a valid repo id: check_teachers refused it already
+        return None
+    return Path(path).parent.name if isinstance(path, str) else None
 
 
 def teacher_fingerprint(run_dir: Path) -> str:
     """What the teacher predicts with: its config (base model, pooling, max_length), labels and adapter weights,
-    and a local base model's files: a base model replaced in place behind the same path makes other predictions."""
+    a local base model's files (a base model replaced in place behind the same path makes other predictions) and a
+    Hub base model's cached commit."""
     digest = hashlib.sha256()
     for name in (runs.CONFIG, runs.LABELS, f"{runs.ADAPTER}/{runs.ADAPTER_WEIGHTS}"):
         digest.update(name.encode("utf-8") + b"\0")
@@ -124,6 +149,9 @@ def teacher_fingerprint(run_dir: Path) -> str:
         stat = path.stat()
         digest.update(f"base/{path.name}\0".encode("utf-8"))
         digest.update(_local_file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns).encode("ascii"))
+    snapshot = _hub_snapshot(run_dir)
+    if snapshot:
+        digest.update(f"hub-commit/{snapshot}\0".encode("utf-8"))
     return digest.hexdigest()[:16]
 
 
