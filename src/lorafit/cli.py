@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import warnings
@@ -34,7 +35,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_dotted_overrides(extra: list[str]) -> dict:
     """`--train.learning_rate 3e-4` / `--lora.r=16` pairs from the arguments argparse did not know."""
-    from lorafit.config import parse_override_value
+    from lorafit.config import parse_override
 
     overrides, i = {}, 0
     while i < len(extra):
@@ -52,8 +53,30 @@ def parse_dotted_overrides(extra: list[str]) -> dict:
             raise UserError(f"{arg} needs a value, e.g. {arg} 8")
         if "." not in key and key.replace("-", "_") not in ("name", "output_dir", "budget"):
             raise UserError(f"unknown option {arg}; config overrides look like --section.key value (e.g. --lora.r 8)")
-        overrides[key.replace("-", "_") if "." not in key else key] = parse_override_value(value)
+        key = key.replace("-", "_") if "." not in key else key
+        overrides[key] = parse_override(key, value)
     return overrides
+
+
+def _split_dotted(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Take `--section.key value` pairs out of argv before argparse sees them. argparse does not know them, so it
+    read their values as positionals: `lorafit budget --model M --lora.r 4` made '4' the config path, and a value
+    that looks like a negative number or is blank (`--train.max_steps -1`, `--data.text_separator ' '`) was lost."""
+    rest, dotted, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest += argv[i:]
+            break
+        key = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
+        if "." in key:
+            takes_next = "=" not in arg and i + 1 < len(argv)
+            dotted += argv[i:i + 2] if takes_next else [arg]
+            i += 2 if takes_next else 1
+        else:
+            rest.append(arg)
+            i += 1
+    return rest, dotted
 
 
 def _shortcut_overrides(args) -> dict:
@@ -149,6 +172,42 @@ def _no_extra(extra: list[str]) -> None:
         raise UserError(f"unrecognized arguments: {' '.join(extra)}")
 
 
+def _positive_int(text: str) -> int:
+    """--n-trials: 0 or less ran no trial and exited 0 as if the sweep were done."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; e.g. --n-trials 10") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1; e.g. --n-trials 10")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    """--timeout: a negative one ran no trial and exited 0; nan never ended a search."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds; e.g. --timeout 3600") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number of seconds; e.g. --timeout 3600")
+    return value
+
+
+class _HelpConfig(argparse.Action):
+    """`lorafit train --help-config`: every config field with its default and help (config.describe_fields)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0,
+                         help="list every config field with its default and help, then exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from lorafit.config import describe_fields
+
+        print(describe_fields())
+        parser.exit()
+
+
 def add_quantize_option(parser: argparse.ArgumentParser) -> None:
     from lorafit.config import QUANTIZE_CHOICES
 
@@ -177,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fine-tune with LoRA into a run folder",
                        epilog="Any config field can be overridden as --section.key value, e.g. --train.learning_rate 3e-4")
     p.add_argument("config", help="YAML config")
+    p.add_argument("--help-config", action=_HelpConfig)
     p.add_argument("--model", help="Hub id or local folder (model.name_or_path)")
     p.add_argument("--train-file", help="local training file (data.train_file)")
     p.add_argument("--eval-file", help="local validation file (data.eval_file)")
@@ -224,8 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "--storage postgresql://... to share the work; rerun it to resume.")
     p.add_argument("sweep", help="sweep YAML")
     p.add_argument("--storage", help="Optuna storage URL (default: SQLite inside the sweep folder)")
-    p.add_argument("--n-trials", type=int, help="trials this worker runs at most (the sweep file's search.n_trials bounds the whole study)")
-    p.add_argument("--timeout", type=float, help="seconds this worker keeps starting new trials")
+    p.add_argument("--n-trials", type=_positive_int, help="trials this worker runs at most (the sweep file's search.n_trials bounds the whole study)")
+    p.add_argument("--timeout", type=_positive_seconds, help="seconds this worker keeps starting new trials")
     p.add_argument("--model", help="override model.name_or_path for every trial")
     p.add_argument("--train-file", help="override data.train_file for every trial")
     p.add_argument("--output-dir", help="folder that holds the sweep folder")
@@ -277,7 +337,9 @@ def _quiet_libraries(verbose: bool) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     try:
         parser = build_parser()
-        args, extra = parser.parse_known_args(argv)
+        rest, dotted = _split_dotted(list(sys.argv[1:] if argv is None else argv))
+        args, extra = parser.parse_known_args(rest)
+        extra = dotted + extra
         _quiet_libraries(args.verbose)
         return args.func(args, extra)
     except UserError as exc:

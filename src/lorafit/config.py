@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -148,6 +150,11 @@ class DataConfig:
             raise UserError(f"data.max_length is {self.max_length}; use at least 8 tokens (e.g. 256)")
         if not self.text_columns:
             raise UserError("data.text_columns is empty; name the text column(s), e.g. [text]")
+        if self.label_names is not None and (
+                not all(isinstance(n, str) and n for n in self.label_names)
+                or len(set(self.label_names)) != len(self.label_names)):
+            raise UserError(f"data.label_names is {self.label_names}; list each class name once, as text in id order, "
+                            "e.g. [World, Sports, Business, Sci/Tech] (quote names that look like numbers: '1')")
         if self.max_train_samples is not None and self.max_train_samples < 2:
             raise UserError(f"data.max_train_samples is {self.max_train_samples}; use at least 2 or leave it unset")
         if self.train_file is None and not self.dataset:
@@ -234,6 +241,8 @@ class TrainConfig:
             raise UserError("train.warmup_steps and train.weight_decay must not be negative")
         if not 0 <= self.label_smoothing < 1:
             raise UserError(f"train.label_smoothing is {self.label_smoothing}; it must be in [0, 1)")
+        if not 0 <= self.seed < 2**32:  # numpy's seed range; outside it numpy raised a traceback mid-run
+            raise UserError(f"train.seed is {self.seed}; use a whole number from 0 to 4294967295, e.g. 42")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise UserError("train.early_stopping_patience must be at least 1, or unset")
         _check_choice("train.lr_scheduler", self.lr_scheduler, SCHEDULER_CHOICES)
@@ -352,6 +361,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(path: str, value: Any, annotation: Any) -> Any:
     """Check ``value`` against a field's annotation; allow ints where floats are expected."""
     origin = typing.get_origin(annotation)
@@ -387,8 +399,12 @@ def _coerce(path: str, value: Any, annotation: Any) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{path} is {value!r} ({type(value).__name__}); expected a number")
+        if not math.isfinite(value):  # nan passed every `x <= 0` check and reached the optimizer as a traceback
+            raise UserError(f"{path} is {value!r}; expected a finite number")
         return float(value)
     if annotation is int:
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):  # YAML 1.1 reads budget: 1e6 as text
+            value = float(value)
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
             raise UserError(f"{path} is {value!r} ({type(value).__name__}); expected a whole number")
         return int(value)
@@ -419,12 +435,31 @@ def config_from_dict(values: dict) -> RunConfig:
     return _build_section(RunConfig, values or {}, "").validate()
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping: PyYAML kept the last silently, so a second `train:`
+    section dropped every setting of the first."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = (key_node.tag, key_node.value)
+                if key in first:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"'{key_node.value}' is given twice (first at line {first[key] + 1}); keep one",
+                        key_node.start_mark)
+                first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path} (give the path to a YAML file, e.g. configs/agnews-roberta-base.yaml)")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+        values = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -451,6 +486,26 @@ def parse_override_value(text: str) -> Any:
         except ValueError:
             return value
     return value
+
+
+def parse_override(key: str, text: str) -> Any:
+    """The value of `--KEY TEXT`: a field that holds text takes TEXT as typed (YAML would cut ' | ' to '', 'a #b' to
+    'a', read ' ' and '' as null and 1234567 as a number); null / ~ still unset an optional one. Other fields:
+    parse_override_value."""
+    section, _, name = key.rpartition(".")
+    cls = SECTIONS.get(section) if section else RunConfig
+    hint = typing.get_type_hints(cls).get(name) if cls is not None else None
+    optional = typing.get_origin(hint) in (Union, types.UnionType) and set(typing.get_args(hint)) == {str, type(None)}
+    if hint is not str and not optional:
+        return parse_override_value(text)
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":  # quoted the YAML way: unquote
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text
+    if optional and text.strip() in ("", "null", "~", "Null", "NULL"):
+        return None
+    return text
 
 
 def apply_overrides(values: dict, overrides: dict[str, Any]) -> dict:
