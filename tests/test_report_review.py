@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lorafit import report
 from lorafit.report import make_report
 
 NAN = math.nan
@@ -87,7 +88,7 @@ def test_damaged_values_in_a_run_folder_show_as_dashes_not_a_traceback(tmp_path,
     rows = table_rows(tmp_path / "runs" / "report")
     assert {column: rows["a"][column] for column in expected} == expected
     assert rows["b"]["peak val acc"] == "0.6000"
-    assert "Best: **b**, peak validation accuracy 0.6000" in (tmp_path / "runs" / "report" / "report.md").read_text()
+    assert "Best: none" in (tmp_path / "runs" / "report" / "report.md").read_text()  # b is unfinished, a damaged
 
 
 def test_a_resumed_run_shows_its_curve_not_the_stale_result_of_its_interruption(tmp_path, cli):
@@ -100,22 +101,28 @@ def test_a_resumed_run_shows_its_curve_not_the_stale_result_of_its_interruption(
     assert (row["peak val acc"], row["step of peak"], row["final val acc"]) == ("0.7000", "4", "0.7000")
 
 
-def test_dollar_signs_in_names_are_drawn_as_text_not_parsed_as_math(tmp_path, cli):
+def _finished(monkeypatch) -> dict:
+    """A result.json of a finished run, and folders taken as sound: only a finished run is starred as best."""
+    monkeypatch.setattr(report, "folder_problem", lambda path, result: None)
+    return {"status": "completed", "best_eval_accuracy": 0.5, "best_step": 2, "trainable_params": 100}
+
+
+def test_dollar_signs_in_names_are_drawn_as_text_not_parsed_as_math(tmp_path, cli, monkeypatch):
     name = r"cost$\foo$"  # as mathtext: an unknown symbol, and savefig raised
-    write_run(tmp_path / "runs" / "a", name=name, curve=evals(0.5), result={**FAILED, "trainable_params": 100})
+    write_run(tmp_path / "runs" / "a", name=name, curve=evals(0.5), result=_finished(monkeypatch))
     result = cli("report", tmp_path / "runs")
     assert result.code == 0, result.err
     assert f"best: {name}" in make_report(tmp_path / "runs").plots["accuracy-vs-params.png"]
 
 
-def test_a_folder_name_that_is_not_utf8_is_shown_with_a_replacement_character(tmp_path, cli):
+def test_a_folder_name_that_is_not_utf8_is_shown_with_a_replacement_character(tmp_path, cli, monkeypatch):
     folder = os.fsencode(tmp_path / "runs") + b"/caf\xe9"
     try:
         os.makedirs(folder)
     except OSError:
         pytest.skip("this file system refuses names that are not UTF-8")
     write_run(Path(os.fsdecode(folder)), config={"name": None}, curve=evals(0.5),
-              result={**FAILED, "trainable_params": 9})
+              result={**_finished(monkeypatch), "trainable_params": 9})
     result = cli("report", tmp_path / "runs")  # the folder's name is the run's name: in the table and the plots
     assert result.code == 0, result.err
     assert "caf\ufffd" in table_rows(tmp_path / "runs" / "report")

@@ -62,20 +62,63 @@ def use_bf16(precision: str) -> bool:
     return cpu_supports_fast_bf16()
 
 
-def _hub_error(what: str, name: str, exc: Exception) -> UserError:
+def _local_folder_problem(what: str, folder: Path) -> Optional[str]:
+    """What a local model folder lacks, with the fix; None when it is not that (transformers' own text then)."""
+    if what not in ("model config", "model") or not folder.is_dir():
+        return None
+    if not (folder / "config.json").is_file():  # transformers says only "Unrecognized model ... model_type key"
+        return ("the folder has no config.json; a model folder holds config.json and the weights "
+                "(model.safetensors), as save_pretrained writes them: point model.name_or_path at such a folder")
+    if what == "model" and not any(folder.glob("*.safetensors")) and any(folder.glob("pytorch_model*.bin")):
+        return ("it has only pytorch_model.bin weights, which lorafit does not load (unpickling can run code); "
+                "convert them to safetensors: load the folder with transformers' from_pretrained and save_pretrained "
+                "it to a new folder (that writes model.safetensors), then point model.name_or_path there")
+    return None
+
+
+def _uncached_revision(name: str, revision: Optional[str]) -> Optional[str]:
+    """When the Hub cache holds this model but not at `revision`: that revision and what is cached; else None."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    try:
+        repo = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=name, repo_type="model")
+        snapshots = {p.name for p in (repo / "snapshots").iterdir() if p.is_dir()}
+        refs = {str(p.relative_to(repo / "refs")): p.read_text().strip() for p in sorted((repo / "refs").rglob("*"))
+                if p.is_file()} if (repo / "refs").is_dir() else {}
+    except (OSError, ValueError):  # not in the cache at all, or not a plain repo id
+        return None
+    wanted = revision or "main"
+    if not snapshots or refs.get(wanted, wanted) in snapshots:
+        return None  # that revision is cached: some other file is missing, which the general message covers
+    cached = [f"{ref} ({sha[:7]})" for ref, sha in refs.items() if sha in snapshots]
+    cached += sorted(snapshots - set(refs.values()))  # commits fetched by hash: named by their full hash
+    default = "" if revision else " (the default)"
+    return f"revision '{wanted}'{default} of it is not in the local cache, which holds {', '.join(cached[:5])}"
+
+
+def _hub_error(what: str, name: str, exc: Exception, revision: Optional[str] = None) -> UserError:
     """Turn a loading failure into one actionable line: missing local folder, unreachable Hub, or unknown id."""
     text = str(exc)
     local = Path(name).expanduser()
     if not local.exists() and name.startswith((".", "/", "~")):  # transformers would call it a malformed Hub id
         return UserError(f"cannot load the {what}: local path '{name}' does not exist; check the path")
     if local.exists():
-        return UserError(f"cannot load the {what} from local path '{name}': {text.splitlines()[0] if text else type(exc).__name__}")
+        problem = _local_folder_problem(what, local)
+        return UserError(f"cannot load the {what} from local path '{name}': "
+                         f"{problem or (text.splitlines()[0] if text else type(exc).__name__)}")
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     reason = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else "the Hugging Face Hub could not be reached"
     # Only missing files (OSError) are the network's or the cache's fault; a ValueError means they were found but
     # not understood, e.g. a model type this transformers does not know.
     unreachable = offline or any(s in text for s in ("connect", "Connection", "resolve", "offline", "Network", "timed out", "couldn't"))
     if unreachable and isinstance(exc, OSError):
+        uncached = _uncached_revision(name, revision)
+        if uncached:  # the model is cached, only not at this revision: "not in the local cache" misleads
+            lead, fix = (("HF_HUB_OFFLINE is set", "unset HF_HUB_OFFLINE to download it") if offline else
+                         ("the Hugging Face Hub could not be reached", "retry when the Hub is reachable"))
+            return HubUnreachableError(f"cannot load the {what} '{name}': {lead} and {uncached}; set model.revision "
+                                       f"to a cached one, or {fix}")
         return HubUnreachableError(
             f"cannot load the {what} '{name}': {reason}; pass a local folder instead (e.g. --model /path/to/{name.split('/')[-1]})"
         )
@@ -95,14 +138,14 @@ def load_model_config(model_cfg: ModelConfig, label_names: Optional[list[str]] =
             label2id={name: i for i, name in enumerate(labels)},
         )
     except (OSError, ValueError) as exc:
-        raise _hub_error("model config", model_cfg.name_or_path, exc) from None
+        raise _hub_error("model config", model_cfg.name_or_path, exc, model_cfg.revision) from None
 
 
 def load_tokenizer(name_or_path: str, revision: Optional[str] = None, trust_remote_code: bool = False):
     try:
         return AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise _hub_error("tokenizer", name_or_path, exc) from None
+        raise _hub_error("tokenizer", name_or_path, exc, revision) from None
 
 
 def meta_model(model_config: PretrainedConfig, trust_remote_code: bool = False) -> torch.nn.Module:
@@ -129,7 +172,7 @@ def load_pretrained_model(model_cfg: ModelConfig, model_config: PretrainedConfig
             output_loading_info=True,
         )
     except (OSError, ValueError) as exc:
-        raise _hub_error("model", model_cfg.name_or_path, exc) from None
+        raise _hub_error("model", model_cfg.name_or_path, exc, model_cfg.revision) from None
     # Remembered so the head options can say when they build on a randomly initialised layer.
     mismatched = [m[0] if isinstance(m, (tuple, list)) else m for m in info.get("mismatched_keys", [])]
     model.lorafit_new_weights = frozenset(info.get("missing_keys", [])) | frozenset(mismatched)

@@ -4,7 +4,9 @@ Plots (PNG, matplotlib's Agg canvas, no display needed):
   peak-by-scope.png          peak validation accuracy by adapter scope (target modules), bars with value labels
   curve-<key>.png            validation accuracy vs step, one line per value, for each setting that varies
   accuracy-vs-params.png     peak validation accuracy vs trainable parameters, budget line, best run marked
-report.md lists every run (failed, pruned, skipped and unfinished ones included) and embeds the plots.
+report.md lists every run (failed, pruned, skipped and unfinished ones included) and embeds the plots. The best run,
+in report.md and the plot alike, is the best finished, undamaged one. curve-*.png files of an earlier report that
+this one does not draw are removed.
 
 Which runs a curve plot compares: in a one-at-a-time sweep, the base run plus the runs that differ from it only
 in that setting (as the sweep recorded in sweep.json). Otherwise (product grid, search, plain runs), for each
@@ -36,6 +38,7 @@ SCOPE_KEY = "lora.target_modules"
 IGNORED_KEYS = {"name", "output_dir"}  # differ between every pair of runs by construction
 MAX_LINES = 10
 REPORT_DIR = "report"
+CURVE_PREFIX = "curve-"  # a report removes the curve-*.png files of an earlier one that it does not rewrite
 LABELS = {  # readable names for the usual settings; any other key shows as itself
     "lora.target_modules": "adapter scope",
     "lora.r": "rank r",
@@ -193,14 +196,17 @@ def load_run(path: Path) -> RunRecord:
         config = {}
     if not isinstance(config, dict):
         config = {}
-    curve = [row for row in runs.read_eval_curve(path)
-             if _number(row.get("accuracy")) is not None and _number(row.get("step")) is not None]
+    try:
+        rows, unreadable = runs.read_eval_curve(path), None
+    except OSError as exc:  # a folder in its place, no read permission: the run is damaged, not the report
+        rows, unreadable = [], runs.RunFolderError(path, runs.EVAL_CURVE, f"cannot be read ({exc.strerror or exc})")
+    curve = [row for row in rows if _number(row.get("accuracy")) is not None and _number(row.get("step")) is not None]
     result = _read_json(path / runs.RESULT)
     name = _displayable(str(config.get("name") or path.name))  # drawn in plots too: matplotlib refuses surrogates
     return RunRecord(path=path, name=name, config=flatten_config(config),
                      result=result, curve=sorted(curve, key=lambda row: row["step"]),
                      sweep=_read_sweep(path), manifest=_read_json(path / runs.MANIFEST),
-                     problem=folder_problem(path, result))
+                     problem=folder_problem(path, result) or unreadable)
 
 
 def folder_problem(path: Path, result: dict) -> Optional[runs.RunFolderError]:
@@ -317,6 +323,13 @@ def compare(records: list[RunRecord], key: str) -> Comparison:
         members = sorted(members, key=lambda m: -_score(m[1]))[:MAX_LINES]
         note = f"best {MAX_LINES} of {len(best)} values"
     return Comparison(key, _ordered(members), note)
+
+
+def best_run(records: list[RunRecord]) -> Optional[RunRecord]:
+    """The run report.md calls best and the params plot stars: finished and undamaged only (a failed, pruned or
+    unfinished run's peak is no result to pick), so the two always name the same run."""
+    finished = [r for r in records if r.status == "completed" and r.peak is not None]
+    return max(finished, key=lambda r: r.peak, default=None)
 
 
 def _score(record: RunRecord) -> float:
@@ -468,7 +481,10 @@ def plot_params(records: list[RunRecord], path: Path) -> list[str]:
         axes.scatter([r.trainable_params for r in scored], [r.peak for r in scored], s=36, color="tab:blue",
                      alpha=0.8, label=f"runs ({len(scored)})")
         names.append("runs")
-        best = max(scored, key=lambda r: r.peak)
+    best = best_run(records)
+    if best is not None and best.trainable_params is None:  # no parameter count: nowhere to star it
+        best = None
+    if best is not None:
         axes.scatter([best.trainable_params], [best.peak], s=260, marker="*", color="tab:red", zorder=3,
                      label=f"best: {best.name} ({best.peak:.4f})")
         names.append(f"best: {best.name}")
@@ -485,7 +501,7 @@ def plot_params(records: list[RunRecord], path: Path) -> list[str]:
     if xs:  # skipped marks and the budget line do not widen the axis by themselves
         span = max(max(xs) - min(xs), max(xs) * 0.05, 1)
         axes.set_xlim(max(0, min(xs) - 0.08 * span), max(xs) + 0.08 * span)
-    if scored:  # name the best run beside its star, on the side with room
+    if best is not None:  # name the best run beside its star, on the side with room
         low, high = axes.get_xlim()
         right_half = (best.trainable_params - low) > 0.5 * (high - low)
         axes.annotate(best.name, (best.trainable_params, best.peak), xytext=(-10 if right_half else 10, -14),
@@ -535,7 +551,8 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def _cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    # "|" would end the cell and any line break (a lone \r too) the row; "\" is escaped so "\|" shows as typed
+    return " ".join(str(text).replace("\\", "\\\\").replace("|", "\\|").splitlines())
 
 
 def markdown_table(root: Path, records: list[RunRecord], keys: list[str]) -> str:
@@ -557,11 +574,12 @@ def markdown(root: Path, records: list[RunRecord], plots: dict[str, list[str]], 
     counts: dict[str, int] = {}
     for r in records:
         counts[r.status] = counts.get(r.status, 0) + 1
-    scored = [r for r in records if r.peak is not None]
+    best = best_run(records)
     lines = [f"# lorafit report: {root}", "",
              f"{len(records)} runs: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + "."]
-    if scored:
-        best = max(scored, key=lambda r: r.peak)
+    if best is None:
+        lines.append("Best: none (no run finished undamaged with a validation accuracy).")
+    else:
         lines.append(f"Best: **{best.name}**, peak validation accuracy {best.peak:.4f} at step {best.peak_step}"
                      f" with {best.trainable_params:,} trainable parameters." if best.trainable_params else
                      f"Best: **{best.name}**, peak validation accuracy {best.peak:.4f}.")
@@ -617,12 +635,15 @@ def make_report(root: str | Path, out: Optional[str | Path] = None) -> Report:
         plots["peak-by-scope.png"] = plot_scope(records, out_dir / "peak-by-scope.png")
         trained = [r for r in records if r.curve]
         for key in curve_keys(records):
-            filename = f"curve-{_safe_filename(key)}.png"
+            filename = f"{CURVE_PREFIX}{_safe_filename(key)}.png"
             plots[filename] = plot_curves(compare(trained, key), out_dir / filename)
         plots["accuracy-vs-params.png"] = plot_params(records, out_dir / "accuracy-vs-params.png")
         table_keys = varying_keys(records)
         markdown_path = out_dir / "report.md"
         runs.atomic_write_text(markdown_path, _displayable(markdown(root, records, plots, table_keys)) + "\n")
+        for stale in out_dir.glob(f"{CURVE_PREFIX}*.png"):  # an earlier report's, for a setting that no longer varies
+            if stale.name not in plots and stale.is_file() and not stale.is_symlink():
+                stale.unlink()
     return Report(out_dir, records, plots, markdown_path)
 
 
