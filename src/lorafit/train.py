@@ -420,6 +420,11 @@ class EvalCurveCallback(TrainerCallback):
         self.path = path
         self.last_train_loss: Optional[float] = None
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        # A resumed run's state holds the log history: its next row shows the last loss logged before the break
+        losses = [row["loss"] for row in state.log_history if "loss" in row]
+        self.last_train_loss = float(losses[-1]) if losses else None
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             self.last_train_loss = float(logs["loss"])
@@ -468,7 +473,8 @@ class GracefulInterrupt(TrainerCallback):
               "(send it again to exit at once)", file=sys.stderr, flush=True)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.signal_received is not None:
+        # At the last step training ends anyway (evaluated and saved): the run is complete, not interrupted
+        if self.signal_received is not None and state.global_step < state.max_steps:
             control.should_save = True
             control.should_training_stop = True
             self.stopped_training = True
@@ -546,6 +552,13 @@ class ResumableTrainer(Trainer):
         )
         return self.optimizer
 
+    def _run_epoch(self, *args, **kwargs):
+        # Resumed from the last step's checkpoint (killed while saving the adapter): the Trainer checks max_steps
+        # only after a step, so it would train one step past it.
+        if self.state.global_step >= self.state.max_steps:
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
         if type(sampler) is LengthGroupedSampler:
@@ -586,6 +599,7 @@ def training_arguments(cfg: RunConfig, run_dir: Path) -> TrainingArguments:
         save_steps=t.eval_steps,
         save_total_limit=t.save_total_limit,
         load_best_model_at_end=True,
+        restore_callback_states_from_checkpoint=True,  # early stopping's patience count survives a resume
         metric_for_best_model="accuracy",
         greater_is_better=True,
         logging_steps=t.logging_steps,
@@ -768,10 +782,8 @@ def summarize(curve: list[dict], status: str, prepared: Prepared, state, train_s
     final = max(evals, key=lambda row: row["step"]) if evals else {}
     eval_seconds = sum(row.get("runtime", 0.0) for row in evals if row["step"] > resumed_from_step)
     pure_train_seconds = max(train_seconds - eval_seconds, 1e-9)
-    t = prepared.cfg.train
-    examples_per_step = t.batch_size * t.gradient_accumulation_steps * world_size()
-    examples_seen = state.global_step * examples_per_step
-    examples_this_process = (state.global_step - resumed_from_step) * examples_per_step
+    examples_seen = _examples_seen(prepared, state.global_step)
+    examples_this_process = examples_seen - _examples_seen(prepared, resumed_from_step)
     return {
         "format_version": runs.FORMAT_VERSION,
         "status": status,
@@ -797,6 +809,16 @@ def summarize(curve: list[dict], status: str, prepared: Prepared, state, train_s
         "eval_seconds": eval_seconds,
         "wall_seconds": wall_seconds,
     }
+
+
+def _examples_seen(prepared: Prepared, steps: int) -> int:
+    """Training rows processed in `steps` optimizer steps: an epoch's last step may hold fewer rows than the rest."""
+    t, rows = prepared.cfg.train, len(prepared.train_ds)
+    per_step = t.batch_size * t.gradient_accumulation_steps * world_size()
+    batches_per_epoch = -(-rows // (t.batch_size * world_size()))  # per rank
+    steps_per_epoch = -(-batches_per_epoch // t.gradient_accumulation_steps)
+    epochs, steps = divmod(steps, steps_per_epoch)
+    return epochs * rows + min(steps * per_step, rows)
 
 
 def save_adapter(model, tokenizer, label_names: list[str], run_dir: Path) -> None:
