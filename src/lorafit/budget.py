@@ -140,11 +140,15 @@ def count_trainable(model: torch.nn.Module) -> tuple[dict, int, int]:
     return lora_by_module, sum(head_by_module.values()), other
 
 
-def _report_for_rank(cfg: RunConfig, model_config, r: int) -> BudgetReport:
+def _meta_lora_model(cfg: RunConfig, model_config, r: int) -> torch.nn.Module:
     # Pooling adds no parameters, but it decides which layers are used (see model.install_pooling): built the same.
     base = install_pooling(meta_model(model_config, cfg.model.trust_remote_code), cfg.model.pooling)
     with torch.device("meta"):  # peft builds LoRA layers on the default device before moving them: keep them off it
-        model = wrap_with_lora(base, cfg.lora, r, cfg.model.head)
+        return wrap_with_lora(base, cfg.lora, r, cfg.model.head)
+
+
+def _report_for_rank(cfg: RunConfig, model_config, r: int) -> BudgetReport:
+    model = _meta_lora_model(cfg, model_config, r)
     lora_by_module, head_by_module, other = trainable_breakdown(model)
     return BudgetReport(
         model=cfg.model.name_or_path, r=r, target_modules=list(cfg.lora.target_modules), head=cfg.model.head,
@@ -183,10 +187,7 @@ def full_rank(cfg: RunConfig, model_config) -> int:
     768 for roberta-base's linear layers, 384 for MiniLM's."""
     from peft.tuners.lora import LoraLayer
 
-    base = install_pooling(meta_model(model_config, cfg.model.trust_remote_code), cfg.model.pooling)
-    with torch.device("meta"):
-        model = wrap_with_lora(base, cfg.lora, 1, cfg.model.head)
-    bounds = [min(m.in_features, m.out_features) for m in model.modules()
+    bounds = [min(m.in_features, m.out_features) for m in _meta_lora_model(cfg, model_config, 1).modules()
               if isinstance(m, LoraLayer) and m.in_features and m.out_features]
     return max(bounds) if bounds else 1
 
