@@ -90,8 +90,10 @@ def cmd_budget(args, extra) -> int:
     overrides = parse_dotted_overrides(extra)
     overrides.update({k: v for k, v in {
         "model.name_or_path": args.model, "lora.target_modules": args.target_modules, "lora.r": args.r,
-        "model.num_labels": args.num_labels, "budget": args.budget, "model.head": args.head,
+        "model.num_labels": args.num_labels, "model.head": args.head,
     }.items() if v is not None})
+    if hasattr(args, "budget"):  # absent unless given: None is a value here (--budget null, no limit)
+        overrides["budget"] = args.budget
     if isinstance(overrides.get("lora.r"), str) and overrides["lora.r"] != "auto":
         overrides["lora.r"] = int(overrides["lora.r"]) if overrides["lora.r"].isdigit() else overrides["lora.r"]
     report = budget_report(load_config(args.config, overrides), fit=args.fit)
@@ -172,6 +174,24 @@ def _no_extra(extra: list[str]) -> None:
         raise UserError(f"unrecognized arguments: {' '.join(extra)}")
 
 
+def _budget(text: str) -> Optional[int]:
+    """--budget: null / none = no limit, as `budget: null` in a config file and `lorafit train --budget null`;
+    whole numbers as those take them (1e6). argparse's int refused null."""
+    from lorafit.config import parse_override
+
+    value = parse_override("budget", text)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not float(value).is_integer()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; e.g. --budget 1000000, or --budget null "
+                                         "for no limit")
+    return None if value is None else int(value)
+
+
+def _user_path(text: str) -> str:
+    """A path argument with ~ expanded: `--output=~/x` and quoted '~/x' reach us unexpanded by the shell."""
+    return os.path.expanduser(text)
+
+
 def _positive_int(text: str) -> int:
     """--n-trials: 0 or less ran no trial and exited 0 as if the sweep were done."""
     try:
@@ -216,31 +236,46 @@ def add_quantize_option(parser: argparse.ArgumentParser) -> None:
                              "check it with `lorafit evaluate --quantize int8` (default: none)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="lorafit", description="Fit the best text classifier into a trainable-parameter budget with LoRA.")
-    parser.add_argument("--verbose", "-v", action="store_true", help="more logging")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def _global_options(in_subcommand: bool) -> argparse.ArgumentParser:
+    """Options taken before or after the subcommand (`lorafit -v train C`, `lorafit train C -v`). The subcommand's
+    copies default to SUPPRESS: argparse copies a subparser's defaults over what the top level already read."""
+    parent = argparse.ArgumentParser(add_help=False)
+    default = argparse.SUPPRESS if in_subcommand else False
+    parent.add_argument("--verbose", "-v", action="store_true", default=default, help="more logging")
+    return parent
 
-    p = sub.add_parser("budget", help="exact trainable-parameter count, from the model config alone")
-    p.add_argument("config", nargs="?", help="YAML config (optional)")
-    p.add_argument("--model", help="Hub id or local folder (overrides model.name_or_path)")
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lorafit", description="Fit the best text classifier into a trainable-parameter budget with LoRA.",
+                     parents=[_global_options(in_subcommand=False)])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    shared = [_global_options(in_subcommand=True)]
+
+    def add(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=shared, **kwargs)
+
+    p = add("budget", help="exact trainable-parameter count, from the model config alone")
+    p.add_argument("config", nargs="?", type=_user_path, help="YAML config (optional)")
+    p.add_argument("--model", type=_user_path, help="Hub id or local folder (overrides model.name_or_path)")
     p.add_argument("--target-modules", help="comma-separated module names, e.g. query,value")
     p.add_argument("--r", help="LoRA rank or 'auto'")
     p.add_argument("--num-labels", type=int)
-    p.add_argument("--budget", type=int)
+    p.add_argument("--budget", type=_budget, default=argparse.SUPPRESS,
+                   help="trainable-parameter cap (overrides budget); null or none = no limit, as budget: null "
+                        "in a config")
     p.add_argument("--head", choices=["full", "linear", "lora"])
     p.add_argument("--fit", action="store_true", help="also print the largest rank that fits the budget")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_budget)
 
-    p = sub.add_parser("train", help="fine-tune with LoRA into a run folder",
-                       epilog="Any config field can be overridden as --section.key value, e.g. --train.learning_rate 3e-4")
-    p.add_argument("config", help="YAML config")
+    p = add("train", help="fine-tune with LoRA into a run folder",
+            epilog="Any config field can be overridden as --section.key value, e.g. --train.learning_rate 3e-4")
+    p.add_argument("config", type=_user_path, help="YAML config")
     p.add_argument("--help-config", action=_HelpConfig)
-    p.add_argument("--model", help="Hub id or local folder (model.name_or_path)")
-    p.add_argument("--train-file", help="local training file (data.train_file)")
-    p.add_argument("--eval-file", help="local validation file (data.eval_file)")
-    p.add_argument("--output-dir", help="folder holding run folders (output_dir)")
+    p.add_argument("--model", type=_user_path, help="Hub id or local folder (model.name_or_path)")
+    p.add_argument("--train-file", type=_user_path, help="local training file (data.train_file)")
+    p.add_argument("--eval-file", type=_user_path, help="local validation file (data.eval_file)")
+    p.add_argument("--output-dir", type=_user_path, help="folder holding run folders (output_dir)")
     p.add_argument("--name", help="run name (name)")
     p.add_argument("--resume", action="store_true", help="continue the run folder's last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
@@ -248,52 +283,52 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow .pkl data files (data.trust_pickle; unpickling can run code: only files you trust)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="accuracy, macro-F1, per-class scores and confusion matrix of a run")
-    p.add_argument("run_dir")
-    p.add_argument("--data", required=True,
+    p = add("evaluate", help="accuracy, macro-F1, per-class scores and confusion matrix of a run")
+    p.add_argument("run_dir", type=_user_path)
+    p.add_argument("--data", required=True, type=_user_path,
                    help="labelled file (.pkl with --trust-pickle), or a Hub split as DATASET_ID:SPLIT")
-    p.add_argument("--model", help="base model location, if it moved since training")
+    p.add_argument("--model", type=_user_path, help="base model location, if it moved since training")
     p.add_argument("--trust-pickle", action="store_true", help="allow a pickle file (it can run code: only files you trust)")
     p.add_argument("--json", action="store_true")
     add_quantize_option(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="write ID,Label predictions for a table of texts")
-    p.add_argument("run_dir")
-    p.add_argument("--input", required=True, help=".csv .tsv .jsonl .json .parquet, or .pkl with --trust-pickle")
-    p.add_argument("--output", required=True, help="CSV to write")
+    p = add("predict", help="write ID,Label predictions for a table of texts")
+    p.add_argument("run_dir", type=_user_path)
+    p.add_argument("--input", required=True, type=_user_path, help=".csv .tsv .jsonl .json .parquet, or .pkl with --trust-pickle")
+    p.add_argument("--output", required=True, type=_user_path, help="CSV to write")
     p.add_argument("--id-column", help="column to use as ID (default: row position 0..N-1)")
     p.add_argument("--text-column", help="text column (default: the run's text columns, else 'text')")
     p.add_argument("--probabilities", action="store_true", help="add one prob_<class> column per class")
     p.add_argument("--trust-pickle", action="store_true", help="allow a pickle input (it can run code: only for files you trust)")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--model", help="base model location, if it moved since training")
+    p.add_argument("--model", type=_user_path, help="base model location, if it moved since training")
     add_quantize_option(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help="write a run as a plain transformers model (LoRA merged, no peft needed)")
-    p.add_argument("run_dir")
-    p.add_argument("--output", required=True, help="folder to create, e.g. exports/NAME")
-    p.add_argument("--model", help="base model location, if it moved since training")
+    p = add("export", help="write a run as a plain transformers model (LoRA merged, no peft needed)")
+    p.add_argument("run_dir", type=_user_path)
+    p.add_argument("--output", required=True, type=_user_path, help="folder to create, e.g. exports/NAME")
+    p.add_argument("--model", type=_user_path, help="base model location, if it moved since training")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("sweep", help="run a grid or Optuna search of training runs",
-                       epilog="Any config field can be overridden for every trial as --section.key value, "
-                              "e.g. --train.max_steps 30. Run the same command on several machines with one "
-                              "--storage postgresql://... to share the work; rerun it to resume.")
-    p.add_argument("sweep", help="sweep YAML")
+    p = add("sweep", help="run a grid or Optuna search of training runs",
+            epilog="Any config field can be overridden for every trial as --section.key value, "
+                   "e.g. --train.max_steps 30. Run the same command on several machines with one "
+                   "--storage postgresql://... to share the work; rerun it to resume.")
+    p.add_argument("sweep", type=_user_path, help="sweep YAML")
     p.add_argument("--storage", help="Optuna storage URL (default: SQLite inside the sweep folder)")
     p.add_argument("--n-trials", type=_positive_int, help="trials this worker runs at most (the sweep file's search.n_trials bounds the whole study)")
     p.add_argument("--timeout", type=_positive_seconds, help="seconds this worker keeps starting new trials")
-    p.add_argument("--model", help="override model.name_or_path for every trial")
-    p.add_argument("--train-file", help="override data.train_file for every trial")
-    p.add_argument("--output-dir", help="folder that holds the sweep folder")
+    p.add_argument("--model", type=_user_path, help="override model.name_or_path for every trial")
+    p.add_argument("--train-file", type=_user_path, help="override data.train_file for every trial")
+    p.add_argument("--output-dir", type=_user_path, help="folder that holds the sweep folder")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("report", help="plots and a Markdown table for every run under a folder")
-    p.add_argument("dir")
-    p.add_argument("--out", help="output folder (default: DIR/report)")
+    p = add("report", help="plots and a Markdown table for every run under a folder")
+    p.add_argument("dir", type=_user_path)
+    p.add_argument("--out", type=_user_path, help="output folder (default: DIR/report)")
     p.set_defaults(func=cmd_report)
     return parser
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 import types
 import typing
@@ -30,15 +31,17 @@ POOLING_CHOICES = ("cls", "mean")
 QUANTIZE_CHOICES = ("none", "int8")  # inference only: lorafit predict / evaluate --quantize
 
 
-def _field(default: Any, help: str, **kwargs: Any) -> Any:
+def _field(default: Any, help: str, path: bool = False, **kwargs: Any) -> Any:
+    """path=True: a file or folder setting, whose leading ~ is expanded (_expand_user) when a config is read."""
+    metadata = {"help": help, "path": path}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kwargs)
-    return field(default=default, metadata={"help": help}, **kwargs)
+        return field(default_factory=lambda d=default: type(d)(d), metadata=metadata, **kwargs)
+    return field(default=default, metadata=metadata, **kwargs)
 
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = _field("roberta-base", "Hub id or local folder of a pre-trained encoder.")
+    name_or_path: str = _field("roberta-base", "Hub id or local folder of a pre-trained encoder.", path=True)
     num_labels: int = _field(4, "Number of classes; must equal the classes found in the training data.")
     head: str = _field(
         "full",
@@ -114,8 +117,9 @@ class DataConfig:
     dataset: Optional[str] = _field("fancyzhx/ag_news", "Hub dataset id, used when no train_file is given.")
     dataset_config: Optional[str] = _field(None, "Hub dataset configuration name, if it has several.")
     train_split: str = _field("train", "Split of the Hub dataset to train on.")
-    train_file: Optional[str] = _field(None, "Local training file (.csv .tsv .json .jsonl .parquet).")
-    eval_file: Optional[str] = _field(None, "Local validation file; when absent a split is carved from train.")
+    train_file: Optional[str] = _field(None, "Local training file (.csv .tsv .json .jsonl .parquet).", path=True)
+    eval_file: Optional[str] = _field(None, "Local validation file; when absent a split is carved from train.",
+                                      path=True)
     text_columns: list = _field(["text"], "Column(s) holding the text; several are joined with text_separator.")
     text_separator: str = _field(" ", "String placed between text columns (AG News: title + ' ' + description).")
     label_column: str = _field("label", "Column holding the class: integers 0..K-1 or class names.")
@@ -133,12 +137,13 @@ class DataConfig:
         None,
         "Self-training: unlabelled texts (any file `lorafit predict` reads; columns data.text_columns, else 'text'). "
         "Rows a teacher run labels with top probability >= pseudo_label_threshold join training with that label.",
+        path=True,
     )
     pseudo_label_threshold: float = _field(
         0.9, "Self-training: least top-class probability (averaged over teachers) for an unlabelled row to join.",
     )
     pseudo_label_teacher: Optional[Union[str, list]] = _field(
-        None, "Self-training: run folder(s) that label data.unlabelled_file; unset = train.teacher.",
+        None, "Self-training: run folder(s) that label data.unlabelled_file; unset = train.teacher.", path=True,
     )
 
     def validate(self) -> None:
@@ -215,6 +220,7 @@ class TrainConfig:
         None,
         "Distillation: a finished lorafit run folder on the same task and labels (any size), or a list of them "
         "(probabilities averaged), whose predictions the student learns from. Only the student counts toward the budget.",
+        path=True,
     )
     distill_weight: float = _field(
         0.5, "Distillation: loss = (1 - w) * CE(labels) + w * T^2 * KL(teacher || student), both at temperature T.",
@@ -259,7 +265,7 @@ class TrainConfig:
 @dataclass
 class RunConfig:
     name: str = _field("run", "Run name; the run folder is <output_dir>/<name>.")
-    output_dir: str = _field("runs", "Folder that holds run folders.")
+    output_dir: str = _field("runs", "Folder that holds run folders.", path=True)
     budget: Optional[int] = _field(
         1_000_000, "Hard cap on trainable parameters, head included; null = unlimited (e.g. for a teacher run).",
     )
@@ -415,19 +421,48 @@ def _coerce(path: str, value: Any, annotation: Any) -> Any:
     return value
 
 
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {list: "a list", str: "text"}.get(type(value), type(value).__name__)
+
+
+def _section_values(name: str, value: Any) -> dict:
+    """A section's settings. `lora:` alone (YAML null) means its defaults; `lora: []` or `lora: false` meant them
+    too, silently, though they say nothing of the kind."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"config section {name} must be a mapping of settings (key: value), got {_kind(value)}")
+    return value
+
+
+def _expand_user(value: Any) -> Any:
+    """~ in a path setting (or a list of them): without this, `output_dir: ~/runs` made a folder named '~'."""
+    if isinstance(value, str):
+        return os.path.expanduser(value)
+    if isinstance(value, list):
+        return [_expand_user(v) for v in value]
+    return value
+
+
 def _build_section(cls: type, values: dict, prefix: str) -> Any:
     if not isinstance(values, dict):
-        raise UserError(f"{prefix.rstrip('.')} must be a mapping of keys to values, got {values!r}")
+        raise UserError(f"the config must be a mapping of settings (key: value), got {_kind(values)}")
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
-        if key not in known:
-            raise UserError(f"unknown config key '{prefix}{key}'{_did_you_mean(key, known)}")
+        if key not in fields:
+            raise UserError(f"unknown config key '{prefix}{key}'{_did_you_mean(key, fields)}")
         if key in SECTIONS and cls is RunConfig:
-            kwargs[key] = _build_section(SECTIONS[key], value or {}, f"{key}.")
-        else:
-            kwargs[key] = _coerce(f"{prefix}{key}", value, hints[key])
+            kwargs[key] = _build_section(SECTIONS[key], _section_values(key, value), f"{key}.")
+            continue
+        kwargs[key] = _coerce(f"{prefix}{key}", value, hints[key])
+        if fields[key].metadata.get("path"):
+            kwargs[key] = _expand_user(kwargs[key])
     return cls(**kwargs)
 
 
@@ -496,6 +531,9 @@ def parse_override(key: str, text: str) -> Any:
     cls = SECTIONS.get(section) if section else RunConfig
     hint = typing.get_type_hints(cls).get(name) if cls is not None else None
     optional = typing.get_origin(hint) in (Union, types.UnionType) and set(typing.get_args(hint)) == {str, type(None)}
+    options = typing.get_args(hint)
+    if type(None) in options and str not in options and text.strip().lower() in ("null", "none"):
+        return None  # `--budget none` as `--budget null`: an optional number or list has no value named none
     if hint is not str and not optional:
         return parse_override_value(text)
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":  # quoted the YAML way: unquote
@@ -519,8 +557,7 @@ def apply_overrides(values: dict, overrides: dict[str, Any]) -> dict:
         section, key = parts[0], ".".join(parts[1:])
         if section not in SECTIONS or len(parts) > 2:
             raise UserError(f"unknown config key '{dotted}'{_did_you_mean(section, SECTIONS)}; use --section.key value")
-        if not isinstance(merged.get(section), dict):
-            merged[section] = {}
+        merged[section] = _section_values(section, merged.get(section))  # `lora: []` stays an error
         merged[section][key] = value
     return merged
 

@@ -150,7 +150,8 @@ def load_hub_split(dataset: str, config_name: Optional[str], split: str,
         ) from None
     # Only the label column's own names: a dataset may hold other ClassLabel columns (TREC: coarse and fine labels)
     feature = ds.features.get(label_column) if label_column else None
-    names = list(feature.names) if hasattr(feature, "names") else None
+    # As text: ClassLabel takes any names (names=[1, 2, 3]), and class names are text everywhere else (labels.json)
+    names = [str(n) for n in feature.names] if hasattr(feature, "names") else None
     return ds.to_pandas(), names
 
 
@@ -258,8 +259,8 @@ def load_labelled(cfg: DataConfig, num_labels: int, path: Optional[str] = None, 
 def check_class_count(data: LabelledData, num_labels: int) -> None:
     if len(data.label_names) != num_labels:
         raise UserError(
-            f"{data.source} has {len(data.label_names)} classes ({', '.join(data.label_names)}) but model.num_labels "
-            f"is {num_labels}; set --model.num_labels {len(data.label_names)}"
+            f"{data.source} has {len(data.label_names)} classes ({', '.join(map(str, data.label_names))}) but "
+            f"model.num_labels is {num_labels}; set --model.num_labels {len(data.label_names)}"
         )
 
 
