@@ -453,7 +453,8 @@ class GracefulInterrupt(TrainerCallback):
     """First SIGINT/SIGTERM: finish the step, checkpoint, stop. Second: exit at once."""
 
     def __init__(self):
-        self.signal_received: Optional[int] = None
+        self.signal_received: Optional[int] = None  # this process's own first signal
+        self.stop_signal: Optional[int] = None  # the signal that stopped training: this rank's, or under DDP another's
         self.stopped_training = False  # the signal ended training early (not only arrived after the last step)
         self._previous: dict = {}
 
@@ -473,11 +474,27 @@ class GracefulInterrupt(TrainerCallback):
               "(send it again to exit at once)", file=sys.stderr, flush=True)
 
     def on_step_end(self, args, state, control, **kwargs):
+        signum = self._signal_on_any_rank(args.device)
         # At the last step training ends anyway (evaluated and saved): the run is complete, not interrupted
-        if self.signal_received is not None and state.global_step < state.max_steps:
+        if signum and state.global_step < state.max_steps:
             control.should_save = True
             control.should_training_stop = True
             self.stopped_training = True
+            self.stop_signal = signum
+
+    def _signal_on_any_rank(self, device) -> int:
+        """This process's signal number (0: none); under DDP the largest any rank has received. A signal may reach
+        only some ranks (`kill <pid>` of one worker, a scheduler): a rank stopping alone would go to save and exit
+        while the others wait forever in the next step's gradient all-reduce, so every step boundary all-reduces
+        the flag (max) and the ranks stop together. One process: no collective, as before."""
+        own = self.signal_received or 0
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return own
+        flag = torch.tensor([own], dtype=torch.int32, device=device)  # args.device: CPU for gloo, the GPU for NCCL
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
 
 
 class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
@@ -878,7 +895,7 @@ def _train_in_locked_folder(prepared: Prepared, resume: bool, overwrite: bool, e
     result = summarize(runs.read_eval_curve(run_dir), status, prepared, trainer.state, train_seconds,
                        time.time() - started, trainable, _checkpoint_step(checkpoint) if checkpoint else 0)
     if status == "interrupted":
-        result["signal"] = signal.Signals(interrupt.signal_received).name
+        result["signal"] = signal.Signals(interrupt.stop_signal).name
         result["resume_from"] = str(Path(runs.CHECKPOINTS) / f"checkpoint-{trainer.state.global_step}")
     if is_main_process():
         if status == "completed":  # the adapter first: a completed result.json always has its adapter
@@ -888,5 +905,17 @@ def _train_in_locked_folder(prepared: Prepared, resume: bool, overwrite: bool, e
         if status == "completed":  # the card reports result.json, so it comes after it
             card.write_adapter_card(run_dir)
     if status == "interrupted":
-        result["exit_code"] = 128 + interrupt.signal_received
+        # Every rank stopped at the same step (GracefulInterrupt); they leave together too, once rank 0 has written
+        # the checkpoint's last files and result.json: torchrun SIGTERMs the other ranks as soon as one exits
+        # non-zero, which would cut rank 0's writes short (a second signal exits at once).
+        _wait_for_every_rank()
+        result["exit_code"] = 128 + interrupt.stop_signal
     return result
+
+
+def _wait_for_every_rank() -> None:
+    """A barrier under torchrun / accelerate launch; nothing in one process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
