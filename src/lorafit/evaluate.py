@@ -5,6 +5,7 @@ Writes evaluation/<data name>.json and a confusion-matrix PNG into the run folde
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Optional
 
@@ -23,7 +24,9 @@ def classification_metrics(labels: np.ndarray, predictions: np.ndarray, label_na
     precision, recall, f1, support = precision_recall_fscore_support(labels, predictions, labels=ids, zero_division=0)
     return {
         "accuracy": float((labels == predictions).mean()),
-        "macro_f1": float(f1_score(labels, predictions, labels=ids, average="macro", zero_division=0)),
+        # Over the classes in the data or the predictions, as training's figure (train.compute_metrics): a class
+        # neither present nor predicted has no F1, and counting it as 0 made y = p = [0, 0, 1, 1] of 3 classes 0.67.
+        "macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0)),
         "rows": int(len(labels)),
         "per_class": {
             name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
@@ -68,10 +71,10 @@ def plot_confusion(metrics: dict, path: Path, title: str) -> None:
         ax.text(j, i, str(value), ha="center", va="center", color="white" if value > matrix.max() / 2 else "black")
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    tmp.replace(path)
+    runs.atomic_write_bytes(path, buffer.getvalue())  # a full disk is one line and leaves no half-written file
 
 
 def load_eval_data(spec: str, run, trust_pickle: bool = False) -> tuple[LabelledData, str]:
@@ -81,12 +84,30 @@ def load_eval_data(spec: str, run, trust_pickle: bool = False) -> tuple[Labelled
         frame, source, name = read_table(spec, trust_pickle=trust_pickle), spec, Path(spec).stem
     elif ":" in spec and not spec.startswith((".", "/")):
         dataset, split = spec.rsplit(":", 1)
-        frame, _ = load_hub_split(dataset, cfg.data.dataset_config, split, cfg.data.label_column)
+        frame, hub_names = load_hub_split(dataset, cfg.data.dataset_config, split, cfg.data.label_column)
+        frame = _hub_ids_as_names(frame, cfg.data.label_column, hub_names, run.label_names)
         source, name = spec, f"{dataset.replace('/', '_')}-{split}"
     else:
         raise UserError(f"--data {spec}: no such file; give a file path or a Hub split as DATASET_ID:SPLIT")
     data = labelled_from_frame(frame, cfg.data, len(run.label_names), source, run.label_names)
     return data, name
+
+
+def _hub_ids_as_names(frame, column: str, hub_names: Optional[list[str]], run_names: list[str]):
+    """A Hub split's integer labels are ids in its own class list, and the run's ids follow its labels.json, whose
+    order can differ: a run trained on a CSV of text labels has them sorted (Business, Sci/Tech, Sports, World),
+    fancyzhx/ag_news lists World, Sports, Business, Sci/Tech, and ids read as positions scored every row against
+    the wrong class without a word. With the same class names the labels are matched by name; otherwise (a run
+    trained on ids, labels.json 0..K-1) ids stay ids, and ids outside the Hub's list are left for encode_labels
+    to refuse."""
+    if not hub_names or list(hub_names) == list(run_names) or sorted(hub_names) != sorted(run_names):
+        return frame
+    if column not in frame or not all(isinstance(v, (int, np.integer)) and 0 <= v < len(hub_names)
+                                      for v in frame[column]):
+        return frame
+    named = frame.copy()
+    named[column] = [hub_names[v] for v in frame[column]]
+    return named
 
 
 def evaluate_run(run_dir: str | Path, data_spec: str, model_path: Optional[str] = None, quantize: str = "none",
@@ -101,8 +122,8 @@ def evaluate_run(run_dir: str | Path, data_spec: str, model_path: Optional[str] 
         metrics["quantize"] = quantize
         name = f"{name}-{quantize}"
     out_dir = run.run_dir / "evaluation"
-    out_dir.mkdir(exist_ok=True)
-    runs.atomic_write_json(out_dir / f"{name}.json", metrics)
+    # The chart first: its JSON (what the card and report read) never stands without it
     plot_confusion(metrics, out_dir / f"{name}-confusion.png", f"{run.run_dir.name} on {name}")
+    runs.atomic_write_json(out_dir / f"{name}.json", metrics)
     card.write_adapter_card(run.run_dir)  # the adapter's model card lists every evaluation
     return metrics

@@ -16,9 +16,9 @@ config key whose value differs between runs, the best run for each value.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -360,25 +360,13 @@ def curve_keys(records: list[RunRecord]) -> list[str]:
 # Plots: each function draws one figure, saves it atomically, and returns the labels of what it drew
 
 
-def save_figure(figure: Figure, path: Path) -> None:
-    """Render to a temporary file beside the target, then rename: readers never see half a PNG."""
+def save_figure(figure: Figure, path: Path, dpi: int = 100) -> None:
+    """Render in memory, then write atomically (runs.atomic_write_bytes): readers never see half a PNG, and a full
+    disk is one line, not a traceback."""
     FigureCanvasAgg(figure)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            figure.savefig(handle, format="png", dpi=100, bbox_inches="tight")
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a report is as readable as other files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    runs.atomic_write_bytes(path, buffer.getvalue())
 
 
 def _new_figure(width: float = 8.0, height: float = 5.0):
