@@ -488,10 +488,10 @@ class GracefulInterrupt(TrainerCallback):
         while the others wait forever in the next step's gradient all-reduce, so every step boundary all-reduces
         the flag (max) and the ranks stop together. One process: no collective, as before."""
         own = self.signal_received or 0
+        if not _in_process_group():
+            return own
         import torch.distributed as dist
 
-        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return own
         flag = torch.tensor([own], dtype=torch.int32, device=device)  # args.device: CPU for gloo, the GPU for NCCL
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return int(flag.item())
@@ -913,9 +913,16 @@ def _train_in_locked_folder(prepared: Prepared, resume: bool, overwrite: bool, e
     return result
 
 
-def _wait_for_every_rank() -> None:
-    """A barrier under torchrun / accelerate launch; nothing in one process."""
+def _in_process_group() -> bool:
+    """Under torchrun / accelerate launch with more than one process, once the process group is up."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _wait_for_every_rank() -> None:
+    """A barrier under torchrun / accelerate launch; nothing in one process."""
+    if _in_process_group():
+        import torch.distributed as dist
+
         dist.barrier()
