@@ -60,26 +60,32 @@ def _hub_split(source: str) -> Optional[tuple[str, str]]:
     """(dataset id, split) when an evaluation's data was a Hub split `DATASET_ID:SPLIT`, else None."""
     if ":" not in source or Path(source).exists():
         return None
-    dataset, split = source.rsplit(":", 1)
+    dataset, split = source.split(":", 1)  # a dataset id has no colon; a split may (a slice: test[:100])
     return (dataset, split) if hub_id(dataset) else None
 
 
-def _validation_dataset(data: dict) -> tuple[str, str]:
-    """(type, name) of the validation data for model-index: a Hub id where the data came from the Hub."""
+def _validation_dataset(data: dict) -> tuple[str, str, str]:
+    """(type, name, split) of the validation data for model-index: a Hub id where the data came from the Hub. Rows
+    carved from the training data are named as such: `split: validation` claimed a split they are not (AG News has
+    none)."""
+    carved = "held-out validation rows"
     if data.get("eval_file"):
-        return Path(data["eval_file"]).stem, f"{Path(data['eval_file']).name} (validation file)"
+        return Path(data["eval_file"]).stem, f"{Path(data['eval_file']).name} (validation file)", "validation"
     if data.get("train_file"):
-        return Path(data["train_file"]).stem, f"{Path(data['train_file']).name} (validation rows carved from it)"
-    return data["dataset"], f"{data['dataset']} (validation rows carved from {data.get('train_split', 'train')})"
+        return (Path(data["train_file"]).stem, f"{Path(data['train_file']).name} (validation rows carved from it)",
+                f"train ({carved})")
+    train_split = data.get("train_split", "train")
+    return (data["dataset"], f"{data['dataset']} (validation rows carved from {train_split})",
+            f"{train_split} ({carved})")
 
 
 def _eval_results(values: dict, result: dict, evaluated: list[tuple[str, dict]]) -> list[EvalResult]:
     data = values.get("data", {})
     results = []
     if result.get("best_eval_accuracy") is not None:
-        dataset_type, dataset_name = _validation_dataset(data)
+        dataset_type, dataset_name, dataset_split = _validation_dataset(data)
         common = dict(task_type="text-classification", dataset_type=dataset_type, dataset_name=dataset_name,
-                      dataset_split="validation", dataset_config=None if data.get("train_file") or data.get("eval_file")
+                      dataset_split=dataset_split, dataset_config=None if data.get("train_file") or data.get("eval_file")
                       else data.get("dataset_config"))
         results.append(EvalResult(metric_type="accuracy", metric_value=result["best_eval_accuracy"], **common))
         if result.get("best_eval_macro_f1") is not None:

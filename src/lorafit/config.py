@@ -562,9 +562,21 @@ def apply_overrides(values: dict, overrides: dict[str, Any]) -> dict:
     return merged
 
 
+def absolute_if_local_folder(name_or_path: str) -> str:
+    """A model that names an existing folder, as an absolute path; a Hub id (no such folder) unchanged.
+
+    transformers loads a folder whenever one of that name exists. Made absolute when a config is loaded for training,
+    the run's config.yaml names the same folder from anywhere: `--model models/roberta` read from another folder
+    (the model card, predict, export) was taken for a Hub id. Run folders are read as saved: an older run's relative
+    path stays as its adapter records it."""
+    return os.path.abspath(name_or_path) if Path(name_or_path).is_dir() else name_or_path
+
+
 def load_config(path: Optional[str | Path], overrides: Optional[dict[str, Any]] = None) -> RunConfig:
     values = read_yaml(path) if path else {}
-    return config_from_dict(apply_overrides(values, overrides or {}))
+    cfg = config_from_dict(apply_overrides(values, overrides or {}))
+    cfg.model.name_or_path = absolute_if_local_folder(cfg.model.name_or_path)
+    return cfg
 
 
 def describe_fields() -> str:

@@ -1,11 +1,14 @@
 """Evaluate stage: a finished run on labelled data -> accuracy, macro-F1, per-class scores, confusion matrix.
 
-Writes evaluation/<data name>.json and a confusion-matrix PNG into the run folder and returns the metrics.
+Writes evaluation/<data name>.json and a confusion-matrix PNG into the run folder and returns the metrics; a data
+name that another source's scores already hold gets a short hash of the source added.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -52,6 +55,10 @@ def metrics_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+MAX_CHART_INCHES = 16  # 150 classes made a 180-inch (20,000-pixel) canvas; past ~12 classes the cells shrink
+MAX_ANNOTATED_CLASSES = 30  # more cells than this are too small for their counts (they stay in the JSON)
+
+
 def plot_confusion(metrics: dict, path: Path, title: str) -> None:
     import matplotlib
 
@@ -60,15 +67,19 @@ def plot_confusion(metrics: dict, path: Path, title: str) -> None:
 
     matrix = np.asarray(metrics["confusion_matrix"])
     names = metrics["labels"]
-    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2.5, 1.1 * len(names) + 2))
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(min(1.2 * n + 2.5, MAX_CHART_INCHES), min(1.1 * n + 2, MAX_CHART_INCHES)))
     image = ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    ax.set_yticks(range(len(names)), names)
+    font = 10 if n <= 12 else max(3, 120 / n)  # class names shrink with their cells
+    ax.set_xticks(range(n), names, rotation=30 if n <= 12 else 90, ha="right" if n <= 12 else "center", fontsize=font)
+    ax.set_yticks(range(n), names, fontsize=font)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"{title}\naccuracy {metrics['accuracy']:.4f}")
-    for (i, j), value in np.ndenumerate(matrix):
-        ax.text(j, i, str(value), ha="center", va="center", color="white" if value > matrix.max() / 2 else "black")
+    if n <= MAX_ANNOTATED_CLASSES:
+        for (i, j), value in np.ndenumerate(matrix):
+            ax.text(j, i, str(value), ha="center", va="center", fontsize=font,
+                    color="white" if value > matrix.max() / 2 else "black")
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -83,10 +94,12 @@ def load_eval_data(spec: str, run, trust_pickle: bool = False) -> tuple[Labelled
     if Path(spec).exists():
         frame, source, name = read_table(spec, trust_pickle=trust_pickle), spec, Path(spec).stem
     elif ":" in spec and not spec.startswith((".", "/")):
-        dataset, split = spec.rsplit(":", 1)
-        frame, hub_names = load_hub_split(dataset, cfg.data.dataset_config, split, cfg.data.label_column)
+        dataset, split = spec.split(":", 1)  # a dataset id has no colon; a split may (a slice: test[:100])
+        # The run's dataset_config belongs to its own dataset (glue's sst2 is no configuration of ag_news)
+        config_name = cfg.data.dataset_config if dataset == cfg.data.dataset else None
+        frame, hub_names = load_hub_split(dataset, config_name, split, cfg.data.label_column)
         frame = _hub_ids_as_names(frame, cfg.data.label_column, hub_names, run.label_names)
-        source, name = spec, f"{dataset.replace('/', '_')}-{split}"
+        source, name = spec, re.sub(r"[^\w.-]+", "_", f"{dataset.replace('/', '_')}-{split}")
     else:
         raise UserError(f"--data {spec}: no such file; give a file path or a Hub split as DATASET_ID:SPLIT")
     data = labelled_from_frame(frame, cfg.data, len(run.label_names), source, run.label_names)
@@ -110,6 +123,28 @@ def _hub_ids_as_names(frame, column: str, hub_names: Optional[list[str]], run_na
     return named
 
 
+def _source_id(spec: str) -> str:
+    """What an evaluation scored: a local file by its absolute path (the same file however it is typed), a Hub split
+    by its spec."""
+    return str(Path(spec).resolve()) if Path(spec).exists() else spec
+
+
+def _unclaimed_name(out_dir: Path, name: str, source: str) -> str:
+    """`name`, or `name-<hash of source>` when evaluation/<name>.json holds another source's scores: a/test.csv
+    and then b/test.jsonl both named test.json, and the second replaced the first (and its model-card entry).
+    The same source again gets the same name, so it replaces its own file."""
+    try:
+        previous = runs.read_json(out_dir / f"{name}.json")
+    except (OSError, ValueError):  # none yet, or unreadable: nothing worth keeping
+        return name
+    if not isinstance(previous, dict):
+        return name
+    owner = previous.get("source") or _source_id(str(previous.get("data", "")))  # files before "source": by data
+    if owner == source:
+        return name
+    return f"{name}-{hashlib.sha256(source.encode('utf-8')).hexdigest()[:8]}"
+
+
 def evaluate_run(run_dir: str | Path, data_spec: str, model_path: Optional[str] = None, quantize: str = "none",
                  trust_pickle: bool = False) -> dict:
     run = load_run(run_dir, model_path, quantize)
@@ -118,10 +153,12 @@ def evaluate_run(run_dir: str | Path, data_spec: str, model_path: Optional[str] 
                                   bf16=run.bf16, progress="evaluating", pad_to_multiple_of=run.pad_multiple)
     metrics = classification_metrics(data.labels, probs.argmax(axis=1), run.label_names)
     metrics["data"] = data.source
+    metrics["source"] = _source_id(data_spec)
     if quantize != "none":  # scored apart, so a quantized check never overwrites the model's own numbers
         metrics["quantize"] = quantize
         name = f"{name}-{quantize}"
     out_dir = run.run_dir / "evaluation"
+    name = _unclaimed_name(out_dir, name, metrics["source"])
     # The chart first: its JSON (what the card and report read) never stands without it
     plot_confusion(metrics, out_dir / f"{name}-confusion.png", f"{run.run_dir.name} on {name}")
     runs.atomic_write_json(out_dir / f"{name}.json", metrics)

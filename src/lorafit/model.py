@@ -53,12 +53,23 @@ def cpu_supports_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cuda_supports_native_bf16() -> bool:
+    """bf16 in hardware (compute capability 8+, or ROCm). torch.cuda.is_bf16_supported() alone also says True where
+    bf16 is only emulated (T4, V100: compute capability 7, no bf16 tensor cores); auto's bf16 speed-ups (README)
+    were measured on hardware that computes bf16."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # an older torch without the argument: Ampere (capability 8) was the first native bf16
+        return torch.cuda.get_device_capability()[0] >= 8
+
+
 def use_bf16(precision: str) -> bool:
-    """'auto' takes bf16 autocast where it was measured faster: CUDA with bf16, CPUs with AVX512-BF16/AMX."""
+    """'auto' takes bf16 autocast where it was measured faster: CUDA GPUs with native bf16 (Ampere and later),
+    CPUs with AVX512-BF16/AMX; never emulated bf16."""
     if precision != "auto":
         return precision == "bf16"
     if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
+        return cuda_supports_native_bf16()
     return cpu_supports_fast_bf16()
 
 
@@ -176,6 +187,7 @@ def load_pretrained_model(model_cfg: ModelConfig, model_config: PretrainedConfig
     # Remembered so the head options can say when they build on a randomly initialised layer.
     mismatched = [m[0] if isinstance(m, (tuple, list)) else m for m in info.get("mismatched_keys", [])]
     model.lorafit_new_weights = frozenset(info.get("missing_keys", [])) | frozenset(mismatched)
+    model.lorafit_revision = model_cfg.revision  # recorded in the adapter by wrap_with_lora
     return install_pooling(model, model_cfg.pooling)
 
 
@@ -480,7 +492,9 @@ def wrap_with_lora(model: torch.nn.Module, spec: LoraSpec, r: int, head: str) ->
     warn_about_new_head_weights(model, head)
     dense = head_dense_layer(model)  # found before peft wraps layers and changes their paths
     prepare_head(model, head)
-    peft_model = get_peft_model(model, build_lora_config(model, spec, r, head))
+    # The base model's revision goes into adapter_config.json: plain peft loads the base at it, not at `main`.
+    revision = getattr(model, "lorafit_revision", None)
+    peft_model = get_peft_model(model, build_lora_config(model, spec, r, head), revision=revision)
     freeze_head_hidden_layers(peft_model, head, dense)
     freeze_replaced_pooler(peft_model)
     return peft_model
