@@ -574,7 +574,19 @@ class ResumableTrainer(Trainer):
         # only after a step, so it would train one step past it.
         if self.state.global_step >= self.state.max_steps:
             return None
+        # Resumed from the checkpoint where early stopping fired (killed before result.json): the Trainer restores
+        # the callback's count but clears the stop at train begin, so it would train on to the next evaluation.
+        if self.early_stopped():
+            self.control.should_training_stop = True
+            return None
         return super()._run_epoch(*args, **kwargs)
+
+    def early_stopped(self) -> bool:
+        """Early stopping's patience is spent: read from transformers' EarlyStoppingCallback, whose count the
+        Trainer restores from a resumed checkpoint (restore_callback_states_from_checkpoint)."""
+        return any(isinstance(callback, EarlyStoppingCallback)
+                   and callback.early_stopping_patience_counter >= callback.early_stopping_patience
+                   for callback in self.callback_handler.callbacks)
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
@@ -890,8 +902,9 @@ def _train_in_locked_folder(prepared: Prepared, resume: bool, overwrite: bool, e
         interrupt.uninstall()
     train_seconds = time.time() - train_started
 
-    # A signal that came after the last step did not cut training short: the run is complete.
-    status = "interrupted" if interrupt.stopped_training else "completed"
+    # A signal that came after the last step, or in the step whose evaluation stopped training early, did not cut
+    # training short: the run is complete.
+    status = "interrupted" if interrupt.stopped_training and not trainer.early_stopped() else "completed"
     result = summarize(runs.read_eval_curve(run_dir), status, prepared, trainer.state, train_seconds,
                        time.time() - started, trainable, _checkpoint_step(checkpoint) if checkpoint else 0)
     if status == "interrupted":
