@@ -169,3 +169,26 @@ def test_evaluate_reads_a_pickle_only_with_trust_pickle(cli, tmp_path, run_dir, 
     result = cli("evaluate", run_dir, "--data", source, "--trust-pickle", "--json")
     assert result.code == 0, result.err
     assert '"accuracy"' in result.out
+
+
+def test_tokenizing_never_hashes_the_tokenizer(monkeypatch, roberta_dir, tmp_path):
+    """datasets names a map's result by dill-hashing its function, tokenizer and all: 7-9x the tokenizing itself for a
+    tokenizer loaded from tokenizer.json (bench/tokenize_fingerprint.py), in every training run. The rows still come
+    out tokenized and each call gets its own fingerprint."""
+    from datasets import fingerprint
+    from transformers import AutoTokenizer
+
+    from lorafit.data import tokenize
+
+    AutoTokenizer.from_pretrained(roberta_dir).save_pretrained(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)  # from tokenizer.json, as Hub models load
+    hashed, real_hash = [], fingerprint.Hasher.hash
+    monkeypatch.setattr(fingerprint.Hasher, "hash", classmethod(lambda cls, value: hashed.append(value) or
+                                                                real_hash(value)))
+    texts = ["Stocks rally as rates fall", "A goal in the last minute"]
+    first = tokenize(texts, tokenizer, 8, np.array([2, 1]))
+    second = tokenize(texts, tokenizer, 8, np.array([2, 1]))
+    assert not [value for value in hashed if callable(value)], "a map function was hashed"
+    assert first._fingerprint != second._fingerprint
+    assert first["labels"] == [2, 1] and first["input_ids"] == tokenizer(texts, truncation=True, max_length=8)["input_ids"]
+    assert first["length"] == [len(ids) for ids in first["input_ids"]] and max(first["length"]) == 8

@@ -11,6 +11,7 @@ import logging
 import math
 import numbers
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -305,4 +306,7 @@ def tokenize(texts: list[str], tokenizer, max_length: int, labels: Optional[np.n
         encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
         return encoded
 
-    return ds.map(encode, batched=True, batch_size=1000, remove_columns=["text"])
+    # A fresh fingerprint, because datasets otherwise names the result by dill-hashing `encode` with the whole
+    # tokenizer in it: measured 7-9x the tokenizing itself on 600 rows with roberta's tokenizer loaded from
+    # tokenizer.json (bench/tokenize_fingerprint.py). The dataset lives in memory: no cached result to find anyway.
+    return ds.map(encode, batched=True, batch_size=1000, remove_columns=["text"], new_fingerprint=uuid.uuid4().hex)
