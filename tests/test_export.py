@@ -239,7 +239,7 @@ def test_adapter_card_after_training_and_evaluate(cli, tiny_config, small_agnews
     accuracy = [r for r in index["results"] for m in r["metrics"] if m["type"] == "accuracy"]
     assert [m["value"] for r in accuracy for m in r["metrics"] if m["type"] == "accuracy"] == \
         [result["best_eval_accuracy"]]
-    assert accuracy[0]["dataset"]["split"] == "validation"
+    assert accuracy[0]["dataset"]["split"] == "train (held-out validation rows)"
     assert f"**{manifest['trainable_params']['total']:,}**" in text  # the budget breakdown
     assert (run / "config.yaml").read_text().strip() in text  # the recipe
     for row in map(json.loads, (run / "eval_curve.jsonl").read_text().splitlines()):
@@ -292,6 +292,7 @@ def test_card_names_hub_model_and_dataset(tmp_path, roberta_dir):
     assert meta["base_model"] == "roberta-base" and meta["datasets"] == ["fancyzhx/ag_news"]
     results = {(r["dataset"]["type"], r["dataset"].get("split"), m["type"]): m["value"]
                for r in meta["model-index"][0]["results"] for m in r["metrics"]}
-    assert results == {("fancyzhx/ag_news", "validation", "accuracy"): 0.91, ("fancyzhx/ag_news", "validation", "f1"): 0.9,
+    carved = "train (held-out validation rows)"  # the validation rows were carved from the train split
+    assert results == {("fancyzhx/ag_news", carved, "accuracy"): 0.91, ("fancyzhx/ag_news", carved, "f1"): 0.9,
                        ("fancyzhx/ag_news", "test", "accuracy"): 0.9, ("fancyzhx/ag_news", "test", "f1"): 0.89}
     assert "| **total trainable** | **888,580** |" in text and "local folder" not in text

@@ -137,6 +137,20 @@ def test_hub_ids_are_never_made_paths(elsewhere):
         str(elsewhere / "models" / "roberta")
 
 
+
+def test_a_sweep_saves_a_relative_local_model_absolute_too(elsewhere):
+    """Sweep trials build their configs apart from `lorafit train`: `--model models/roberta` stayed relative there."""
+    from lorafit.sweep import TrialFactory, load_sweep
+
+    (elsewhere / "models" / "roberta").mkdir(parents=True)
+    sweep = elsewhere / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"name": "s", "base": {"model": {"name_or_path": "models/roberta"}},
+                                     "grid": {"axes": {"lora.dropout": [0.0, 0.1]}}}))
+    trial = TrialFactory(load_sweep(sweep), {}).config({"lora.dropout": 0.1}, "point")
+    assert trial.model.name_or_path == str(elsewhere / "models" / "roberta")
+    hub = TrialFactory(load_sweep(sweep), {"model.name_or_path": "roberta-base"}).config({}, "point")
+    assert hub.model.name_or_path == "roberta-base"
+
 # 3 -----------------------------------------------------------------------------------------------------------------
 
 def test_the_adapter_records_the_base_models_revision(run):
