@@ -145,6 +145,9 @@ def _unclaimed_name(out_dir: Path, name: str, source: str) -> str:
     return f"{name}-{hashlib.sha256(source.encode('utf-8')).hexdigest()[:8]}"
 
 
+EVALUATION_LOCK_WAIT_S = 30  # another evaluation's writes take well under a second; a training run is refused after
+
+
 def evaluate_run(run_dir: str | Path, data_spec: str, model_path: Optional[str] = None, quantize: str = "none",
                  trust_pickle: bool = False) -> dict:
     run = load_run(run_dir, model_path, quantize)
@@ -158,9 +161,13 @@ def evaluate_run(run_dir: str | Path, data_spec: str, model_path: Optional[str] 
         metrics["quantize"] = quantize
         name = f"{name}-{quantize}"
     out_dir = run.run_dir / "evaluation"
-    name = _unclaimed_name(out_dir, name, metrics["source"])
-    # The chart first: its JSON (what the card and report read) never stands without it
-    plot_confusion(metrics, out_dir / f"{name}-confusion.png", f"{run.run_dir.name} on {name}")
-    runs.atomic_write_json(out_dir / f"{name}.json", metrics)
-    card.write_adapter_card(run.run_dir)  # the adapter's model card lists every evaluation
+    # Written under the folder's lock, and only into the run that was scored: not beside a training run, not into
+    # a folder retrained meanwhile (train --overwrite). Another evaluation writing its scores is waited for.
+    with runs.RunLock(run.run_dir, wait_s=EVALUATION_LOCK_WAIT_S, scores_only=True):
+        runs.confirm_unchanged(run.checked, locked=True)
+        name = _unclaimed_name(out_dir, name, metrics["source"])
+        # The chart first: its JSON (what the card and report read) never stands without it
+        plot_confusion(metrics, out_dir / f"{name}-confusion.png", f"{run.run_dir.name} on {name}")
+        runs.atomic_write_json(out_dir / f"{name}.json", metrics)
+        card.write_adapter_card(run.run_dir)  # the adapter's model card lists every evaluation
     return metrics

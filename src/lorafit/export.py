@@ -115,7 +115,8 @@ def export_run(run_dir: str | Path, output: str | Path, model_path: Optional[str
     checked = runs.check_run_folder(run_dir, runs.INFERENCE)  # config, labels, adapter: one line if damaged
     run_dir, output = checked.path, Path(output)
     check_output(output, run_dir, overwrite)
-    model, tokenizer, cfg = load_merged_fp32(checked, model_path)
+    with runs.unchanged_while_loading(checked):  # a training run writing the folder meanwhile: one line, no mix
+        model, tokenizer, cfg = load_merged_fp32(checked, model_path)
     weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     runs.writable_dir_check(output.parent, need_bytes=weight_bytes + 50 * 2**20, option="--output")
 

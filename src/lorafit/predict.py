@@ -48,6 +48,7 @@ class LoadedRun:
     bf16: bool  # autocast while predicting: the run's precision setting holds at inference too
     batch_size: int
     pad_multiple: int = 1  # batches pad to a multiple of this many tokens (train.pad_to_multiple_of)
+    checked: Optional[runs.RunFolder] = None  # what was checked, for a writer of results to confirm it unchanged
 
 
 def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
@@ -87,9 +88,10 @@ def load_run(run_dir: str | Path, model_path: Optional[str] = None, quantize: st
     cfg = config_from_dict(values)
     label_names = checked.labels
     adapter = run_dir / runs.ADAPTER
-    tokenizer = load_tokenizer(str(adapter)) if (adapter / "tokenizer_config.json").exists() else load_tokenizer(cfg.model.name_or_path)
-    say(f"loading {cfg.model.name_or_path} and merging the LoRA adapter of {run_dir.name} ...")
-    model = load_adapter_for_inference(adapter, cfg.model, label_names)
+    with runs.unchanged_while_loading(checked):  # a training run writing the folder meanwhile: one line, no mix
+        tokenizer = load_tokenizer(str(adapter)) if (adapter / "tokenizer_config.json").exists() else load_tokenizer(cfg.model.name_or_path)
+        say(f"loading {cfg.model.name_or_path} and merging the LoRA adapter of {run_dir.name} ...")
+        model = load_adapter_for_inference(adapter, cfg.model, label_names)
     if quantize == "int8":  # int8 kernels are CPU kernels: the model stays on the CPU, in fp32 around them
         say("quantizing to int8 ...")
         model, bf16 = quantize_int8(model), False
@@ -99,7 +101,7 @@ def load_run(run_dir: str | Path, model_path: Optional[str] = None, quantize: st
         model = to_inference_precision(model, bf16)
     return LoadedRun(run_dir, cfg, label_names, model, tokenizer, bf16=bf16,
                      batch_size=inference_batch_size(cfg, quantize),
-                     pad_multiple=device.pad_multiple(cfg.train.pad_to_multiple_of))
+                     pad_multiple=device.pad_multiple(cfg.train.pad_to_multiple_of), checked=checked)
 
 
 def length_batches(lengths, batch_size: int) -> list[np.ndarray]:

@@ -12,7 +12,9 @@ runs/<name>/
   .lock              while a process writes the folder: its host, pid and start time (not run content)
 
 Readers check a folder before using it (check_run_folder) and refuse a damaged one with one line; writers hold
-the folder's lock (RunLock) so two processes never write one folder.
+the folder's lock (RunLock) so two processes never write one folder. Readers take no lock and write nothing there:
+a loader confirms afterwards that no writer held the folder and no file it read was replaced meanwhile
+(unchanged_while_loading), so it never uses a mix of two runs (train --overwrite) or of a run half-written.
 """
 
 from __future__ import annotations
@@ -131,6 +133,7 @@ def atomic_replace_dir(build, target: str | Path) -> None:
         try:
             os.chmod(tmp, 0o777 & ~_umask())
             build(tmp)
+            _fsync_tree(tmp)
             if target.exists() or target.is_symlink():
                 _remove_path(old)  # left by a killed swap; may be a symlink, which rmtree refuses
                 os.replace(target, old)
@@ -147,6 +150,23 @@ def atomic_replace_dir(build, target: str | Path) -> None:
         _fsync_dir(target.parent)
 
 
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file and folder under folder before it is renamed into place: writers such as peft's
+    save_pretrained do not fsync, and a power cut after the rename (and after result.json, which is fsynced)
+    could leave a completed run whose new adapter files are empty."""
+    for here, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(here, name)
+            if os.path.islink(path):
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(here))
+
+
 def _remove_path(path: Path) -> None:
     """Remove a folder, file or symlink (not what a symlink points to), ignoring errors as rmtree does."""
     if path.is_symlink() or path.is_file():
@@ -156,10 +176,25 @@ def _remove_path(path: Path) -> None:
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, default=str) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    """Append one JSON line. A failed write (a full disk, an fsync error) cuts the file back to where it was, and
+    is one line: a half line left behind would glue itself to the next row appended."""
+    path = Path(path)
+    data = (json.dumps(record, default=str) + "\n").encode("utf-8")
+    with _disk_errors_explained(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)
 
 
 def read_json(path: str | Path) -> Any:
@@ -235,6 +270,7 @@ class RunFolder:
     labels: Optional[list] = None
     result: Optional[dict] = None
     manifest: Optional[dict] = None
+    snapshot: tuple = ()  # the files a loader reads, taken before the check read anything (unchanged_while_loading)
 
 
 def check_run_folder(run_dir: str | Path, need=INFERENCE) -> RunFolder:
@@ -245,6 +281,27 @@ def check_run_folder(run_dir: str | Path, need=INFERENCE) -> RunFolder:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run folder not found: {run_dir} (train one with `lorafit train CONFIG.yaml`)")
+    before = snapshot(run_dir)
+    try:
+        folder = _check_run_folder(run_dir, need)
+    except RunFolderError as exc:
+        raise _busy_not_damaged(exc) from None
+    folder.snapshot = before
+    return folder
+
+
+def _busy_not_damaged(exc: RunFolderError) -> RunFolderError:
+    """A file missing or cut while a writer holds the folder (train --overwrite clearing it, a resumed run writing
+    it) is work in progress: say who writes it, not 'damaged, restore it from a backup'. Not where this process
+    holds the lock (a sweep checking a trial's folder before reusing it): there the damage is real."""
+    holder = writer_of(exc.run_dir) if exc.status == "damaged" and not _held_here(exc.run_dir) else None
+    if holder is None:
+        return exc
+    return RunFolderError(exc.run_dir, exc.file, exc.problem, f"{describe_holder(holder)} holds its lock and is "
+                          "writing it now; wait for that run to finish", status="busy")
+
+
+def _check_run_folder(run_dir: Path, need) -> RunFolder:
     manifest = read_run_json(run_dir, MANIFEST, required=False)  # its config checksum, if readable
     values, cfg = _check_config(run_dir, manifest)  # first: whether this is a run folder at all
     if "manifest" in need:
@@ -354,8 +411,8 @@ def _check_labels(run_dir: Path, cfg) -> list[str]:
 
 
 def _lock_note(run_dir: Path) -> str:
-    holder = read_lock(run_dir)
-    return f" ({describe_holder(holder)} holds its lock: training it now, unless it was killed)" if holder else ""
+    holder = writer_of(run_dir)
+    return f" ({describe_holder(holder)} holds its lock: training it now)" if holder is not None else ""
 
 
 def _check_trained(run_dir: Path) -> None:
@@ -513,6 +570,101 @@ def torch_archive_problem(path: Path) -> Optional[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Loading a run folder that a writer may change meanwhile. Readers take no lock (they may not write the folder,
+# and must not hold up a training run): a loader checks afterwards that nothing changed while it read.
+
+# What a loader reads, by identity. Every writer puts a new file (atomic_write_*) or a new adapter folder
+# (atomic_replace_dir) in place of the old one, so a write shows as another inode, size or modification time.
+_SNAPSHOT_FILES = (CONFIG, LABELS, ADAPTER, f"{ADAPTER}/adapter_config.json", f"{ADAPTER}/{ADAPTER_WEIGHTS}")
+
+
+def snapshot(run_dir: str | Path) -> tuple:
+    """The identity of the files a loader reads (None for one that is not there)."""
+    identity = []
+    for name in _SNAPSHOT_FILES:
+        try:
+            st = os.stat(Path(run_dir) / name)
+        except OSError:
+            identity.append(None)
+            continue
+        # The adapter folder's own times change when an evaluation adds its model card (README.md): not a new run
+        identity.append((st.st_dev, st.st_ino) if name == ADAPTER else (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(identity)
+
+
+class RunFolderChanged(UserError):
+    """A writer held the run folder, or replaced files in it, while a command read it: what was read may mix two
+    runs, or a run and its half-written successor."""
+
+
+def writer_of(run_dir: str | Path) -> Optional[dict]:
+    """The details of the process writing the run folder now ({} when it has not written them yet), or None when
+    no process writes what a loader reads (an evaluation writing its scores does not). Writes nothing; holds a
+    shared flock on .lock for a moment (RunLock waits that out)."""
+    holder = _lock_holder(run_dir)
+    return None if holder and holder.get("scores_only") is True else holder
+
+
+def _lock_holder(run_dir: str | Path) -> Optional[dict]:
+    path = Path(run_dir) / LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None  # no lock file: no writer (a writer locks before it writes anything)
+    try:
+        try:
+            state = _try_flock(fd, shared=True)
+        except OSError:
+            state = False  # as without OS locks: the details decide
+        details = _read_fd(fd)
+    finally:
+        os.close(fd)
+    if state is None:
+        return details or {}
+    if _held_here(run_dir):  # this process writes it (without flock, nothing else tells)
+        return details or {}
+    return _holder_without_os_lock(details, os_lock_free=bool(state))
+
+
+def _holder_without_os_lock(details: Optional[dict], os_lock_free: bool) -> Optional[dict]:
+    """Whether the lock file's details name a writer when no flock says so (RunLock's rules): another machine's
+    holder is never guessed dead; on this machine a free flock, a dead pid or this process's pid (an earlier
+    process's, as this one does not hold it) means none; without OS locks, no details yet means one starting."""
+    if not details:
+        return None if os_lock_free else {}
+    if details.get("host") != socket.gethostname():
+        return details
+    if os_lock_free or details.get("pid") == os.getpid() or not _may_be_alive(details.get("pid")):
+        return None
+    return details
+
+
+def confirm_unchanged(folder: RunFolder, locked: bool = False) -> None:
+    """Refuse, in one line, what was read from the folder since check_run_folder began when a writer holds it now
+    or replaced a file a loader reads. locked: this process holds the folder's lock (RunLock), so no other does."""
+    holder = None if locked else writer_of(folder.path)
+    if holder is not None:
+        raise RunFolderChanged(f"{folder.path} is being written: {describe_holder(holder)} holds its lock; wait for "
+                               "that run to finish, then run this again (nothing was written)")
+    if snapshot(folder.path) != folder.snapshot:
+        raise RunFolderChanged(f"{folder.path} was rewritten while it was read (a run trained into it meanwhile); "
+                               "run this again (nothing was written)")
+
+
+@contextlib.contextmanager
+def unchanged_while_loading(folder: RunFolder):
+    """Load a checked run folder: refused before loading when a writer holds it, and after loading when a writer
+    held it or replaced its files meanwhile; a loader that failed because files went away under it says so too."""
+    confirm_unchanged(folder)  # before minutes of loading
+    try:
+        yield
+    except Exception:
+        confirm_unchanged(folder)
+        raise
+    confirm_unchanged(folder)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # One writer per run folder
 
 
@@ -550,17 +702,24 @@ def read_lock(run_dir: Path) -> Optional[dict]:
 
 
 class RunLock:
-    """Held by the one process that writes a run folder (a training run; under torchrun, rank 0 for the job).
+    """Held by the one process that writes a run folder (a training run; under torchrun, rank 0 for the job; an
+    evaluation while it writes its scores).
 
     The OS lock (flock on .lock) is the truth: the kernel drops it when the holder dies, even by kill -9, so a
     lock file whose flock is free was left by a dead process and is taken over. The file's JSON (host, pid,
-    start) only names the holder in messages. On a machine without flock (Windows) a lock file naming another
-    live-or-not process is refused: delete it by hand once that run is gone.
+    start) only names the holder in messages. Where there is no flock (Windows; NFS without lockd, ENOLCK) the
+    lock file itself is the lock: made with O_EXCL, so of two processes exactly one makes it, and taken over only
+    when it names a dead process of this machine; another machine's is refused (delete it by hand once that run
+    is gone). wait_s: how long acquire waits for another holder to finish before refusing (an evaluation waits
+    for another one writing its scores; a training run never waits). scores_only: the holder writes evaluation/
+    and the model card, nothing a loader reads, so readers go on meanwhile (writer_of).
     """
 
-    def __init__(self, run_dir: str | Path, job: Optional[str] = None):
+    def __init__(self, run_dir: str | Path, job: Optional[str] = None, wait_s: float = 0.0, scores_only: bool = False):
         self.run_dir = Path(run_dir)
         self.job = job  # what other ranks of the same torchrun job compare (see train.run_folder_lock)
+        self.wait_s = wait_s
+        self.scores_only = scores_only
         self._fd: Optional[int] = None
         self._created: list[Path] = []
         self._os_locked = False  # flock held (False where the OS or file system has none)
@@ -572,6 +731,16 @@ class RunLock:
         self.release()
 
     def acquire(self) -> "RunLock":
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            try:
+                return self._acquire_once()
+            except RunFolderBusy:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+
+    def _acquire_once(self) -> "RunLock":
         self._created = []
         try:
             with _disk_errors_explained(self.run_dir):
@@ -579,7 +748,11 @@ class RunLock:
         except BaseException:
             self._remove_created()
             raise
+        _HELD_HERE.add(self._key())
         return self
+
+    def _key(self) -> str:
+        return _lock_key(self.run_dir)
 
     def _make_folder(self) -> None:
         """Make the run folder, noting the folders made (deepest first) for _remove_created."""
@@ -592,44 +765,81 @@ class RunLock:
         for _ in range(50):  # each retry follows a holder that just released; more means something is wrong
             self._make_folder()  # again on a retry: a holder that released removes the empty folder it made
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+                fd, created = _open_lock_file(path)
             except FileNotFoundError:
                 continue  # that folder was removed between the two calls
             try:
-                self._os_locked = _try_flock(fd)
-                if self._os_locked is None:
-                    raise RunFolderBusy(f"{self.run_dir} is in use by {describe_holder(_read_fd(fd))}; wait for "
-                                        f"that run to finish or stop it (two writers would corrupt the folder)")
-                if not _same_file(fd, path):
-                    os.close(fd)  # the holder released and removed this file after we opened it: lock a fresh one
-                    continue
-                self._take_over(_read_fd(fd), path)
-                _write_fd(fd, self._holder())
-                return fd
+                if self._lock_fd(fd, created, path):
+                    _write_fd(fd, self._holder())
+                    return fd
             except BaseException:
                 with contextlib.suppress(OSError):
+                    if created and self._os_locked is not None and _same_file(fd, path):
+                        # made here, and no other process holds it: a failed start leaves no lock file (nor folder)
+                        path.unlink()
                     os.close(fd)
                 raise
+            os.close(fd)  # the holder released and removed this file after we opened it, or it was stale
         raise UserError(f"could not lock {self.run_dir}: other processes keep taking and releasing it; try again")
+
+    def _lock_fd(self, fd: int, created: bool, path: Path) -> bool:
+        """Whether fd now holds the lock; False: try again on a fresh lock file."""
+        self._os_locked = False  # None once flock says another process holds it (it opened the file made here)
+        self._os_locked = _flock_past_probes(fd, path)
+        if self._os_locked is None:
+            raise self._busy(_read_fd(fd))
+        if not _same_file(fd, path):
+            return False  # the holder released and removed this file after we opened it
+        if self._os_locked:
+            self._take_over(_read_fd(fd), path)
+            return True
+        if self._key() in _HELD_HERE:  # no OS locks: nothing else refuses a second RunLock in this process
+            raise self._busy(_read_fd(fd))
+        if created:  # no OS locks: the file is the lock, and O_EXCL made it ours alone
+            return True
+        self._remove_stale(_read_fd(fd), fd, path)
+        return False
+
+    def _busy(self, info: Optional[dict]) -> "RunFolderBusy":
+        return RunFolderBusy(f"{self.run_dir} is in use by {describe_holder(info)}; wait for that run to finish or "
+                             "stop it (two writers would corrupt the folder)")
 
     def _take_over(self, previous: Optional[dict], path: Path) -> None:
         if not previous or previous.get("pid") == os.getpid() and previous.get("host") == socket.gethostname():
             return
-        if previous.get("host") != socket.gethostname() or (not self._os_locked and _may_be_alive(previous.get("pid"))):
-            # No OS lock vouches for a process elsewhere (or here, without flock): never guess it is dead.
-            raise RunFolderBusy(f"{self.run_dir} is locked by {describe_holder(previous)}; if that run is no longer "
-                                f"running, delete {path} and try again")
+        if previous.get("host") != socket.gethostname():
+            # No OS lock vouches for a process elsewhere (NFS locks may not reach other machines): never guess.
+            raise self._refused(previous, path)
         log.warning("%s was locked by %s, which is no longer running; taking the lock over",
                     self.run_dir, describe_holder(previous))
 
+    def _refused(self, previous: Optional[dict], path: Path) -> "RunFolderBusy":
+        return RunFolderBusy(f"{self.run_dir} is locked by {describe_holder(previous)}; if that run is no longer "
+                             f"running, delete {path} and try again")
+
+    def _remove_stale(self, previous: Optional[dict], fd: int, path: Path) -> None:
+        """No OS locks, and another process made the lock file: refuse, unless it names a dead process of this
+        machine (or this pid, which then belonged to an earlier process: a container restarted with the same
+        hostname and pid); that file is removed and the lock made anew."""
+        if not previous:  # its maker is between O_EXCL and writing its details, or was killed right there
+            raise self._refused(previous, path)
+        pid, here = previous.get("pid"), previous.get("host") == socket.gethostname()
+        if not here or (pid != os.getpid() and _may_be_alive(pid)):
+            raise self._refused(previous, path)
+        log.warning("%s was locked by %s, which is no longer running; taking the lock over",
+                    self.run_dir, describe_holder(previous))
+        _remove_lock_file(fd, path)
+
     def _holder(self) -> dict:
         return {"host": socket.gethostname(), "pid": os.getpid(),
-                "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": sys.argv, "job": self.job}
+                "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": sys.argv, "job": self.job,
+                **({"scores_only": True} if self.scores_only else {})}
 
     def release(self) -> None:
         if self._fd is None:
             return
         path = self.run_dir / LOCK
+        _HELD_HERE.discard(self._key())
         try:
             if _same_file(self._fd, path):  # removed first, so a waiter that opened it retries on a fresh file
                 path.unlink()
@@ -647,6 +857,53 @@ class RunLock:
                 break
 
 
+_HELD_HERE: set[str] = set()  # lock files this process holds: without flock nothing else refuses a second RunLock
+
+
+def _lock_key(run_dir: str | Path) -> str:
+    return os.path.realpath(Path(run_dir) / LOCK)
+
+
+def _held_here(run_dir: str | Path) -> bool:
+    return _lock_key(run_dir) in _HELD_HERE
+
+
+def _open_lock_file(path: Path) -> tuple[int, bool]:
+    """(fd, whether this call made the file): without OS locks, making it (O_EXCL) is taking the lock."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), True
+    except FileExistsError:
+        return os.open(path, os.O_RDWR), False
+
+
+def _remove_lock_file(fd: int, path: Path) -> None:
+    """Remove the stale lock file that fd has open, and no other: it is renamed aside first, and what was renamed
+    is put back when it is not that file (another process took the stale lock over a moment before)."""
+    aside = path.with_name(f"{LOCK}.stale.{os.getpid()}.{time.monotonic_ns()}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return  # another process removed it first
+    if not _same_file(fd, aside):
+        with contextlib.suppress(OSError):
+            os.link(aside, path)
+    aside.unlink(missing_ok=True)
+
+
+def _flock_past_probes(fd: int, path: Path) -> Optional[bool]:
+    """_try_flock, tried again for up to a second while the holder has written no details: a reader's check
+    (writer_of) holds a shared flock for a few microseconds, and must not turn a training run away."""
+    for _ in range(20):
+        try:
+            state = _try_flock(fd)
+        except OSError as exc:  # EIO, EINVAL...: a file system to keep runs off
+            raise UserError(f"cannot lock {path}: {exc.strerror or exc}; put output_dir on a local disk") from None
+        if state is not None or _read_fd(fd):
+            return state
+        time.sleep(0.05)
+    return None
+
+
 def check_job_lock(run_dir: Path, job: Optional[str]) -> None:
     """Other ranks of a torchrun job: the folder must be locked by their own rank 0 (it locks first)."""
     info = read_lock(run_dir)
@@ -655,16 +912,20 @@ def check_job_lock(run_dir: Path, job: Optional[str]) -> None:
                             "it (two writers would corrupt the folder)")
 
 
-def _try_flock(fd: int) -> Optional[bool]:
-    """True: locked. None: another process holds it. False: no OS locks here; the holder details decide."""
+# flock's errors where the file system has no locks (NFS without lockd: ENOLCK; Lustre -o noflock: ENOSYS)
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP), errno.ENOSYS}
+
+
+def _try_flock(fd: int, shared: bool = False) -> Optional[bool]:
+    """True: locked. None: another process holds it. False: no OS locks here; the lock file alone decides."""
     if fcntl is None:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         return None
     except OSError as exc:
-        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+        if exc.errno not in _NO_LOCKS:
             raise
         return False
     return True
