@@ -139,6 +139,30 @@ def cli(capsys):
     return run
 
 
+def one_line_error(result: CliResult, *words: str) -> str:
+    """The one `lorafit: error:` line of a refused command (exit 2), which names every one of `words`."""
+    assert result.code == 2, (result.code, result.err)
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lorafit: error: "), result.err
+    assert all(w in lines[0] for w in words), lines[0]
+    return lines[0]
+
+
+def signal_at_step(global_step: int):
+    """A Trainer callback that sends SIGINT to this process as the step after `global_step` begins (lorafit's
+    handler is installed by then): an interruption at a fixed step, not a race with a timer."""
+    import signal
+
+    from transformers import TrainerCallback
+
+    class SignalAtStep(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == global_step:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    return SignalAtStep()
+
+
 def run_subprocess(*args, cwd=None, timeout=600, env=None) -> subprocess.CompletedProcess:
     """`python -m lorafit ARGS` in a real process, for exit codes, signals and tracebacks."""
     full_env = {**os.environ, **(env or {})}

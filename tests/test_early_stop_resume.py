@@ -7,8 +7,6 @@ In-process runs of the tiny RoBERTa; each break comes at a fixed step and event,
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from conftest import write_config
+from conftest import signal_at_step, write_config
 from lorafit import runs
 from lorafit.config import load_config
 from lorafit.sweep import TrialFactory, load_sweep
@@ -56,17 +54,6 @@ class KillAt(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self._at("on_train_end", state)
-
-
-class SignalAtStep(TrainerCallback):
-    """SIGINT to this process as the step after `global_step` begins (lorafit's handler is installed by then)."""
-
-    def __init__(self, global_step: int):
-        self.global_step = global_step
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if state.global_step == self.global_step:
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 def _config(root: Path, name: str, tiny_roberta: Path, data: Path):
@@ -137,7 +124,7 @@ def test_a_signal_in_the_step_where_early_stopping_fires_leaves_a_completed_run(
     """Ctrl-C during step 6, whose evaluation stops the run early anyway: the run was reported interrupted (exit
     code 130, no adapter), and its resume trained on past step 6. Training ended as the unbroken run's did."""
     cfg = _config(tmp_path, "early", tiny_roberta, small_agnews)
-    result = run_training(cfg, extra_callbacks=[SignalAtStep(5)])
+    result = run_training(cfg, extra_callbacks=[signal_at_step(5)])
     assert result["status"] == "completed" and "exit_code" not in result, result
     _assert_same(_outcome(cfg.run_dir), unbroken)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import train_finished_tiny_run, write_config
+from conftest import one_line_error, train_finished_tiny_run, write_config
 from lorafit import runs
 from lorafit.errors import UserError
 
@@ -55,14 +55,6 @@ def _patch_sleep(monkeypatch, sleep) -> None:
     monkeypatch.setattr(runs, "time", clock)
 
 
-def _one_line(result, *words):
-    assert result.code == 2, (result.code, result.err)
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("lorafit: error: "), result.err
-    assert all(w in lines[0] for w in words), lines[0]
-    return lines[0]
-
-
 def _files(folder: Path) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
 
@@ -91,7 +83,7 @@ def test_predict_refuses_a_run_retrained_while_it_loaded(cli, run, texts, tmp_pa
 
     monkeypatch.setattr(predict, "load_adapter_for_inference", retrained_meanwhile)
     out = tmp_path / "pred.csv"
-    _one_line(cli("predict", run, "--input", texts, "--output", out), "was rewritten while it was read", "again")
+    one_line_error(cli("predict", run, "--input", texts, "--output", out), "was rewritten while it was read", "again")
     assert not out.exists()
     monkeypatch.undo()
     assert cli("predict", run, "--input", texts, "--output", out).code == 0, "read again, it is one run"
@@ -106,7 +98,7 @@ def test_readers_refuse_a_run_whose_writer_holds_the_lock(cli, run, texts, tmp_p
         for args in (("predict", run, "--input", texts, "--output", tmp_path / "pred.csv"),
                      ("evaluate", run, "--data", texts),
                      ("export", run, "--output", tmp_path / "export")):
-            _one_line(cli(*args), "is being written", holder, "holds its lock", "wait")
+            one_line_error(cli(*args), "is being written", holder, "holds its lock", "wait")
     assert not (tmp_path / "pred.csv").exists() and not (tmp_path / "export").exists()
     assert _files(run) == before, "evaluate wrote nothing into the run"
 
@@ -125,7 +117,7 @@ def test_a_folder_cleared_under_a_loader_is_one_line(cli, run, tmp_path, monkeyp
 
     monkeypatch.setattr(export, "load_adapter_for_inference", overwrite_starts)
     try:
-        _one_line(cli("export", run, "--output", tmp_path / "export"), "is being written", "holds its lock")
+        one_line_error(cli("export", run, "--output", tmp_path / "export"), "is being written", "holds its lock")
     finally:
         writer.release()
     assert not (tmp_path / "export").exists()
@@ -144,7 +136,7 @@ def test_evaluate_writes_no_scores_into_a_folder_retrained_meanwhile(cli, run, t
 
     monkeypatch.setattr(evaluate, "predict_probabilities", retrained_meanwhile)
     before = _files(run)
-    _one_line(cli("evaluate", run, "--data", texts), "was rewritten while it was read")
+    one_line_error(cli("evaluate", run, "--data", texts), "was rewritten while it was read")
     assert _files(run) == before and not (run / "evaluation").exists()
 
 
@@ -162,7 +154,7 @@ def test_evaluate_writes_nothing_beside_a_training_run_that_started_meanwhile(cl
     monkeypatch.setattr(evaluate, "predict_probabilities", overwrite_starts)
     monkeypatch.setattr(evaluate, "EVALUATION_LOCK_WAIT_S", 0)
     try:
-        _one_line(cli("evaluate", run, "--data", texts), "in use by", f"process {os.getpid()}")
+        one_line_error(cli("evaluate", run, "--data", texts), "in use by", f"process {os.getpid()}")
         assert _files(run) == [".lock", "config.yaml"], "the new run's folder holds no scores of the old one"
     finally:
         writer.release()

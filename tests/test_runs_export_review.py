@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import train_finished_tiny_run
+from conftest import one_line_error, train_finished_tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -29,19 +29,11 @@ def run(trained, tmp_path) -> Path:
     return shutil.copytree(trained, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints"))
 
 
-def _one_line(result, *words):
-    assert result.code == 2, (result.code, result.err)
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("lorafit: error: "), result.err
-    assert all(w in lines[0] for w in words), lines[0]
-    return lines[0]
-
-
 def test_export_to_the_current_folder_is_one_line(cli, run, tmp_path, monkeypatch):
     here = tmp_path / "empty"
     here.mkdir()
     monkeypatch.chdir(here)
-    _one_line(cli("export", run, "--output", ".", "--overwrite"), "current or a parent folder", "--output exports/")
+    one_line_error(cli("export", run, "--output", ".", "--overwrite"), "current or a parent folder", "--output exports/")
     assert here.is_dir() and not any(here.iterdir())
 
 
@@ -94,10 +86,10 @@ def test_a_run_still_training_or_stopped_is_not_called_damaged(cli, run, tmp_pat
     (run / "labels.json").unlink()
     result = json.loads((run / "result.json").read_text())
     (run / "result.json").write_text(json.dumps({**result, "status": "interrupted"}))
-    line = _one_line(cli("export", run, "--output", tmp_path / "out"), "no trained adapter", "lorafit train CONFIG")
+    line = one_line_error(cli("export", run, "--output", tmp_path / "out"), "no trained adapter", "lorafit train CONFIG")
     assert "damaged" not in line and "labels.json" not in line
     with runs.RunLock(run):
-        _one_line(cli("export", run, "--output", tmp_path / "out"), f"process {os.getpid()}", "holds its lock")
+        one_line_error(cli("export", run, "--output", tmp_path / "out"), f"process {os.getpid()}", "holds its lock")
     assert not (tmp_path / "out").exists()
 
 
@@ -106,7 +98,7 @@ def test_a_run_starting_is_not_called_no_run_folder(cli, tmp_path):
 
     starting = tmp_path / "starting"  # a run whose lock is taken and whose config is not written yet
     with runs.RunLock(starting):
-        line = _one_line(cli("export", starting, "--output", tmp_path / "out"), "no config.yaml yet",
+        line = one_line_error(cli("export", starting, "--output", tmp_path / "out"), "no config.yaml yet",
                          f"process {os.getpid()}")
         assert "not a lorafit run folder" not in line
     assert not (tmp_path / "out").exists()

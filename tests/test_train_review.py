@@ -6,29 +6,15 @@ In-process runs of the tiny RoBERTa; signals are sent by a callback at a fixed s
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
-from transformers import TrainerCallback
 
-from conftest import write_config
+from conftest import signal_at_step, write_config
 from lorafit import runs
 from lorafit.config import load_config
 from lorafit.train import run_training
-
-
-class SignalAtStep(TrainerCallback):
-    """SIGINT to this process as the step after `global_step` begins (lorafit's handler is installed by then)."""
-
-    def __init__(self, global_step: int):
-        self.global_step = global_step
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if state.global_step == self.global_step:
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 def _config(root: Path, name: str, tiny_roberta: Path, data: Path, max_train_samples=None, **train):
@@ -50,7 +36,7 @@ def _curve(run_dir: Path) -> list[dict]:
 def signalled_in_last_step(tmp_path_factory, tiny_roberta, small_agnews):
     root = tmp_path_factory.mktemp("last-step")
     cfg = _config(root, "last", tiny_roberta, small_agnews, max_train_samples=20, max_steps=4, eval_steps=2)
-    result = run_training(cfg, extra_callbacks=[SignalAtStep(3)])
+    result = run_training(cfg, extra_callbacks=[signal_at_step(3)])
     return cfg, result, (cfg.run_dir / runs.ADAPTER / runs.ADAPTER_WEIGHTS).is_file()
 
 
@@ -96,7 +82,7 @@ def early_stopping_runs(tmp_path_factory, tiny_roberta, small_agnews):
     root = tmp_path_factory.mktemp("early")
     unbroken = run_training(_config(root, "unbroken", tiny_roberta, small_agnews, **EARLY))
     cfg = _config(root, "resumed", tiny_roberta, small_agnews, **EARLY)
-    first = run_training(cfg, extra_callbacks=[SignalAtStep(4)])
+    first = run_training(cfg, extra_callbacks=[signal_at_step(4)])
     assert (first["status"], first["global_step"]) == ("interrupted", 5)
     resumed = run_training(cfg)
     return unbroken, _curve(root / "runs" / "unbroken"), resumed, _curve(cfg.run_dir)
