@@ -14,17 +14,17 @@ again (Optuna's RetryHeartbeatStaleTrialCallback), and the live workers pick it 
 """
 
 from lorafit.sweep.points import BASE_POINT, OverBudget, Point, TrialFactory, apply_budget_policy, point_part
-from lorafit.sweep.runner import (COMPLETED, FAILED, INTERRUPTED, PRUNED, SKIPPED, SWEEP_COPY, SWEEP_INFO,
-                                  OptunaReportCallback, SweepOutcome, SweepRunner, run_sweep, trial_base)
+from lorafit.sweep.runner import (BUSY, COMPLETED, DUPLICATE, FAILED, INTERRUPTED, PRUNED, SKIPPED, SWEEP_COPY,
+                                  SWEEP_INFO, OptunaReportCallback, SweepOutcome, SweepRunner, run_sweep, trial_base)
 from lorafit.sweep.spec import SearchParam, SearchSpec, SweepSpec, load_sweep
 from lorafit.sweep.storage import (DEFAULT_STORAGE_FILE, LOCK_FILE, claim_lock_for, claim_waiting_trial,
                                    default_storage_url, heartbeat, open_storage, open_study, planning_lock,
                                    queue_grid_points, with_installed_driver)
 
 __all__ = [
-    "BASE_POINT", "COMPLETED", "DEFAULT_STORAGE_FILE", "FAILED", "INTERRUPTED", "LOCK_FILE", "PRUNED", "SKIPPED",
-    "SWEEP_COPY", "SWEEP_INFO", "OptunaReportCallback", "OverBudget", "Point", "SearchParam", "SearchSpec",
-    "SweepOutcome", "SweepRunner", "SweepSpec", "TrialFactory", "apply_budget_policy", "claim_lock_for",
+    "BASE_POINT", "BUSY", "COMPLETED", "DEFAULT_STORAGE_FILE", "DUPLICATE", "FAILED", "INTERRUPTED", "LOCK_FILE",
+    "PRUNED", "SKIPPED", "SWEEP_COPY", "SWEEP_INFO", "OptunaReportCallback", "OverBudget", "Point", "SearchParam",
+    "SearchSpec", "SweepOutcome", "SweepRunner", "SweepSpec", "TrialFactory", "apply_budget_policy", "claim_lock_for",
     "claim_waiting_trial", "default_storage_url", "heartbeat", "load_sweep", "open_storage", "open_study",
     "planning_lock", "point_part", "queue_grid_points", "run_sweep", "trial_base", "with_installed_driver",
 ]

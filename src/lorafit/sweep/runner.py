@@ -4,9 +4,9 @@ sweep.json), recording its outcome in the study; `run_sweep` is `lorafit sweep`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
-import shutil
 import socket
 import sys
 import time
@@ -34,6 +34,8 @@ SWEEP_INFO = "sweep.json"  # in each trial's run folder: sweep, trial number, se
 SWEEP_COPY = "sweep.yaml"  # in the sweep folder: the sweep as resolved (base config inlined)
 # Trial statuses recorded in the study (user_attrs["status"]); result.json says "skipped" for SKIPPED
 COMPLETED, PRUNED, SKIPPED, FAILED, INTERRUPTED = "completed", "pruned", "skipped_over_budget", "failed", "interrupted"
+BUSY = "busy"  # another live process held the run folder: nothing ran, the same point is queued again
+DUPLICATE = "duplicate"  # the same config as an earlier trial (e.g. two ranks fitted to one): its outcome is reused
 
 
 class OptunaReportCallback(TrainerCallback):
@@ -101,6 +103,20 @@ def _finished_result(run_dir: Path, cfg: RunConfig) -> Optional[dict]:
     return runs.check_run_folder(run_dir, runs.FINISHED).result
 
 
+def _held_by_other(run_dir: Path) -> Optional[dict]:
+    """The details of the process holding the run folder's lock ({} before it wrote them), else None, by RunLock's
+    rules (another machine's holder is never guessed dead). Not runs.writer_of: an evaluation writing its scores
+    holds the lock too, and a trial could not take the folder meanwhile."""
+    return runs._lock_holder(run_dir)
+
+
+def _config_key(cfg: RunConfig) -> str:
+    """What makes two trials the same run: the whole config but the trial's name (its folder)."""
+    values = cfg.to_dict()
+    values.pop("name", None)
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def _curve_summary(run_dir: Path) -> dict:
     evals = [row for row in runs.read_eval_curve(run_dir) if "accuracy" in row]
     best = max(evals, key=lambda row: (row["accuracy"], -row["step"])) if evals else {}
@@ -123,6 +139,7 @@ class SweepRunner:
         self.study_id = storage.get_study_id_from_name(study.study_name)
         self.worker = _worker_id()
         self.tally: dict[str, int] = {}  # status -> trials this worker ran
+        self._said_waits: set[int] = set()  # queued trials whose held run folder this worker has logged
         self._prepared: dict[str, Any] = {}  # data key -> tokenized data of the last trial
 
     # -- choosing the next trial --------------------------------------------------------------------------------
@@ -131,21 +148,39 @@ class SweepRunner:
 
     def _count_failed_for_good(self) -> int:
         """Trials that ran and failed count toward search.n_trials, as in Optuna's own optimize: otherwise a
-        setting that fails every trial would make the search ask for new trials forever. Interrupted trials and
-        those of dead workers (no lorafit status) are queued again, so they do not count."""
+        setting that fails every trial would make the search ask for new trials forever. Interrupted trials, busy
+        ones (their folder was held) and those of dead workers (no lorafit status) are queued again: not counted."""
         return sum(1 for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
                    if t.user_attrs.get("status") == FAILED)
 
     def _claim_waiting(self) -> Optional[optuna.Trial]:
-        return claim_waiting_trial(self.study, self.storage, self.study_id, self.claim_lock)
+        return claim_waiting_trial(self.study, self.storage, self.study_id, self.claim_lock, skip=self._folder_held)
+
+    def _folder_held(self, frozen) -> bool:
+        """A queued trial whose run folder a live process holds stays queued (claimed, it could only be refused):
+        e.g. the retry of a trial whose worker still trains though its heartbeats stopped. It runs once that
+        process ends, and then reuses the run it finished or resumes from its checkpoint."""
+        run_dir = self.factory.sweep_dir / self._trial_name(frozen)
+        holder = _held_by_other(run_dir)
+        if holder is not None and frozen.number not in self._said_waits:
+            self._said_waits.add(frozen.number)
+            here = holder.get("host") in (None, socket.gethostname())
+            gone = "" if here else f"; if that run is gone, delete {run_dir / runs.LOCK}"
+            _log(f"trial {frozen.number} {run_dir.name}: waits, its run folder is in use by "
+                 f"{runs.describe_holder(holder)}{gone}")
+        return holder is not None
 
     def next_trial(self) -> "optuna.Trial | str | None":
-        """A claimed trial; 'wait' while only other workers' trials are running (one may die); None when done."""
+        """A claimed trial; 'wait' while only other workers' trials are running (one may die) or queued trials
+        wait for their run folder; None when done."""
         trial = self._claim_waiting()
         if trial is not None:
             return trial
         running = self._count(TrialState.RUNNING)
-        if self.spec.search is not None:
+        # queued trials the claim left wait for their run folder; no new trial meanwhile: Optuna's ask hands out
+        # queued trials first, so it would take one of them
+        waiting = self._count(TrialState.WAITING)
+        if self.spec.search is not None and not waiting:
             target = self.spec.search.n_trials
             finished = self._count(TrialState.COMPLETE, TrialState.PRUNED) + self._count_failed_for_good()
             if target is None or finished + running < target:
@@ -154,7 +189,7 @@ class SweepRunner:
                     return self.study.ask()
             if finished >= target:
                 return None
-        return "wait" if running else None
+        return "wait" if running or waiting else None
 
     # -- one trial ---------------------------------------------------------------------------------------------
     def _settings(self, trial: optuna.Trial) -> dict:
@@ -172,7 +207,7 @@ class SweepRunner:
             settings[param.key] = value
         return settings
 
-    def _trial_name(self, trial: optuna.Trial) -> str:
+    def _trial_name(self, trial: "optuna.Trial | optuna.trial.FrozenTrial") -> str:
         # a retried trial (interrupted, or its worker died) keeps its run folder, so it resumes from the checkpoint
         return trial.user_attrs.get("point") or trial.user_attrs.get("run_name") or f"trial-{trial.number:04d}"
 
@@ -196,28 +231,63 @@ class SweepRunner:
         try:
             cfg, fitted_from = apply_budget_policy(cfg, self.spec.budget_policy)
         except OverBudget as over:
-            if _completed_result(run_dir) is not None:  # a finished run of another config (an earlier study): keep it
-                return self._finish(trial, TrialOutcome(FAILED, note=f"{run_dir} holds a finished run of another "
-                                                        "config; move it away or use another --output-dir"))
-            self._write_skipped(run_dir, cfg, trial, name, settings, over)
-            return self._finish(trial, TrialOutcome(SKIPPED, note=over.reason))
+            return self._finish(trial, self._in_folder(run_dir, lambda: self._skip(run_dir, cfg, trial, name,
+                                                                                     settings, over)))
         except UserError as exc:
             return self._fail(trial, run_dir, cfg, name, settings, str(exc))
         if fitted_from is not None:
             trial.set_user_attr("r_fitted", {"requested": fitted_from, "r": cfg.lora.r})
+        same = self._same_config_done(trial, cfg)
+        if same is not None:
+            return self._finish(trial, self._reuse(trial, same))
+        # the folder is changed only under its lock: a live writer (the first worker of a retried trial) keeps it
+        outcome = self._in_folder(run_dir,
+                                  lambda: self._ready_folder(run_dir, cfg, trial, name, settings, fitted_from))
+        if outcome is not None:
+            return self._finish(trial, outcome)
+        return self._train(trial, run_dir, cfg, name, settings)
 
+    @staticmethod
+    def _in_folder(run_dir: Path, work) -> Optional[TrialOutcome]:
+        """work() under the run folder's lock; BUSY when another live process holds the folder."""
+        try:
+            with runs.RunLock(run_dir):
+                return work()
+        except runs.RunFolderBusy as exc:
+            return TrialOutcome(BUSY, note=str(exc))
+
+    def _ready_folder(self, run_dir: Path, cfg: RunConfig, trial, name: str, settings: dict,
+                      fitted_from: Any) -> Optional[TrialOutcome]:
+        """The trial's outcome if the folder holds it already (or is damaged); else the folder is made ready."""
         try:
             previous = _finished_result(run_dir, cfg)
         except runs.RunFolderError as exc:  # a user's damaged folder: say so, never overwrite it
-            return self._finish(trial, TrialOutcome(FAILED, note=str(exc)))
+            return TrialOutcome(FAILED, note=str(exc))
         if previous is not None:  # trained before under this name and config: never rerun a finished run
-            return self._finish(trial, TrialOutcome(COMPLETED, previous.get("best_eval_accuracy"), "already in the folder"))
-        if run_dir.exists() and not _has_checkpoint(run_dir) and _completed_result(run_dir) is None:
+            return TrialOutcome(COMPLETED, previous.get("best_eval_accuracy"), "already in the folder")
+        if not _has_checkpoint(run_dir) and _completed_result(run_dir) is None:
             # leftovers of an attempt that never checkpointed: start clean (a finished run of another config whose
             # checkpoints were deleted is no leftover: training refuses its folder, and the trial fails saying so)
-            shutil.rmtree(run_dir)
+            runs.clear_run_dir(run_dir)  # not the lock file this worker holds
         runs.atomic_write_json(run_dir / SWEEP_INFO, self._sweep_info(trial, name, settings, fitted_from, cfg))
-        return self._train(trial, run_dir, cfg, name, settings)
+        return None
+
+    def _same_config_done(self, trial: optuna.Trial, cfg: RunConfig) -> Optional[optuna.trial.FrozenTrial]:
+        """The first finished trial that ran this very config (under budget_policy fit, two ranks over budget both
+        become the largest that fits; a sampler may also draw a point twice), else None."""
+        key = _config_key(cfg)
+        trial.set_user_attr("config_key", key)
+        done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        return next((t for t in done if t.user_attrs.get("config_key") == key and t.number != trial.number), None)
+
+    def _reuse(self, trial: optuna.Trial, same: optuna.trial.FrozenTrial) -> TrialOutcome:
+        """Record the earlier trial's outcome for this one (the sampler learns what this point gives) without
+        training the same config again; the trial points at the earlier run folder."""
+        original = same.user_attrs.get("duplicate_of", same.number)
+        trial.set_user_attr("run_dir", same.user_attrs.get("run_dir"))
+        trial.set_user_attr("duplicate_of", original)
+        return TrialOutcome(DUPLICATE, same.value, f"the same config as trial {original}, whose "
+                            f"{'result' if same.value is not None else 'pruned run'} is reused")
 
     def _train(self, trial, run_dir: Path, cfg: RunConfig, name: str, settings: dict) -> TrialOutcome:
         from lorafit.train import run_training  # torch/transformers load only when a trial trains
@@ -225,8 +295,8 @@ class SweepRunner:
         reporter = OptunaReportCallback(trial)
         try:
             result = run_training(cfg, prepared=self._prepare(cfg), extra_callbacks=[reporter])
-        except runs.RunFolderBusy as exc:  # another process trains in this folder: write nothing there
-            return self._finish(trial, TrialOutcome(FAILED, note=str(exc)))
+        except runs.RunFolderBusy as exc:  # taken since the folder was made ready: write nothing there
+            return self._finish(trial, TrialOutcome(BUSY, note=str(exc)))
         except UserError as exc:
             return self._fail(trial, run_dir, cfg, name, settings, str(exc))
         except Exception as exc:
@@ -258,20 +328,29 @@ class SweepRunner:
             return prepared
         return dataclasses.replace(cached, cfg=cfg, budget=check_budget(cfg, load_model_config(cfg.model)))
 
-    def _write_skipped(self, run_dir: Path, cfg: RunConfig, trial, name: str, settings: dict, over: OverBudget) -> None:
+    def _skip(self, run_dir: Path, cfg: RunConfig, trial, name: str, settings: dict, over: OverBudget) -> TrialOutcome:
         """A small run folder (config, result with the reason, no weights) so reports list the point."""
-        shutil.rmtree(run_dir, ignore_errors=True)
+        if _completed_result(run_dir) is not None:  # a finished run of another config (an earlier study): keep it
+            return TrialOutcome(FAILED, note=f"{run_dir} holds a finished run of another config; move it away or "
+                                "use another --output-dir")
+        runs.clear_run_dir(run_dir)  # not the lock file this worker holds
         runs.atomic_write_text(run_dir / runs.CONFIG, cfg.to_yaml())
         runs.atomic_write_json(run_dir / SWEEP_INFO, self._sweep_info(trial, name, settings, None, cfg))
         runs.atomic_write_json(run_dir / runs.RESULT, {
             "format_version": runs.FORMAT_VERSION, "status": "skipped", "reason": over.reason, "trainable_params": over.total, "budget": cfg.budget,
             "lora_r": cfg.lora.r, "best_eval_accuracy": None, "final_eval_accuracy": None,
         })
+        return TrialOutcome(SKIPPED, note=over.reason)
 
     def _fail(self, trial, run_dir: Path, cfg: RunConfig, name: str, settings: dict, error: str) -> TrialOutcome:
-        """Keep what the run wrote (checkpoints let a retry resume); say what went wrong in result.json."""
+        """Keep what the run wrote (checkpoints let a retry resume); say what went wrong in result.json, unless
+        another live process holds the folder now."""
+        self._in_folder(run_dir, lambda: self._write_failed(run_dir, cfg, trial, name, settings, error))
+        return self._finish(trial, TrialOutcome(FAILED, note=error))
+
+    def _write_failed(self, run_dir: Path, cfg: RunConfig, trial, name: str, settings: dict, error: str) -> None:
         if _completed_result(run_dir) is not None:  # e.g. a finished run of another config: its result stays true to its adapter
-            return self._finish(trial, TrialOutcome(FAILED, note=error))
+            return
         if not (run_dir / runs.CONFIG).exists():
             runs.atomic_write_text(run_dir / runs.CONFIG, cfg.to_yaml())
         if not (run_dir / SWEEP_INFO).exists():
@@ -282,7 +361,6 @@ class SweepRunner:
                                                        "status": "failed", "error": error,
                                                        "trainable_params": trainable, "budget": cfg.budget,
                                                        "lora_r": cfg.lora.r, **_curve_summary(run_dir)})
-        return self._finish(trial, TrialOutcome(FAILED, note=error))
 
     def _finish(self, trial: optuna.Trial, outcome: TrialOutcome) -> TrialOutcome:
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
@@ -290,24 +368,34 @@ class SweepRunner:
             # another worker failed it (no heartbeat for the grace period: a stalled database, a suspended machine)
             # and queued it again; it can no longer be updated, and this worker goes on with the next trial
             _log(f"trial {trial.number} {trial.user_attrs.get('run_name')}: {outcome.status}, but another worker "
-                 "took it over meanwhile (its heartbeat had stopped); its run folder keeps what it wrote")
+                 "took it over meanwhile (its heartbeat had stopped); its retry takes up what its run folder holds")
             return outcome
         trial.set_user_attr("status", outcome.status)
         if outcome.note:
             trial.set_user_attr("reason" if outcome.status == SKIPPED else "note", outcome.note)
-        if outcome.status == COMPLETED:
+        if outcome.status == COMPLETED or (outcome.status == DUPLICATE and outcome.value is not None):
             self.study.tell(trial, outcome.value)
-        elif outcome.status in (PRUNED, SKIPPED):
+        elif outcome.status in (PRUNED, SKIPPED, DUPLICATE):
             self.study.tell(trial, state=TrialState.PRUNED)
+        elif outcome.status == BUSY:  # not a failure of the point, and not counted toward search.n_trials
+            self._queue_again(trial)  # before the FAIL: a grid's planning never sees the point without a trial
+            self.study.tell(trial, state=TrialState.FAIL)
         else:
             self.study.tell(trial, state=TrialState.FAIL)
             if outcome.status == INTERRUPTED and self.spec.search is not None:
-                # the same point again, in the same run folder: the rerun resumes from its checkpoint
-                self.study.enqueue_trial(trial.params, user_attrs={"run_name": trial.user_attrs["run_name"]})
+                self._queue_again(trial)  # the rerun resumes from its checkpoint (a grid queues it on rerun)
         value = f", best val accuracy {outcome.value:.4f}" if outcome.value is not None else ""
         note = f" ({outcome.note})" if outcome.note else ""
         _log(f"trial {trial.number} {trial.user_attrs.get('run_name')}: {outcome.status}{value}{note}")
         return outcome
+
+    def _queue_again(self, trial: optuna.Trial) -> None:
+        """The same point once more, in the same run folder (it waits while another process holds that folder)."""
+        attrs = trial.user_attrs
+        if self.spec.search is None:
+            self.study.enqueue_trial({}, user_attrs={k: attrs.get(k) for k in ("point", "settings", "axis")})
+        else:
+            self.study.enqueue_trial(trial.params, user_attrs={"run_name": attrs["run_name"]})
 
     # -- the loop ----------------------------------------------------------------------------------------------
     def _run_guarded(self, trial: optuna.Trial, trial_id: int) -> TrialOutcome:
@@ -326,6 +414,10 @@ class SweepRunner:
                 raise
             return self._finish(trial, TrialOutcome(FAILED, note=f"{type(exc).__name__}: {exc}"))
 
+    @staticmethod
+    def _wait(seconds: float) -> None:
+        time.sleep(seconds)
+
     def run(self, max_trials: Optional[int], timeout: Optional[float]) -> dict:
         """Run trials until none is left (or this worker's trial count / time is used up); returns status counts."""
         started = time.monotonic()
@@ -339,7 +431,7 @@ class SweepRunner:
             if trial is None:
                 break
             if trial == "wait":  # others are running the last trials; take over any whose worker dies
-                time.sleep(poll)
+                self._wait(poll)
                 continue
             trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
             with heartbeat(self.storage, trial_id):

@@ -55,6 +55,12 @@ class SearchParam:
     step: Optional[float] = None
     choices: list = field(default_factory=list)
 
+    def recorded(self) -> dict:
+        """What the study records of this parameter: its distribution, without the unset options."""
+        fields = {"type": self.type, "low": self.low, "high": self.high, "log": self.log or None, "step": self.step,
+                  "choices": self.choices or None}
+        return {name: value for name, value in fields.items() if value is not None}  # low 0 is kept
+
     def choice_labels(self) -> list:
         """Optuna's categorical choices must be scalars; a list choice (target modules) becomes 'a,b'."""
         return [",".join(map(str, c)) if isinstance(c, list) else c for c in self.choices]
@@ -93,6 +99,10 @@ class SweepSpec:
     @property
     def study(self) -> str:
         return self.study_name or self.name
+
+    def search_space(self) -> Optional[dict]:
+        """The search's parameters as the study records them (None for a grid)."""
+        return {p.key: p.recorded() for p in self.search.params} if self.search else None
 
 
 def pruner_from(options: dict) -> optuna.pruners.BasePruner:

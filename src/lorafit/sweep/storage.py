@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
+import json
 import threading
 from pathlib import Path
 from typing import Optional
@@ -191,10 +192,13 @@ def claim_lock_for(url: str, sweep_dir: Path):
 
 
 def claim_waiting_trial(study: optuna.Study, storage: optuna.storages.RDBStorage, study_id: int,
-                        lock=contextlib.nullcontext) -> Optional[optuna.Trial]:
-    """The first queued trial this worker can move from WAITING to RUNNING; of two workers, one gets it."""
+                        lock=contextlib.nullcontext, skip=None) -> Optional[optuna.Trial]:
+    """The first queued trial this worker can move from WAITING to RUNNING; of two workers, one gets it. Trials
+    that skip(frozen) says cannot start yet stay queued."""
     with lock():
         for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            if skip is not None and skip(frozen):
+                continue
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
             try:
                 if storage.set_trial_state_values(trial_id, TrialState.RUNNING):
@@ -209,6 +213,14 @@ def _changed_settings(old: dict, new: dict) -> str:
     changed = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
                if old.get(key) != new.get(key)]
     return "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
+
+
+def _changed_space(old: dict, new: dict) -> str:
+    def text(param: Optional[dict]) -> str:
+        return json.dumps(param, separators=(",", ":")) if param else "none"
+
+    return "; ".join(f"search.params.{key}: {text(old.get(key))} -> {text(new.get(key))}"
+                     for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key))
 
 
 def _refuse_changed(spec: SweepSpec, url: str, changes: str) -> None:
@@ -237,8 +249,16 @@ def open_study(spec: SweepSpec, url: str, sweep_dir: Path, points: list[Point], 
         recorded_policy = study.user_attrs.get("budget_policy")  # None: a study from before it was recorded
         if recorded_policy not in (None, spec.budget_policy):
             _refuse_changed(spec, url, f"budget_policy: {recorded_policy!r} -> {spec.budget_policy!r}")
+        # Optuna mixes trials drawn from two spaces silently (changed categorical choices fail every new trial):
+        # the study keeps the space its trials were drawn from. A grid may grow: each point's config is its own.
+        space = json.loads(json.dumps(spec.search_space()))  # as the storage's JSON gives it back
+        recorded_space = study.user_attrs.get("search_space")  # None: a grid, or a study from before it was recorded
+        if None not in (space, recorded_space) and recorded_space != space:
+            _refuse_changed(spec, url, _changed_space(recorded_space, space))
         _stale_trials_failed(study)
         queued = queue_grid_points(study, points) if points else 0
+        if space is not None:
+            study.set_user_attr("search_space", space)
         study.set_user_attr("mode", spec.mode)
         study.set_user_attr("base", base)
         study.set_user_attr("budget_policy", spec.budget_policy)
