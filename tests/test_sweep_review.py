@@ -5,7 +5,6 @@ wiped by a later study."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 

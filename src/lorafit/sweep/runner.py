@@ -4,6 +4,7 @@ sweep.json), recording its outcome in the study; `run_sweep` is `lorafit sweep`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -231,8 +232,8 @@ class SweepRunner:
         try:
             cfg, fitted_from = apply_budget_policy(cfg, self.spec.budget_policy)
         except OverBudget as over:
-            return self._finish(trial, self._in_folder(run_dir, lambda: self._skip(run_dir, cfg, trial, name,
-                                                                                     settings, over)))
+            skip = functools.partial(self._skip, run_dir, cfg, trial, name, settings, over)
+            return self._finish(trial, self._in_folder(run_dir, skip))
         except UserError as exc:
             return self._fail(trial, run_dir, cfg, name, settings, str(exc))
         if fitted_from is not None:
