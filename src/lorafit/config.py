@@ -32,7 +32,7 @@ QUANTIZE_CHOICES = ("none", "int8")  # inference only: lorafit predict / evaluat
 
 
 def _field(default: Any, help: str, path: bool = False, **kwargs: Any) -> Any:
-    """path=True: a file or folder setting, whose leading ~ is expanded (_expand_user) when a config is read."""
+    """path=True: a file or folder setting, whose leading ~ is expanded (expand_user) when a config is read."""
     metadata = {"help": help, "path": path}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=metadata, **kwargs)
@@ -439,12 +439,12 @@ def _section_values(name: str, value: Any) -> dict:
     return value
 
 
-def _expand_user(value: Any) -> Any:
+def expand_user(value: Any) -> Any:
     """~ in a path setting (or a list of them): without this, `output_dir: ~/runs` made a folder named '~'."""
     if isinstance(value, str):
         return os.path.expanduser(value)
     if isinstance(value, list):
-        return [_expand_user(v) for v in value]
+        return [expand_user(v) for v in value]
     return value
 
 
@@ -462,7 +462,7 @@ def _build_section(cls: type, values: dict, prefix: str) -> Any:
             continue
         kwargs[key] = _coerce(f"{prefix}{key}", value, hints[key])
         if fields[key].metadata.get("path"):
-            kwargs[key] = _expand_user(kwargs[key])
+            kwargs[key] = expand_user(kwargs[key])
     return cls(**kwargs)
 
 

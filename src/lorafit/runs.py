@@ -601,11 +601,11 @@ def writer_of(run_dir: str | Path) -> Optional[dict]:
     """The details of the process writing the run folder now ({} when it has not written them yet), or None when
     no process writes what a loader reads (an evaluation writing its scores does not). Writes nothing; holds a
     shared flock on .lock for a moment (RunLock waits that out)."""
-    holder = _lock_holder(run_dir)
+    holder = lock_holder(run_dir)
     return None if holder and holder.get("scores_only") is True else holder
 
 
-def _lock_holder(run_dir: str | Path) -> Optional[dict]:
+def lock_holder(run_dir: str | Path) -> Optional[dict]:
     path = Path(run_dir) / LOCK
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -108,7 +108,7 @@ def _held_by_other(run_dir: Path) -> Optional[dict]:
     """The details of the process holding the run folder's lock ({} before it wrote them), else None, by RunLock's
     rules (another machine's holder is never guessed dead). Not runs.writer_of: an evaluation writing its scores
     holds the lock too, and a trial could not take the folder meanwhile."""
-    return runs._lock_holder(run_dir)
+    return runs.lock_holder(run_dir)
 
 
 def _config_key(cfg: RunConfig) -> str:

@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import optuna
 
-from lorafit.config import SECTIONS, _expand_user, read_yaml
+from lorafit.config import SECTIONS, expand_user, read_yaml
 from lorafit.errors import UserError
 
 SWEEP_KEYS = ("name", "description", "base", "overrides", "output_dir", "study_name", "budget_policy", "grid",
@@ -173,14 +173,14 @@ def _with_user_output_dir(values: dict) -> dict:
     its ~ is expanded here, as config files expand it."""
     if "output_dir" not in values:
         return values
-    return {**values, "output_dir": _expand_user(values["output_dir"])}
+    return {**values, "output_dir": expand_user(values["output_dir"])}
 
 
 def _load_base(base: Any, sweep_file: Path) -> dict:
     if isinstance(base, dict):
         return _with_user_output_dir(base)
     if isinstance(base, str):
-        path = Path(_expand_user(base))
+        path = Path(expand_user(base))
         return _with_user_output_dir(read_yaml(path if path.is_absolute() else sweep_file.parent / path))
     raise UserError(f"{sweep_file}: 'base' must be a config file path (relative to the sweep file) or a mapping")
 
@@ -286,7 +286,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
     grace = _whole(grace, "grace_period", minimum=heartbeat + 1) if grace is not None else None
     return SweepSpec(
         name=name, base=_load_base(values["base"], path), source=path, overrides=_with_user_output_dir(overrides),
-        output_dir=_expand_user(_optional_text(values, "output_dir", path)),
+        output_dir=expand_user(_optional_text(values, "output_dir", path)),
         study_name=_optional_text(values, "study_name", path),
         budget_policy=_choice(values.get("budget_policy", "skip"), BUDGET_POLICIES, "budget_policy"),
         grid_mode=grid_mode, axes=axes, search=_parse_search(values["search"]) if "search" in values else None,
