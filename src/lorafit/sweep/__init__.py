@@ -5,7 +5,9 @@ sweep, trial and settings it belongs to. Grid points are queued in the study onc
 them with the storage's atomic WAITING -> RUNNING update, so any number of workers on any number of machines
 (`--storage postgresql://...`) run each point exactly once. Finished trials are never rerun; rerunning the sweep
 resumes it. A worker that dies stops sending heartbeats; after the grace period its trial is failed and queued
-again (Optuna's RetryHeartbeatStaleTrialCallback), and the live workers pick it up.
+again (Optuna's RetryHeartbeatStaleTrialCallback), and the live workers pick it up. A trial also claims its config
+(under the planning lock), so two trials of one config never both train it; a seeded search draws each trial with a
+seed from search.seed and the trial's number, so workers differ and a lone worker is reproducible.
 
   spec.py     the sweep file: schema, parsing, checks (load_sweep)
   points.py   trial configs, grid points and their folder names, the budget policy

@@ -37,6 +37,7 @@ SWEEP_COPY = "sweep.yaml"  # in the sweep folder: the sweep as resolved (base co
 COMPLETED, PRUNED, SKIPPED, FAILED, INTERRUPTED = "completed", "pruned", "skipped_over_budget", "failed", "interrupted"
 BUSY = "busy"  # another live process held the run folder: nothing ran, the same point is queued again
 DUPLICATE = "duplicate"  # the same config as an earlier trial (e.g. two ranks fitted to one): its outcome is reused
+CONFIG_CLAIM = "config_claim"  # user attr of the trial that trains its config: {"key": config key, "trial": number}
 
 
 class OptunaReportCallback(TrainerCallback):
@@ -140,7 +141,7 @@ class SweepRunner:
         self.study_id = storage.get_study_id_from_name(study.study_name)
         self.worker = _worker_id()
         self.tally: dict[str, int] = {}  # status -> trials this worker ran
-        self._said_waits: set[int] = set()  # queued trials whose held run folder this worker has logged
+        self._said_waits: set = set()  # (why, trial number) of queued waits this worker has logged
         self._prepared: dict[str, Any] = {}  # data key -> tokenized data of the last trial
 
     # -- choosing the next trial --------------------------------------------------------------------------------
@@ -155,7 +156,26 @@ class SweepRunner:
                    if t.user_attrs.get("status") == FAILED)
 
     def _claim_waiting(self) -> Optional[optuna.Trial]:
-        return claim_waiting_trial(self.study, self.storage, self.study_id, self.claim_lock, skip=self._folder_held)
+        claimed = functools.cache(self._claimed_configs)  # one look at the running trials per claim, when needed
+        return claim_waiting_trial(self.study, self.storage, self.study_id, self.claim_lock,
+                                   skip=lambda frozen: self._folder_held(frozen) or self._config_held(frozen, claimed()))
+
+    def _claimed_configs(self) -> dict:
+        """config key -> number of the running trial that claimed it (_claim_config). A claim copied into a retry
+        (Optuna's retry copies user attrs) names the first trial, so it claims nothing."""
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        claims = ((t.number, t.user_attrs.get(CONFIG_CLAIM)) for t in running)
+        return {claim["key"]: number for number, claim in claims
+                if isinstance(claim, dict) and claim.get("trial") == number}
+
+    def _config_held(self, frozen, claimed: dict) -> bool:
+        """A queued trial whose config a running trial trains stays queued (claimed, it could only be busy again);
+        once that trial ends, it reuses its result."""
+        holder = claimed.get(frozen.user_attrs.get("config_key"))
+        if holder is not None and ("config", frozen.number) not in self._said_waits:
+            self._said_waits.add(("config", frozen.number))
+            _log(f"trial {frozen.number} {self._trial_name(frozen)}: waits, trial {holder} trains the same config")
+        return holder is not None
 
     def _folder_held(self, frozen) -> bool:
         """A queued trial whose run folder a live process holds stays queued (claimed, it could only be refused):
@@ -163,8 +183,8 @@ class SweepRunner:
         process ends, and then reuses the run it finished or resumes from its checkpoint."""
         run_dir = self.factory.sweep_dir / self._trial_name(frozen)
         holder = _held_by_other(run_dir)
-        if holder is not None and frozen.number not in self._said_waits:
-            self._said_waits.add(frozen.number)
+        if holder is not None and ("folder", frozen.number) not in self._said_waits:
+            self._said_waits.add(("folder", frozen.number))
             here = holder.get("host") in (None, socket.gethostname())
             gone = "" if here else f"; if that run is gone, delete {run_dir / runs.LOCK}"
             _log(f"trial {frozen.number} {run_dir.name}: waits, its run folder is in use by "
@@ -238,9 +258,9 @@ class SweepRunner:
             return self._fail(trial, run_dir, cfg, name, settings, str(exc))
         if fitted_from is not None:
             trial.set_user_attr("r_fitted", {"requested": fitted_from, "r": cfg.lora.r})
-        same = self._same_config_done(trial, cfg)
-        if same is not None:
-            return self._finish(trial, self._reuse(trial, same))
+        outcome = self._claim_config(trial, cfg)
+        if outcome is not None:
+            return self._finish(trial, outcome)
         # the folder is changed only under its lock: a live writer (the first worker of a retried trial) keeps it
         outcome = self._in_folder(run_dir,
                                   lambda: self._ready_folder(run_dir, cfg, trial, name, settings, fitted_from))
@@ -273,11 +293,26 @@ class SweepRunner:
         runs.atomic_write_json(run_dir / SWEEP_INFO, self._sweep_info(trial, name, settings, fitted_from, cfg))
         return None
 
-    def _same_config_done(self, trial: optuna.Trial, cfg: RunConfig) -> Optional[optuna.trial.FrozenTrial]:
-        """The first finished trial that ran this very config (under budget_policy fit, two ranks over budget both
-        become the largest that fits; a sampler may also draw a point twice), else None."""
+    def _claim_config(self, trial: optuna.Trial, cfg: RunConfig) -> Optional[TrialOutcome]:
+        """None once this trial has claimed its config to train it; else DUPLICATE (a finished trial ran it: its
+        outcome is reused) or BUSY (a running trial trains it: the point is queued again, waits, then is a
+        duplicate). Check and claim are one step under the planning lock (PostgreSQL's advisory lock, SQLite's
+        file lock): two trials of one config starting together each saw no finished trial and both trained."""
         key = _config_key(cfg)
         trial.set_user_attr("config_key", key)
+        with self.planning_lock():
+            same = self._same_config_done(trial, key)
+            if same is not None:
+                return self._reuse(trial, same)
+            holder = self._claimed_configs().get(key)
+            if holder is not None:
+                return TrialOutcome(BUSY, note=f"trial {holder} trains the same config now; this point waits for it")
+            trial.set_user_attr(CONFIG_CLAIM, {"key": key, "trial": trial.number})
+        return None
+
+    def _same_config_done(self, trial: optuna.Trial, key: str) -> Optional[optuna.trial.FrozenTrial]:
+        """The first finished trial that ran this very config (under budget_policy fit, two ranks over budget both
+        become the largest that fits; a sampler may also draw a point twice), else None."""
         done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
         return next((t for t in done if t.user_attrs.get("config_key") == key and t.number != trial.number), None)
 
@@ -391,12 +426,12 @@ class SweepRunner:
         return outcome
 
     def _queue_again(self, trial: optuna.Trial) -> None:
-        """The same point once more, in the same run folder (it waits while another process holds that folder)."""
+        """The same point once more, in the same run folder (it waits while another process holds that folder, or
+        while another trial trains its config: hence its config key)."""
         attrs = trial.user_attrs
-        if self.spec.search is None:
-            self.study.enqueue_trial({}, user_attrs={k: attrs.get(k) for k in ("point", "settings", "axis")})
-        else:
-            self.study.enqueue_trial(trial.params, user_attrs={"run_name": attrs["run_name"]})
+        keep = ("point", "settings", "axis") if self.spec.search is None else ("run_name",)
+        queued = {k: attrs.get(k) for k in keep} | ({"config_key": attrs["config_key"]} if "config_key" in attrs else {})
+        self.study.enqueue_trial({} if self.spec.search is None else trial.params, user_attrs=queued)
 
     # -- the loop ----------------------------------------------------------------------------------------------
     def _run_guarded(self, trial: optuna.Trial, trial_id: int) -> TrialOutcome:

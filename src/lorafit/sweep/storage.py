@@ -6,10 +6,12 @@ machines run each point exactly once, and a dead worker's trial is failed and qu
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import inspect
 import json
 import threading
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -126,13 +128,72 @@ def _postgres_advisory_lock(url: str):
 
 
 def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+    """The search's sampler. With search.seed, each trial draws with a seed of its own (TrialSeededSampler): every
+    worker builds its sampler from the same sweep file, and one seeded stream per worker made N workers draw the
+    same points."""
     search = spec.search
     if search is None:  # grid trials take their settings from the queue, not from a sampler
         return optuna.samplers.RandomSampler()
-    if search.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=search.seed)
-    # constant_liar: concurrent workers treat each other's running trials as bad, so they spread out
-    return optuna.samplers.TPESampler(seed=search.seed, constant_liar=True)
+    if search.seed is None:  # each worker's sampler is seeded from the OS: they differ already
+        return _sampler(search.sampler, None)
+    return TrialSeededSampler(functools.partial(_sampler, search.sampler), search.seed)
+
+
+def _sampler(kind: str, seed: Optional[int]) -> optuna.samplers.BaseSampler:
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    with warnings.catch_warnings():  # constant_liar is "experimental" in every Optuna release so far
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # constant_liar: concurrent workers treat each other's running trials as bad, so they spread out
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """The seed trial `number` of the study draws with: a function of search.seed and the trial number only."""
+    digest = hashlib.sha256(f"lorafit sweep {seed} {number}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")  # numpy's RandomState takes seeds below 2**32
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """A sampler (make(seed)) that draws each trial with trial_seed(search.seed, trial number).
+
+    The storage gives each trial its own number, so concurrent workers (processes or machines on one study, all
+    built from one sweep file) draw different points, and none needs to know the others; a lone worker is
+    reproducible from search.seed, trial by trial, and a rerun that resumes a study draws new points rather than
+    its first trials' again. A TPE sampler's choices also depend on the finished trials, so its points repeat
+    where the history does (a lone worker, from a fresh study). Optuna's own answer for parallel trials
+    (study.optimize with n_jobs > 1 calls sampler.reseed_rng) gives up reproducibility: not taken.
+    The points differ from those a sampler seeded once with search.seed drew (as lorafit did before), trial 0's too.
+    """
+
+    def __init__(self, make, seed: int):
+        self._make, self._seed = make, seed
+        self._number: Optional[int] = None
+        self._inner = make(seed)
+
+    def _for(self, trial) -> optuna.samplers.BaseSampler:
+        # a fresh sampler per trial: its random stream starts from the trial's seed (one trial at a time here)
+        if trial.number != self._number:
+            self._number, self._inner = trial.number, self._make(trial_seed(self._seed, trial.number))
+        return self._inner
+
+    def before_trial(self, study, trial) -> None:
+        self._for(trial).before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._for(trial).after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:  # the current trial's stream only: later trials draw with their own seeds
+        self._inner.reseed_rng()
 
 
 def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
