@@ -15,6 +15,7 @@ from huggingface_hub import EvalResult, ModelCardData
 
 from lorafit import runs
 from lorafit.config import read_yaml
+from lorafit.errors import UserError
 
 CARD = "README.md"
 EVALUATION = "evaluation"
@@ -56,12 +57,18 @@ def evaluations(run_dir: Path) -> list[tuple[str, dict]]:
     return found
 
 
-def _hub_split(source: str) -> Optional[tuple[str, str]]:
-    """(dataset id, split) when an evaluation's data was a Hub split `DATASET_ID:SPLIT`, else None."""
+def _hub_split(source: str) -> Optional[tuple[str, Optional[str], str]]:
+    """(dataset id, config or None, split) when an evaluation's data was a Hub split `DATASET_ID:SPLIT` or
+    `DATASET_ID:CONFIG:SPLIT`, else None."""
+    from lorafit.data import parse_hub_spec  # pandas and numpy: only when a card is written
+
     if ":" not in source or Path(source).exists():
         return None
-    dataset, split = source.split(":", 1)  # a dataset id has no colon; a split may (a slice: test[:100])
-    return (dataset, split) if hub_id(dataset) else None
+    try:
+        dataset, config, split = parse_hub_spec(source)  # as `lorafit evaluate --data` read it
+    except UserError:
+        return None
+    return (dataset, config, split) if hub_id(dataset) else None
 
 
 def _validation_dataset(data: dict) -> tuple[str, str, str]:
@@ -95,9 +102,9 @@ def _eval_results(values: dict, result: dict, evaluated: list[tuple[str, dict]])
         if metrics.get("quantize"):  # a quantized check scores another model than the one published
             continue
         hub = _hub_split(str(metrics.get("data", "")))
-        dataset_type, split = hub if hub else (name, None)
+        dataset_type, config, split = hub if hub else (name, None, None)
         common = dict(task_type="text-classification", dataset_type=dataset_type,
-                      dataset_name=str(metrics.get("data", name)), dataset_split=split)
+                      dataset_name=str(metrics.get("data", name)), dataset_split=split, dataset_config=config)
         results.append(EvalResult(metric_type="accuracy", metric_value=metrics["accuracy"], **common))
         results.append(EvalResult(metric_type="f1", metric_name="macro F1", metric_args={"average": "macro"},
                                   metric_value=metrics["macro_f1"], **common))

@@ -286,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("evaluate", help="accuracy, macro-F1, per-class scores and confusion matrix of a run")
     p.add_argument("run_dir", type=_user_path)
     p.add_argument("--data", required=True, type=_user_path,
-                   help="labelled file (.pkl with --trust-pickle), or a Hub split as DATASET_ID:SPLIT")
+                   help="labelled file (.pkl with --trust-pickle), or a Hub split as DATASET_ID:SPLIT or "
+                        "DATASET_ID:CONFIG:SPLIT (glue:sst2:validation)")
     p.add_argument("--model", type=_user_path, help="base model location, if it moved since training")
     p.add_argument("--trust-pickle", action="store_true", help="allow a pickle file (it can run code: only files you trust)")
     p.add_argument("--json", action="store_true")

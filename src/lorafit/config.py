@@ -572,6 +572,24 @@ def absolute_if_local_folder(name_or_path: str) -> str:
     return os.path.abspath(name_or_path) if Path(name_or_path).is_dir() else name_or_path
 
 
+def same_local_folder(saved: Any, given: str, bases: list[Path]) -> bool:
+    """Whether `saved`, a relative model path an older run folder's config holds (lorafit saved --model as typed
+    before it saved local folders absolute), names the folder `given` names when read from one of `bases`.
+
+    That run read it from the folder it was started in, which is not recorded: the current folder, then the run
+    folder's parent are tried. A Hub id or an absolute path is compared as written, by the caller."""
+    if not isinstance(saved, str) or not saved or os.path.isabs(saved) or not Path(given).is_dir():
+        return False
+    for base in bases:
+        candidate = Path(base) / saved
+        try:
+            if candidate.is_dir() and candidate.samefile(given):
+                return True
+        except OSError:  # unreadable: not shown to be the same folder
+            continue
+    return False
+
+
 def load_config(path: Optional[str | Path], overrides: Optional[dict[str, Any]] = None) -> RunConfig:
     values = read_yaml(path) if path else {}
     cfg = config_from_dict(apply_overrides(values, overrides or {}))

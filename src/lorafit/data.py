@@ -11,6 +11,7 @@ import logging
 import math
 import numbers
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +136,28 @@ def _read_pickle(path: Path, trust_pickle: bool) -> pd.DataFrame:
     raise UserError(f"{path} holds a {type(obj).__name__}; expected a datasets.Dataset or a pandas DataFrame")
 
 
+HUB_SPEC_FORMS = "DATASET_ID:SPLIT or DATASET_ID:CONFIG:SPLIT (e.g. fancyzhx/ag_news:test, glue:sst2:validation)"
+_HUB_DATASET_ID = re.compile(r"(?:[\w.-]+/)?[\w.-]+")  # owner/name or a canonical name: no colon, no backslash
+_HUB_CONFIG = re.compile(r"[^\s:\[\]]+")  # a config name (sst2, 20220301.en, en-de)
+_HUB_SPLIT = re.compile(r"\w[^\s:\[]*(?:\[\S*)?")  # a split name, maybe sliced or joined: test[:100], train+test
+
+
+def parse_hub_spec(spec: str, setting: str = "--data") -> tuple[str, Optional[str], str]:
+    """(dataset, config or None, split) of `DATASET_ID:SPLIT` or `DATASET_ID:CONFIG:SPLIT`.
+
+    A dataset id has no colon, and a split has one only inside a slice (test[:100]): so a colon before the first
+    `[` after the dataset id separates a config name. `@` was not used: the Hub writes `id@revision` with it."""
+    dataset, _, rest = spec.partition(":")
+    config, split = rest.split(":", 1) if ":" in rest.split("[", 1)[0] else (None, rest)
+    problem = (f"'{dataset}' is no dataset id" if not _HUB_DATASET_ID.fullmatch(dataset)
+               else f"'{config}' is no config name" if config is not None and not _HUB_CONFIG.fullmatch(config)
+               else f"'{split}' is no split name" if not _HUB_SPLIT.fullmatch(split) else None)
+    if problem:  # a local path that does not exist lands here too (C:\data\test.csv): say both
+        raise UserError(f"{setting} {spec}: no such file, and not a Hub split ({problem}); give a file path or a Hub "
+                        f"split as {HUB_SPEC_FORMS}")
+    return dataset, config, split
+
+
 def load_hub_split(dataset: str, config_name: Optional[str], split: str,
                    label_column: Optional[str] = None) -> tuple[pd.DataFrame, Optional[list[str]]]:
     """A Hub dataset split as a DataFrame, plus its class names when the label column is a ClassLabel."""
@@ -145,8 +168,9 @@ def load_hub_split(dataset: str, config_name: Optional[str], split: str,
     except Exception as exc:  # datasets raises many types for network and naming problems
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "")
         reason = "HF_HUB_OFFLINE is set and it is not cached" if offline else "the Hugging Face Hub could not be reached or has no such dataset"
+        config = f" config '{config_name}'" if config_name else ""
         raise HubUnreachableError(
-            f"cannot load dataset '{dataset}' split '{split}': {reason} ({type(exc).__name__}); "
+            f"cannot load dataset '{dataset}'{config} split '{split}': {reason} ({type(exc).__name__}); "
             "pass local files instead (--train-file PATH, --eval-file PATH)"
         ) from None
     # Only the label column's own names: a dataset may hold other ClassLabel columns (TREC: coarse and fine labels)

@@ -15,7 +15,8 @@ from typing import Optional
 import numpy as np
 
 from lorafit import card, runs
-from lorafit.data import LabelledData, labelled_from_frame, load_hub_split, read_table
+from lorafit.data import (HUB_SPEC_FORMS, LabelledData, labelled_from_frame, load_hub_split, parse_hub_spec,
+                          read_table)
 from lorafit.errors import UserError
 from lorafit.predict import load_run, predict_probabilities
 
@@ -89,19 +90,22 @@ def plot_confusion(metrics: dict, path: Path, title: str) -> None:
 
 
 def load_eval_data(spec: str, run, trust_pickle: bool = False) -> tuple[LabelledData, str]:
-    """`spec` is a local file, or a Hub dataset split written `dataset_id:split` (e.g. fancyzhx/ag_news:test)."""
+    """`spec` is a local file, or a Hub dataset split written `dataset_id:split` (e.g. fancyzhx/ag_news:test) or
+    `dataset_id:config:split` (glue:sst2:validation)."""
     cfg = run.cfg
     if Path(spec).exists():
         frame, source, name = read_table(spec, trust_pickle=trust_pickle), spec, Path(spec).stem
     elif ":" in spec and not spec.startswith((".", "/")):
-        dataset, split = spec.split(":", 1)  # a dataset id has no colon; a split may (a slice: test[:100])
-        # The run's dataset_config belongs to its own dataset (glue's sst2 is no configuration of ag_news)
-        config_name = cfg.data.dataset_config if dataset == cfg.data.dataset else None
+        dataset, given, split = parse_hub_spec(spec)
+        # Without a config in the spec, the run's dataset_config only for its own dataset (glue's sst2 is no
+        # configuration of ag_news)
+        config_name = given or (cfg.data.dataset_config if dataset == cfg.data.dataset else None)
         frame, hub_names = load_hub_split(dataset, config_name, split, cfg.data.label_column)
         frame = _hub_ids_as_names(frame, cfg.data.label_column, hub_names, run.label_names)
-        source, name = spec, re.sub(r"[^\w.-]+", "_", f"{dataset.replace('/', '_')}-{split}")
+        parts = [dataset.replace("/", "_"), given, split] if given else [dataset.replace("/", "_"), split]
+        source, name = spec, re.sub(r"[^\w.-]+", "_", "-".join(parts))  # a given config names the file too
     else:
-        raise UserError(f"--data {spec}: no such file; give a file path or a Hub split as DATASET_ID:SPLIT")
+        raise UserError(f"--data {spec}: no such file; give a file path or a Hub split as {HUB_SPEC_FORMS}")
     data = labelled_from_frame(frame, cfg.data, len(run.label_names), source, run.label_names)
     return data, name
 

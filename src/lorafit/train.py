@@ -35,7 +35,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from lorafit import card, device, runs, teacher
 from lorafit.budget import BudgetReport, check_budget, count_trainable, resolve_rank
-from lorafit.config import RunConfig, config_from_dict, flatten_config
+from lorafit.config import RunConfig, config_from_dict, flatten_config, same_local_folder
 from lorafit.console import say
 from lorafit.data import (
     LabelledData,
@@ -258,7 +258,7 @@ def open_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> tuple[Path, O
             runs.clear_run_dir(run_dir)  # not the folder itself: it holds this run's lock
     elif runs.run_content(run_dir):
         saved = run_dir / runs.CONFIG
-        if saved.exists() and saved.read_text(encoding="utf-8", errors="replace") != cfg.to_yaml():
+        if saved.exists() and not _same_saved_config(saved, cfg):
             raise UserError(f"{run_dir} holds a run with a different config{_config_differences(saved, cfg)}; "
                             "use another --name, or --overwrite to replace it")
         if (_resumable_json(run_dir, runs.RESULT) or {}).get("status") == "completed":
@@ -282,12 +282,36 @@ def open_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> tuple[Path, O
     return run_dir, checkpoint
 
 
+def _saved_values(saved: Path, cfg: RunConfig) -> Any:
+    """The run folder's config as read, with a relative local model path an older lorafit saved replaced by this
+    config's absolute one when both name the same folder: the same model, only written another way."""
+    values = yaml.safe_load(saved.read_text(encoding="utf-8", errors="replace"))
+    model = values.get("model") if isinstance(values, dict) else None
+    if isinstance(model, dict) and model.get("name_or_path") != cfg.model.name_or_path and same_local_folder(
+            model.get("name_or_path"), cfg.model.name_or_path, [Path.cwd(), cfg.run_dir.parent]):
+        model["name_or_path"] = cfg.model.name_or_path
+    return values
+
+
+def _same_saved_config(saved: Path, cfg: RunConfig) -> bool:
+    """Whether the run folder holds this config: the same text, or the same once an old relative model path that
+    names this model's folder is written absolute (a resume of such a run was refused unless the user typed the
+    path absolute; open_run_dir then saves it absolute)."""
+    here = cfg.to_yaml()
+    if saved.read_text(encoding="utf-8", errors="replace") == here:
+        return True
+    try:
+        return yaml.safe_dump(_saved_values(saved, cfg), sort_keys=False) == here
+    except (yaml.YAMLError, OSError, ValueError):  # unreadable: a different config, whose differences say why
+        return False
+
+
 def _config_differences(saved: Path, cfg: RunConfig, shown: int = 3) -> str:
     """' (train.batch_size: 128 there, 32 here)': the settings that differ, so a user sees why a rerun is refused.
     batch_size auto is the usual surprise: it resolves per device, so a run begun on a GPU differs on a CPU."""
     try:
-        values = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, OSError):
+        values = _saved_values(saved, cfg) or {}
+    except (yaml.YAMLError, OSError, ValueError):
         return ""
     try:  # an older lorafit's file lacks newer fields: read them as their defaults, as that run did
         values = config_from_dict(values).to_dict()
