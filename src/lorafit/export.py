@@ -125,8 +125,8 @@ def export_run(run_dir: str | Path, output: str | Path, model_path: Optional[str
         verify_export(model, tokenizer, folder)
         runs.atomic_write_text(folder / card.CARD, card.card_text(run_dir, library="transformers"))
 
-    with _sigterm_as_interrupt():
-        runs.atomic_replace_dir(build, output)
+    with _sigterm_as_interrupt():  # the check again, under the output's lock: another export may have written it
+        runs.atomic_replace_dir(build, output, check=lambda: check_output(output, run_dir, overwrite))
     return output
 
 

@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -113,7 +114,16 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process umask, read without changing it where Linux shows it (/proc/self/status, "Umask:"): setting it to
+    read it would, for that instant, give files that other threads create the wrong mode."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)  # elsewhere: the probe's instant errs towards private files, never world-writable ones
     os.umask(mask)
     return mask
 
@@ -122,20 +132,26 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def atomic_replace_dir(build, target: str | Path) -> None:
+def atomic_replace_dir(build, target: str | Path, check=None) -> None:
     """Fill a fresh temporary folder with build(tmp_dir), then swap it in for target: the old target is renamed
-    aside, the new one renamed in, then the old one removed (or put back if the second rename fails)."""
+    aside, the new one renamed in, then the old one removed (or put back if the second rename fails).
+
+    All of it runs under the target's lock (_ReplaceLock): a second writer of the same target is refused in one line
+    instead of racing the first one's renames (the aside name is fixed), and the holder knows that any other hidden
+    folder of this target was left by a killed writer, and removes it. check(): called under the lock before the
+    build (e.g. an export's "refuse an existing output without --overwrite", which an earlier writer may have changed)."""
     target = Path(target)
-    with _disk_errors_explained(target):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    with _ReplaceLock(target), _disk_errors_explained(target):
+        if check is not None:
+            check()
+        _remove_leftovers(target)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))  # _LEFTOVER matches this name
         old, moved = target.with_name(f".{target.name}.old"), False
         try:
             os.chmod(tmp, 0o777 & ~_umask())
             build(tmp)
             _fsync_tree(tmp)
             if target.exists() or target.is_symlink():
-                _remove_path(old)  # left by a killed swap; may be a symlink, which rmtree refuses
                 os.replace(target, old)
                 moved = True
             os.replace(tmp, target)
@@ -148,6 +164,21 @@ def atomic_replace_dir(build, target: str | Path) -> None:
                     os.replace(old, target)
             raise
         _fsync_dir(target.parent)
+
+
+# What a killed atomic_replace_dir leaves beside its target: mkdtemp's folder (8 characters of this alphabet, no dot,
+# so no other target's names match) and the old target renamed aside (a folder, or a symlink).
+_LEFTOVER = r"\.{name}\.([a-z0-9_]{{8}}|old)"
+
+
+def _remove_leftovers(target: Path) -> None:
+    """Remove the hidden folders a killed writer of target left (a whole model each). Only the lock holder calls
+    this, and only the lock holder makes such folders, so none of them belongs to a live writer."""
+    pattern, old = re.compile(_LEFTOVER.format(name=re.escape(target.name))), f".{target.name}.old"
+    for path in target.parent.iterdir():
+        if pattern.fullmatch(path.name) and (path.is_dir() or path.name == old):  # mkdtemp makes folders
+            log.warning("removing %s, left by an interrupted write of %s", path, target)
+            _remove_path(path)
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -858,6 +889,27 @@ class RunLock:
 
 
 _HELD_HERE: set[str] = set()  # lock files this process holds: without flock nothing else refuses a second RunLock
+
+
+class _ReplaceLock(RunLock):
+    """atomic_replace_dir's lock on one target: a RunLock on a hidden folder beside it (.{name}.lock/), so it has the
+    run lock's rules (flock, which the kernel drops when its holder is killed; the lock file without flock) and
+    leaves nothing behind. A second writer is refused at once rather than kept waiting for minutes."""
+
+    def __init__(self, target: Path):
+        super().__init__(target.with_name(f".{target.name}.lock"))
+        self.target = target
+
+    def _busy(self, info: Optional[dict]) -> "RunFolderBusy":
+        return RunFolderBusy(f"{self.target} is being written by {describe_holder(info)}; wait for it to finish, "
+                             "or write to another folder (nothing was written)")
+
+    def release(self) -> None:
+        held = self._fd is not None
+        super().release()
+        if held:  # a lock folder left by a killed holder: release removes only the folders this acquire made
+            with contextlib.suppress(OSError):
+                self.run_dir.rmdir()
 
 
 def _lock_key(run_dir: str | Path) -> str:
