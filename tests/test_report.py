@@ -122,6 +122,29 @@ def test_report_lists_failed_pruned_skipped_and_unfinished_runs(tmp_path, tiny_r
     assert "skipped: over budget" in report.plots["accuracy-vs-params.png"]
 
 
+def test_a_run_being_trained_shows_as_running_not_as_its_old_outcome(seed_sweep, tmp_path, cli):
+    """`lorafit report` on a sweep whose workers still train: a held run folder is `running`, named with its writer,
+    whatever its files say at that moment (here: a resumed run whose interruption result.json is still there)."""
+    sweep = tmp_path / "seed-experiments"
+    shutil.copytree(seed_sweep, sweep, ignore=shutil.ignore_patterns("report"))
+    held = sweep / "lora.r=6"
+    result = runs.read_json(held / runs.RESULT)
+    runs.atomic_write_json(held / runs.RESULT, {**result, "status": "interrupted"})
+
+    def rows() -> dict:
+        table = (sweep / "report" / "report.md").read_text()
+        return {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.startswith("| ")}
+
+    with runs.RunLock(held):
+        done = cli("report", sweep)
+        assert done.code == 0, done.err
+        assert "| running |" in rows()["lora.r=6"]
+        assert f"being trained by process {__import__('os').getpid()}" in rows()["lora.r=6"]
+        assert "| completed |" in rows()["base"]  # the others as before
+    assert cli("report", sweep).code == 0
+    assert "| interrupted |" in rows()["lora.r=6"]  # released: its files are its outcome again
+
+
 def test_report_on_a_folder_without_runs_is_a_user_error(tmp_path, cli):
     result = cli("report", tmp_path)
     assert result.code == 2 and "no run folders" in result.err

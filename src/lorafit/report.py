@@ -67,9 +67,12 @@ class RunRecord:
     sweep: dict  # sweep.json, or {} for a plain run
     manifest: dict = field(default_factory=dict)
     problem: Optional[runs.RunFolderError] = None  # why the folder cannot be used as it is (damaged, newer format)
+    writer: Optional[dict] = None  # the lock holder of a run being trained now (runs.writer_of), else None
 
     @property
     def status(self) -> str:
+        if self.writer is not None:  # a sweep's folder is often reported while its workers still train
+            return "running"
         if self.problem is not None:
             return self.problem.status
         if self.result.get("status"):
@@ -125,6 +128,8 @@ class RunRecord:
 
     @property
     def note(self) -> str:
+        if self.writer is not None:
+            return f"being trained by {runs.describe_holder(self.writer)}"
         if self.problem is not None:
             return "; ".join(filter(None, [self.problem.reason, self.problem.fix]))
         text = self.result.get("reason") or self.result.get("error") or ""
@@ -190,6 +195,15 @@ def find_run_dirs(root: Path, skip: Optional[Path] = None) -> list[Path]:
 
 
 def load_run(path: Path) -> RunRecord:
+    """The run as its files say, or as `running` where a training process holds the folder: its files are then a
+    moment of a run in progress (or of the run an --overwrite is replacing), not its outcome."""
+    writer = runs.writer_of(path)
+    record = _read_run(path)
+    record.writer = writer if writer is not None else runs.writer_of(path)  # also one that started while we read
+    return record
+
+
+def _read_run(path: Path) -> RunRecord:
     try:
         config = yaml.safe_load((path / runs.CONFIG).read_text(encoding="utf-8")) or {}
     except (OSError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8; check_run_folder says what is wrong
@@ -434,7 +448,7 @@ def plot_curves(comparison: Comparison, path: Path) -> list[str]:
         name = _line_label(comparison.key, value, record, is_base)
         color = _palette(index, len(comparison.members), numeric)
         axes.plot(steps, accuracy, marker="o", markersize=3, linewidth=2.2 if is_base else 1.6, color=color,
-                  label=name, linestyle="-" if record.status in ("completed", "incomplete") else "--")
+                  label=name, linestyle="-" if record.status in ("completed", "incomplete", "running") else "--")
         if record.peak_step is not None and record.peak is not None:
             axes.plot([record.peak_step], [record.peak], marker="*", markersize=11, color=color)
         names.append(name)
