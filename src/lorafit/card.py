@@ -71,6 +71,14 @@ def _hub_split(source: str) -> Optional[tuple[str, Optional[str], str]]:
     return (dataset, config, split) if hub_id(dataset) else None
 
 
+def _evaluated_hub_split(metrics: dict) -> Optional[tuple[str, Optional[str], str]]:
+    """_hub_split of an evaluation's data, None for a local file: its "source" is its absolute path, so a relative
+    path with a colon (news:test.csv) is no Hub split when the card is written from another folder."""
+    if Path(str(metrics.get("source") or "")).is_absolute():
+        return None
+    return _hub_split(str(metrics.get("data", "")))
+
+
 def _validation_dataset(data: dict) -> tuple[str, str, str]:
     """(type, name, split) of the validation data for model-index: a Hub id where the data came from the Hub. Rows
     carved from the training data are named as such: `split: validation` claimed a split they are not (AG News has
@@ -101,7 +109,7 @@ def _eval_results(values: dict, result: dict, evaluated: list[tuple[str, dict]])
     for name, metrics in evaluated:
         if metrics.get("quantize"):  # a quantized check scores another model than the one published
             continue
-        hub = _hub_split(str(metrics.get("data", "")))
+        hub = _evaluated_hub_split(metrics)
         dataset_type, config, split = hub if hub else (name, None, None)
         common = dict(task_type="text-classification", dataset_type=dataset_type,
                       dataset_name=str(metrics.get("data", name)), dataset_split=split, dataset_config=config)
@@ -116,7 +124,7 @@ def _datasets(values: dict, evaluated: list[tuple[str, dict]]) -> list[str]:
     data = values.get("data", {})
     found = [data["dataset"]] if not data.get("train_file") and hub_id(data.get("dataset")) else []
     for _, metrics in evaluated:
-        hub = _hub_split(str(metrics.get("data", "")))
+        hub = _evaluated_hub_split(metrics)
         if hub and hub[0] not in found:
             found.append(hub[0])
     return found

@@ -198,19 +198,27 @@ class SweepRunner:
         if trial is not None:
             return trial
         running = self._count(TrialState.RUNNING)
-        # queued trials the claim left wait for their run folder; no new trial meanwhile: Optuna's ask hands out
-        # queued trials first, so it would take one of them
+        # queued trials the claim left wait for their run folder or config; they count toward search.n_trials, and
+        # a new trial is drawn past them (Optuna's ask hands out queued trials first: it would take one of them, and
+        # every idle worker would wait until the trial holding it ends)
         waiting = self._count(TrialState.WAITING)
-        if self.spec.search is not None and not waiting:
+        if self.spec.search is not None:
             target = self.spec.search.n_trials
             finished = self._count(TrialState.COMPLETE, TrialState.PRUNED) + self._count_failed_for_good()
-            if target is None or finished + running < target:
+            if target is None or finished + running + waiting < target:
                 with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": we beat ourselves
                     warnings.simplefilter("ignore")
-                    return self.study.ask()
+                    return self._ask_new() if waiting else self.study.ask()
             if finished >= target:
                 return None
         return "wait" if running or waiting else None
+
+    def _ask_new(self) -> optuna.Trial:
+        """A new trial, as study.ask makes one when nothing is queued (the queued ones wait)."""
+        if hasattr(self.study, "_thread_local"):  # ask's "sync storage once every trial": samplers read that cache
+            self.study._thread_local.cached_all_trials = None
+        storage = self.study._storage  # the study's (Optuna's cache around self.storage): it knows the new trial
+        return optuna.Trial(self.study, storage.create_new_trial(self.study_id))
 
     # -- one trial ---------------------------------------------------------------------------------------------
     def _settings(self, trial: optuna.Trial) -> dict:
