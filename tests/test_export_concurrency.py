@@ -217,3 +217,20 @@ def test_umask_without_proc_is_read_and_restored(monkeypatch):
         assert runs._umask() == 0o027 and runs._umask() == 0o027
     finally:
         os.umask(real)
+
+
+def test_a_writer_killed_between_its_renames_leaves_the_last_good_copy_for_a_failing_rewrite(tmp_path):
+    """Killed after moving the old target aside and before moving the new one in: the next write puts the old one
+    back first, so when that write fails too the last good copy is where it was, not deleted as a leftover."""
+    target = tmp_path / "out"
+    runs.atomic_replace_dir(_writing("old.txt"), target)
+    os.replace(target, tmp_path / ".out.old")  # what the killed writer's first rename did
+
+    def failing(folder: Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(UserError):
+        runs.atomic_replace_dir(failing, target)
+    assert sorted(os.listdir(tmp_path)) == ["out"] and sorted(os.listdir(target)) == ["old.txt"]
+    runs.atomic_replace_dir(_writing("new.txt"), target)
+    assert sorted(os.listdir(target)) == ["new.txt"]

@@ -173,8 +173,14 @@ _LEFTOVER = r"\.{name}\.([a-z0-9_]{{8}}|old)"
 
 def _remove_leftovers(target: Path) -> None:
     """Remove the hidden folders a killed writer of target left (a whole model each). Only the lock holder calls
-    this, and only the lock holder makes such folders, so none of them belongs to a live writer."""
+    this, and only the lock holder makes such folders, so none of them belongs to a live writer. A writer killed
+    between its two renames left the old target aside and none in place: that is put back, not removed, so a
+    failing rewrite still leaves the last good copy."""
     pattern, old = re.compile(_LEFTOVER.format(name=re.escape(target.name))), f".{target.name}.old"
+    aside = target.with_name(old)
+    if (aside.exists() or aside.is_symlink()) and not (target.exists() or target.is_symlink()):
+        log.warning("putting back %s, set aside by an interrupted write", target)
+        os.replace(aside, target)
     for path in target.parent.iterdir():
         if pattern.fullmatch(path.name) and (path.is_dir() or path.name == old):  # mkdtemp makes folders
             log.warning("removing %s, left by an interrupted write of %s", path, target)
