@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -104,6 +105,19 @@ def train_finished_tiny_run(root: Path, tiny_roberta: Path, small_agnews: Path) 
     )
     assert main(["train", str(config)]) == 0
     return root / "runs" / "tiny"
+
+
+@pytest.fixture(scope="session")
+def finished_tiny(tmp_path_factory, tiny_roberta, small_agnews) -> Path:
+    """One finished tiny run per test process, shared by the files that export, lock, damage or report a run: they
+    work on copies (finished_copy), never on this folder. Trained once instead of once per file."""
+    return train_finished_tiny_run(tmp_path_factory.mktemp("finished-tiny"), tiny_roberta, small_agnews)
+
+
+@pytest.fixture
+def finished_copy(finished_tiny, tmp_path) -> Path:
+    """A copy of finished_tiny for one test (without checkpoints: a finished run needs none)."""
+    return shutil.copytree(finished_tiny, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints"))
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import one_line_error, train_finished_tiny_run
+from conftest import one_line_error
 from lorafit import runs
 from lorafit.errors import UserError
 
@@ -75,14 +74,9 @@ def test_a_second_writer_of_one_target_is_refused_and_the_first_finishes_whole(t
     assert sorted(os.listdir(target)) == ["second.txt"] and sorted(os.listdir(tmp_path)) == ["out"]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_roberta, small_agnews) -> Path:
-    return train_finished_tiny_run(tmp_path_factory.mktemp("concurrency-run"), tiny_roberta, small_agnews)
-
-
 @pytest.fixture
-def run(trained, tmp_path) -> Path:
-    return shutil.copytree(trained, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints"))
+def run(finished_copy) -> Path:
+    return finished_copy
 
 
 def _complete_export(folder: Path) -> None:

@@ -11,16 +11,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import train_finished_tiny_run
 from test_report_review import FAILED, evals, table_rows, write_run
 
 from lorafit.report import make_report
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tiny_roberta, small_agnews) -> Path:
-    """A real finished, undamaged run (named 'tiny'), trained once for this module; tests copy it."""
-    return train_finished_tiny_run(tmp_path_factory.mktemp("finished"), tiny_roberta, small_agnews)
+@pytest.fixture
+def finished_run(finished_tiny) -> Path:
+    """A real finished, undamaged run (named 'tiny'); tests copy it."""
+    return finished_tiny
 
 
 def _best_line(out: Path) -> str:

@@ -21,20 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import one_line_error, train_finished_tiny_run, write_config
+from conftest import one_line_error, write_config
 from lorafit import runs
 from lorafit.errors import UserError
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_roberta, small_agnews) -> Path:
-    """A finished tiny run (4 steps); tests work on copies."""
-    return train_finished_tiny_run(tmp_path_factory.mktemp("review-run"), tiny_roberta, small_agnews)
-
-
 @pytest.fixture
-def run(trained, tmp_path) -> Path:
-    return shutil.copytree(trained, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+def run(finished_tiny, tmp_path) -> Path:
+    return shutil.copytree(finished_tiny, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
 
 
 @pytest.fixture

@@ -15,18 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import one_line_error, train_finished_tiny_run
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_roberta, small_agnews) -> Path:
-    """A finished tiny run (4 steps); tests work on copies."""
-    return train_finished_tiny_run(tmp_path_factory.mktemp("review-run"), tiny_roberta, small_agnews)
+from conftest import one_line_error
 
 
 @pytest.fixture
-def run(trained, tmp_path) -> Path:
-    return shutil.copytree(trained, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints"))
+def run(finished_copy) -> Path:
+    return finished_copy
 
 
 def test_export_to_the_current_folder_is_one_line(cli, run, tmp_path, monkeypatch):
