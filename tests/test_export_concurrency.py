@@ -228,3 +228,30 @@ def test_a_writer_killed_between_its_renames_leaves_the_last_good_copy_for_a_fai
     assert sorted(os.listdir(tmp_path)) == ["out"] and sorted(os.listdir(target)) == ["old.txt"]
     runs.atomic_replace_dir(_writing("new.txt"), target)
     assert sorted(os.listdir(target)) == ["new.txt"]
+
+
+def test_a_training_runs_adapter_save_takes_no_second_lock(tmp_path, monkeypatch):
+    """The adapter is saved under the run folder's lock, so a second lock on it could only fail: on a disk without
+    flock, a `.adapter.lock` left by a save killed on another machine (or a container since renamed) was refused at
+    the end of hours of training. Now the save goes through, and makes no lock folder of its own in the run."""
+    import errno
+    import fcntl
+
+    from lorafit import train
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    run_dir = tmp_path / "run"
+    stale = run_dir / ".adapter.lock"
+    stale.mkdir(parents=True)
+    (stale / runs.LOCK).write_text(json.dumps({"host": "another-machine", "pid": 4242, "started": "yesterday"}))
+
+    class Saves:
+        def save_pretrained(self, folder, **kwargs):
+            (Path(folder) / "saved.txt").write_text("weights")
+
+    train.save_adapter(Saves(), Saves(), ["a", "b"], run_dir)
+    assert (run_dir / runs.ADAPTER / "saved.txt").read_text() == "weights"
+    assert json.loads((run_dir / runs.LABELS).read_text()) == ["a", "b"]

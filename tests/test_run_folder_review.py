@@ -193,8 +193,8 @@ def test_a_run_stopped_right_after_its_adapter_is_usable_not_damaged(tiny_robert
 
     real = runs.atomic_replace_dir
 
-    def killed_after(build, target):
-        real(build, target)
+    def killed_after(build, target, **options):
+        real(build, target, **options)
         if Path(target).name == runs.ADAPTER:
             raise Killed
 

@@ -132,16 +132,20 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def atomic_replace_dir(build, target: str | Path, check=None) -> None:
+def atomic_replace_dir(build, target: str | Path, check=None, locked_by_caller: bool = False) -> None:
     """Fill a fresh temporary folder with build(tmp_dir), then swap it in for target: the old target is renamed
     aside, the new one renamed in, then the old one removed (or put back if the second rename fails).
 
     All of it runs under the target's lock (_ReplaceLock): a second writer of the same target is refused in one line
     instead of racing the first one's renames (the aside name is fixed), and the holder knows that any other hidden
     folder of this target was left by a killed writer, and removes it. check(): called under the lock before the
-    build (e.g. an export's "refuse an existing output without --overwrite", which an earlier writer may have changed)."""
+    build (e.g. an export's "refuse an existing output without --overwrite", which an earlier writer may have changed).
+    locked_by_caller: the caller's own lock already makes it target's only writer (a training run's adapter, under the
+    run folder's lock): no second lock, which could only add a way to fail (a stale one from a killed save, on a
+    disk without flock, refused after hours of training) and a folder beside the adapter."""
     target = Path(target)
-    with _ReplaceLock(target), _disk_errors_explained(target):
+    lock = contextlib.nullcontext() if locked_by_caller else _ReplaceLock(target)
+    with lock, _disk_errors_explained(target):
         if check is not None:
             check()
         _remove_leftovers(target)

@@ -882,7 +882,7 @@ def save_adapter(model, tokenizer, label_names: list[str], run_dir: Path) -> Non
     # labels.json first: the adapter's arrival marks a run as trained (check_run_folder), so a run stopped between
     # the two writes is unfinished, not damaged
     runs.atomic_write_json(run_dir / runs.LABELS, label_names)
-    runs.atomic_replace_dir(build, run_dir / runs.ADAPTER)
+    runs.atomic_replace_dir(build, run_dir / runs.ADAPTER, locked_by_caller=True)  # under the run folder's lock
 
 
 def run_training(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
