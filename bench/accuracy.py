@@ -29,6 +29,13 @@ Levers: each configs/accuracy/<model>-lever-<name>.yaml is a candidate recipe (l
 run with the default's seeds and reported under results.<model>.levers.<name>. results.<model>.best is the lorafit
 recipe (the default or a lever) with the highest mean among those measured on the most seeds, with its config.
 
+Self-training (--self-training): 4,000 labelled rows of the training part alone (lorafit's MiniLM default, 3 seeds)
+against MiniLM students of the same recipe that also train on the rest of the training part as unlabelled text,
+pseudo-labelled by a teacher trained on the same 4,000 rows: the labelled-only run of the student's seed
+(results.self_training.with_unlabelled), or with mpnet one MPNet run of lorafit's default (seed 42:
+with_unlabelled_mpnet_teacher; --only minilm:self_training_mpnet_teacher). A student whose teacher has only its
+committed small files on this machine trains the teacher again first (it needs its weights).
+
 Prints one JSON object: results.<model>.<recipe> with `accuracy` (one value per seed), `mean`, `std`,
 `trainable_params`, `examples_seen`, `wall_seconds` (of each run's last session; `resumed_from_step` says whether it
 began earlier) and `config`; runs not done yet are listed under `pending`.
@@ -196,13 +203,15 @@ def commit_small_files(run_dir: Path) -> None:
             shutil.copy2(run_dir / name, target / name)
 
 
-def run_or_reuse(values: dict, allowed: bool, threads: int):
-    """result.json of this run: from its folder, from docs/results, or by training (when allowed); else None."""
+def run_or_reuse(values: dict, allowed: bool, threads: int, weights: bool = False):
+    """result.json of this run: from its folder, from docs/results, or by training (when allowed); else None.
+    weights: the run is a teacher about to label text, so only a run folder holding its adapter will do (a machine
+    that has only the committed small files trains it again, and its new figures replace the committed ones)."""
     from lorafit.config import config_from_dict
 
     cfg = config_from_dict(values)
     wanted = cfg.to_dict()
-    for folder in (cfg.run_dir, COMMITTED / cfg.name):
+    for folder in (cfg.run_dir,) if weights else (cfg.run_dir, COMMITTED / cfg.name):
         result = finished_result(folder, wanted)
         if result is not None:
             if folder == cfg.run_dir:
@@ -324,9 +333,19 @@ def best_lorafit_recipe(default: dict, levers: dict) -> dict:
     return {**eligible[key], "recipe": key, "chosen_from": sorted(eligible)}
 
 
+SELF_TRAINING_TEACHERS = {
+    # variant: (teacher model, teacher recipe, teacher seed or None for the student's own seed)
+    "with_unlabelled": ("minilm", "default", None),
+    # a stronger teacher trained on the same 4,000 labelled rows (never on the unlabelled rows' labels); one seed
+    "with_unlabelled_mpnet_teacher": ("mpnet", "default", 42),
+}
+
+
 def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: list) -> dict:
     """Label-scarce: 4,000 labelled rows of the training part alone, vs the same rows plus the rest of the training
-    part as unlabelled text pseudo-labelled by the labelled-only run of the same seed (validation texts never join).
+    part as unlabelled text pseudo-labelled by a teacher run trained on the 4,000 rows only (validation texts never
+    join): the labelled-only MiniLM run of the same seed, or (with mpnet) one MPNet run of lorafit's default.
+    Every student is MiniLM with lorafit's default recipe and sees the same number of examples as the rows alone.
     """
     import pandas as pd
 
@@ -337,22 +356,49 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
     train_rows.iloc[:4000].to_csv(labelled, index=False)
     train_rows.iloc[4000:][["text"]].to_csv(unlabelled, index=False)
     config = recipe_file("minilm", "default")
-    out = {}
-    for variant in ("labelled_only", "with_unlabelled"):
-        rows = []
-        for seed in SEEDS["minilm"]["default"]:
-            teacher = runs_dir / f"minilm-labelled4000-seed{seed}"
-            extra = {} if variant == "labelled_only" else {
-                "unlabelled_file": str(unlabelled), "pseudo_label_teacher": str(teacher),
-                "pseudo_label_threshold": 0.9}
-            name = teacher.name if variant == "labelled_only" else f"minilm-selftrain4000-seed{seed}"
-            values = run_values(config, name, dirs["minilm"], labelled, split[1], seed, runs_dir, **extra)
-            result = run_or_reuse(values, selected(only, "minilm", "self_training", seed), args.threads)
+
+    def labelled_only(model: str, recipe: str, seed: int) -> dict:
+        return run_values(recipe_file(model, recipe), f"{model}-labelled4000-seed{seed}", dirs[model], labelled,
+                          split[1], seed, runs_dir)
+
+    seeds = SEEDS["minilm"]["default"]
+    rows = {"labelled_only": [], **{variant: [] for variant in SELF_TRAINING_TEACHERS}}
+    teachers = {}
+    for variant, (model, recipe, teacher_seed) in SELF_TRAINING_TEACHERS.items():
+        if model not in dirs:
+            del rows[variant]
+            continue
+        key = "self_training" if variant == "with_unlabelled" else f"self_training_{model}_teacher"
+        suffix = "" if variant == "with_unlabelled" else f"-{model}-teacher"
+        for seed in seeds:
+            teacher_values = labelled_only(model, recipe, teacher_seed or seed)
+            teachers[variant] = teacher_values
+            student = run_values(config, f"minilm-selftrain4000{suffix}-seed{seed}", dirs["minilm"], labelled,
+                                 split[1], seed, runs_dir, unlabelled_file=str(unlabelled),
+                                 pseudo_label_teacher=str(runs_dir / teacher_values["name"]),
+                                 pseudo_label_threshold=0.9)
+            allowed = selected(only, "minilm", key, seed)
+            result = run_or_reuse(student, False, args.threads)
+            if result is None and allowed:  # the student reads its teacher's weights: train the teacher first
+                run_or_reuse(teacher_values, True, args.threads, weights=True)
+                result = run_or_reuse(student, True, args.threads)
             if result is None:
-                pending.append(name)
+                pending.append(student["name"])
             else:
-                rows.append((seed, result))
-        out[variant] = summarize(rows, config, values)
+                rows[variant].append((seed, result))
+    for seed in seeds:  # after any teacher was trained again, so the figures are those of the teachers used
+        values = labelled_only("minilm", "default", seed)
+        result = run_or_reuse(values, selected(only, "minilm", "self_training", seed), args.threads)
+        if result is None:
+            pending.append(values["name"])
+        else:
+            rows["labelled_only"].append((seed, result))
+    out = {variant: summarize(found, config, values) for variant, found in rows.items()}
+    if "with_unlabelled_mpnet_teacher" in teachers:  # the stronger teacher's own accuracy on the 4,000 rows
+        teacher = teachers["with_unlabelled_mpnet_teacher"]
+        found = run_or_reuse(teacher, False, args.threads)
+        out["mpnet_teacher_labelled_only"] = summarize([(teacher["train"]["seed"], found)] if found else [],
+                                                       recipe_file("mpnet", "default"), teacher)
     out["labelled_rows"], out["unlabelled_rows"] = 4000, len(train_rows) - 4000
     return out
 
@@ -365,7 +411,8 @@ def parse_only(text: str, dirs: dict) -> list[tuple]:
     only = [tuple(part.strip().split(":")) for part in text.split(",") if part.strip()]
     for entry in only:
         model, recipe, seed = (*entry, None, None)[:3]
-        recipes = (*RECIPES, "self_training", *(f"lever_{name}" for name in lever_files(model)))
+        recipes = (*RECIPES, "self_training", "self_training_mpnet_teacher",
+                   *(f"lever_{name}" for name in lever_files(model)))
         if model not in dirs or (recipe is not None and recipe not in recipes) or \
                 (seed is not None and not seed.isdigit()) or len(entry) > 3:
             raise SystemExit(f"--only {':'.join(entry)} names no run; use model[:recipe[:seed]] with model in "
@@ -428,7 +475,8 @@ def markdown_table(report: dict) -> str:
                 row(model, RECIPE_TITLES.get(recipe, recipe), summary)
     for variant, summary in report.get("self_training", {}).items():
         if isinstance(summary, dict):
-            row("minilm", f"self-training: {variant.replace('_', ' ')}", summary)
+            row(variant.split("_")[0] if variant.startswith("mpnet") else "minilm",
+                f"self-training: {variant.replace('_', ' ')}", summary)
     return "\n".join(lines)
 
 

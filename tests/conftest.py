@@ -91,19 +91,32 @@ def write_config(path: Path, **sections) -> Path:
     return path
 
 
+def tiny_run_config(root: Path, small_agnews: Path, model=None, name: str = "tiny", **train) -> Path:
+    """root/{name}.yaml: the 4-step tiny-RoBERTa run several tests train or resume (rank 4 on query and value, 64
+    rows, 40 carved for validation, fp32), into root/runs/{name}; `train` overrides train settings. Without `model`
+    the config names none: the test gives `--model`."""
+    return write_config(
+        root / f"{name}.yaml", name=name, output_dir=str(root / "runs"),
+        **({"model": {"name_or_path": str(model)}} if model else {}),
+        lora={"r": 4, "alpha": 8, "target_modules": ["query", "value"]},
+        data={"train_file": str(small_agnews), "max_length": 32, "validation_size": 40, "max_train_samples": 64},
+        train={"max_steps": 4, "eval_steps": 2, "batch_size": 8, "learning_rate": 1e-3, "logging_steps": 2,
+               "precision": "fp32", **train},
+    )
+
+
+def model_in_work_folder(root: Path, tiny_roberta: Path) -> Path:
+    """root/work with the tiny RoBERTa at models/roberta: a run given `--model models/roberta` from there names a
+    relative local folder."""
+    shutil.copytree(tiny_roberta, root / "work" / "models" / "roberta")
+    return root / "work"
+
+
 def train_finished_tiny_run(root: Path, tiny_roberta: Path, small_agnews: Path) -> Path:
     """A finished 4-step run of the tiny RoBERTa at root/runs/tiny: what tests that damage or export a run copy."""
     from lorafit.cli import main
 
-    config = write_config(
-        root / "tiny.yaml", name="tiny", output_dir=str(root / "runs"),
-        model={"name_or_path": str(tiny_roberta)},
-        lora={"r": 4, "alpha": 8, "target_modules": ["query", "value"]},
-        data={"train_file": str(small_agnews), "max_length": 32, "validation_size": 40, "max_train_samples": 64},
-        train={"max_steps": 4, "eval_steps": 2, "batch_size": 8, "learning_rate": 1e-3, "logging_steps": 2,
-               "precision": "fp32"},
-    )
-    assert main(["train", str(config)]) == 0
+    assert main(["train", str(tiny_run_config(root, small_agnews, model=tiny_roberta))]) == 0
     return root / "runs" / "tiny"
 
 

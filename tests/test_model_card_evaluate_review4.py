@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,7 +20,7 @@ from lorafit.cli import main
 from lorafit.config import DataConfig, RunConfig, load_config
 from lorafit.model import use_bf16
 
-from conftest import write_config
+from conftest import model_in_work_folder, tiny_run_config
 
 
 def _front_matter(path: Path) -> tuple[dict, str]:
@@ -54,15 +53,8 @@ def run(tmp_path_factory, tiny_roberta, small_agnews) -> Path:
     """A finished 4-step tiny run trained from `work/` with `--model models/roberta` (a relative local folder) pinned
     at revision v1.0, validation rows carved from its training file."""
     root = tmp_path_factory.mktemp("review4")
-    work = root / "work"
-    shutil.copytree(tiny_roberta, work / "models" / "roberta")
-    config = write_config(
-        root / "tiny.yaml", name="tiny", output_dir=str(root / "runs"),
-        lora={"r": 4, "alpha": 8, "target_modules": ["query", "value"]},
-        data={"train_file": str(small_agnews), "max_length": 32, "validation_size": 40, "max_train_samples": 64},
-        train={"max_steps": 4, "eval_steps": 2, "batch_size": 8, "learning_rate": 1e-3, "logging_steps": 2,
-               "precision": "fp32", "report_to": "none"},
-    )
+    work = model_in_work_folder(root, tiny_roberta)
+    config = tiny_run_config(root, small_agnews, report_to="none")
     with _Cwd(work):
         assert main(["train", str(config), "--model", "models/roberta", "--model.revision", "v1.0"]) == 0
     return root / "runs" / "tiny"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import one_line_error, write_config
+from conftest import model_in_work_folder, one_line_error, tiny_run_config
 from lorafit import card, evaluate, runs, teacher, train
 from lorafit.config import DataConfig, RunConfig, load_config
 from lorafit.errors import UserError
@@ -149,14 +149,8 @@ def test_a_malformed_hub_data_spec_is_one_line(spec, says, hub, monkeypatch, tmp
 def old_run(tmp_path, tiny_roberta, small_agnews, monkeypatch):
     """A run folder begun from tmp_path/work with `--model models/roberta`, saved relative as lorafit did before it
     saved local folders absolute; no checkpoint yet. Returns (config file, run folder)."""
-    work = tmp_path / "work"
-    shutil.copytree(tiny_roberta, work / "models" / "roberta")
-    config = write_config(
-        tmp_path / "old.yaml", name="old", output_dir=str(work / "runs"),
-        lora={"r": 4, "alpha": 8, "target_modules": ["query", "value"]},
-        data={"train_file": str(small_agnews), "max_length": 32, "validation_size": 40, "max_train_samples": 64},
-        train={"max_steps": 4, "batch_size": 8, "precision": "fp32", "report_to": "none"},
-    )
+    work = model_in_work_folder(tmp_path, tiny_roberta)
+    config = tiny_run_config(work, small_agnews, name="old", report_to="none")
     monkeypatch.chdir(work)
     saved = load_config(config, {"model.name_or_path": "models/roberta"}).to_dict()
     saved["model"]["name_or_path"] = "models/roberta"
@@ -173,6 +167,19 @@ def test_an_old_run_with_a_relative_model_path_resumes_with_the_same_folder(old_
     one_line_error(cli("train", config, "--model", "models/roberta", "--resume"), "no complete checkpoint")
     one_line_error(cli("train", config, "--model", str(run_dir.parents[1] / "models/roberta"), "--resume"),
                    "no complete checkpoint")
+
+
+def test_an_old_run_whose_config_lacks_a_newer_field_resumes(old_run, cli):
+    """A config.yaml written before a field existed (here model.pooling) was refused as "a different config" with no
+    difference named, though the field's default is what that run did: a user could not resume it after upgrading."""
+    config, run_dir = old_run
+    saved = yaml.safe_load((run_dir / runs.CONFIG).read_text())
+    del saved["model"]["pooling"]
+    (run_dir / runs.CONFIG).write_text(yaml.safe_dump(saved, sort_keys=False))
+    one_line_error(cli("train", config, "--model", "models/roberta", "--resume"), "no complete checkpoint")
+    cfg = load_config(config, {"model.name_or_path": str(run_dir.parents[1] / "models/roberta")})
+    assert train.open_run_dir(cfg, resume=False, overwrite=False) == (run_dir, None)
+    assert yaml.safe_load((run_dir / runs.CONFIG).read_text())["model"]["pooling"] == "cls", "saved in today's form"
 
 
 def test_a_relative_model_path_is_also_read_from_the_run_folders_parent(old_run, tmp_path, monkeypatch):

@@ -102,8 +102,8 @@ def load_eval_data(spec: str, run, trust_pickle: bool = False) -> tuple[Labelled
         config_name = given or (cfg.data.dataset_config if dataset == cfg.data.dataset else None)
         frame, hub_names = load_hub_split(dataset, config_name, split, cfg.data.label_column)
         frame = _hub_ids_as_names(frame, cfg.data.label_column, hub_names, run.label_names)
-        parts = [dataset.replace("/", "_"), given, split] if given else [dataset.replace("/", "_"), split]
-        source, name = spec, re.sub(r"[^\w.-]+", "_", "-".join(parts))  # a given config names the file too
+        parts = filter(None, [dataset.replace("/", "_"), given, split])  # a given config names the file too
+        source, name = spec, re.sub(r"[^\w.-]+", "_", "-".join(parts))
     else:
         raise UserError(f"--data {spec}: no such file; give a file path or a Hub split as {HUB_SPEC_FORMS}")
     data = labelled_from_frame(frame, cfg.data, len(run.label_names), source, run.label_names)

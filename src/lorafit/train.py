@@ -294,15 +294,15 @@ def _saved_values(saved: Path, cfg: RunConfig) -> Any:
 
 
 def _same_saved_config(saved: Path, cfg: RunConfig) -> bool:
-    """Whether the run folder holds this config: the same text, or the same once an old relative model path that
-    names this model's folder is written absolute (a resume of such a run was refused unless the user typed the
-    path absolute; open_run_dir then saves it absolute)."""
-    here = cfg.to_yaml()
-    if saved.read_text(encoding="utf-8", errors="replace") == here:
+    """Whether the run folder holds this config: the same text, or the same settings once read as this lorafit
+    reads them. That reading fills a field an older lorafit did not write with its default (what that run did), and
+    writes an old relative model path absolute where it names this model's folder (a resume of such a run was
+    refused unless the user typed the path absolute); open_run_dir then saves the config in today's form."""
+    if saved.read_text(encoding="utf-8", errors="replace") == cfg.to_yaml():
         return True
     try:
-        return yaml.safe_dump(_saved_values(saved, cfg), sort_keys=False) == here
-    except (yaml.YAMLError, OSError, ValueError):  # unreadable: a different config, whose differences say why
+        return config_from_dict(_saved_values(saved, cfg)).to_dict() == cfg.to_dict()
+    except Exception:  # unreadable or invalid here: a different config, whose differences say why
         return False
 
 
