@@ -38,7 +38,8 @@ committed small files on this machine trains the teacher again first (it needs i
 
 Prints one JSON object: results.<model>.<recipe> with `accuracy` (one value per seed), `mean`, `std`,
 `trainable_params`, `examples_seen`, `wall_seconds` (of each run's last session; `resumed_from_step` says whether it
-began earlier) and `config`; runs not done yet are listed under `pending`.
+began earlier), `bf16` (the precision each run trained in, from its manifest) and `config`; runs not done yet are
+listed under `pending`.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ SEEDS = {
     "minilm": {recipe: [42, 43, 44] for recipe in RECIPES},
     "mpnet": {"seed": [42], "peer_a": [42, 43], "peer_b": [42], "default": [42, 43]},
 }
-SMALL_FILES = ("config.yaml", "result.json", "eval_curve.jsonl")
+SMALL_FILES = ("config.yaml", "result.json", "eval_curve.jsonl", "manifest.json")  # manifest: device, bf16, versions
 MACHINE_PATHS = (("model", "name_or_path"), ("data", "train_file"), ("data", "eval_file"),
                  ("data", "unlabelled_file"), ("train", "teacher"), ("data", "pseudo_label_teacher"))
 
@@ -192,7 +193,17 @@ def finished_result(folder: Path, wanted: dict):
     data = json.loads(result.read_text(encoding="utf-8"))
     if data.get("status") != "completed":
         return None
-    return data if same_settings(yaml.safe_load(config.read_text(encoding="utf-8")), wanted) else None
+    if not same_settings(yaml.safe_load(config.read_text(encoding="utf-8")), wanted):
+        return None
+    return with_precision(data, folder)
+
+
+def with_precision(result: dict, folder: Path) -> dict:
+    """result.json plus `bf16` from the run's manifest (None where an earlier bench kept no manifest): runs made on
+    different machines differ in precision (lorafit's `auto` takes bf16 on CPUs with AVX512-BF16, fp32 on AVX2)."""
+    manifest = folder / "manifest.json"
+    bf16 = json.loads(manifest.read_text(encoding="utf-8")).get("bf16") if manifest.exists() else None
+    return {**result, "bf16": bf16}
 
 
 def commit_small_files(run_dir: Path) -> None:
@@ -240,7 +251,7 @@ def train(cfg, threads: int) -> dict:
               "command to continue it", file=sys.stderr)
         raise SystemExit(result.get("exit_code", 1))
     commit_small_files(cfg.run_dir)
-    return result
+    return with_precision(result, cfg.run_dir)
 
 
 def selected(only: list[tuple], model: str, recipe: str, seed: int) -> bool:
@@ -266,6 +277,7 @@ def summarize(rows: list[tuple[int, dict]], config: Path, values: dict) -> dict:
             # of the run's last session only: a run resumed from a checkpoint (resumed_from_step > 0) took longer
             wall_seconds=[round(r["wall_seconds"]) for _, r in rows],
             resumed_from_step=[r.get("resumed_from_step", 0) for _, r in rows],
+            bf16=[r.get("bf16") for _, r in rows],  # None: not recorded (runs committed before the manifest was)
         )
     return summary
 

@@ -101,8 +101,12 @@ def test_two_exports_to_one_output_at_once(cli, run, tmp_path, monkeypatch):
         first_build.writer = writer
         export.export_run(run, out, overwrite=True)
 
+    def no_second_load(*args, **kwargs):
+        raise AssertionError("the second export loaded its model before being refused")
+
     monkeypatch.setattr(export, "verify_export", verify_then_wait)
     with _BlockedWriter(first):
+        monkeypatch.setattr(export, "load_merged_fp32", no_second_load)  # the first has loaded: it waits in verify
         line = one_line_error(cli("export", run, "--output", out, "--overwrite"), str(out), "being written",
                               "wait for it to finish")
         assert "Traceback" not in line and not out.exists()

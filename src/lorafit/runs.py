@@ -922,6 +922,15 @@ class _ReplaceLock(RunLock):
                 self.run_dir.rmdir()
 
 
+def check_not_being_replaced(target: str | Path) -> None:
+    """Refuse at once while another writer holds target's atomic_replace_dir lock: a second export to one --output
+    learns it before it spends minutes loading its model (the lock, taken later, still decides)."""
+    lock = _ReplaceLock(Path(target))
+    holder = lock_holder(lock.run_dir)
+    if holder is not None:
+        raise lock._busy(holder)
+
+
 def _lock_key(run_dir: str | Path) -> str:
     return os.path.realpath(Path(run_dir) / LOCK)
 
