@@ -143,6 +143,21 @@ def test_a_malformed_hub_data_spec_is_one_line(spec, says, hub, monkeypatch, tmp
     assert hub == [], line
 
 
+def test_a_missing_file_read_as_a_hub_split_names_the_data_option(monkeypatch, tmp_path, cli):
+    """`--data data/news:test.csv` that does not exist is tried as a Hub split; when the Hub fails, the fix named was
+    train's (--train-file, --eval-file), which `lorafit evaluate` does not take."""
+    import datasets
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    monkeypatch.setattr(evaluate, "load_run", lambda *args, **kwargs: _trained_on("fancyzhx/ag_news"))
+    line = one_line_error(cli("evaluate", tmp_path, "--data", "data/news:test.csv"), "cannot load dataset 'data/news'",
+                          "--data PATH")
+    assert "--train-file" not in line
+
+
 # 3. resuming a run whose config saved a relative local model path ----------------------------------------------------
 
 @pytest.fixture

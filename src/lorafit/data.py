@@ -158,9 +158,10 @@ def parse_hub_spec(spec: str, setting: str = "--data") -> tuple[str, Optional[st
     return dataset, config, split
 
 
-def load_hub_split(dataset: str, config_name: Optional[str], split: str,
-                   label_column: Optional[str] = None) -> tuple[pd.DataFrame, Optional[list[str]]]:
-    """A Hub dataset split as a DataFrame, plus its class names when the label column is a ClassLabel."""
+def load_hub_split(dataset: str, config_name: Optional[str], split: str, label_column: Optional[str] = None,
+                   local_instead: str = "--train-file PATH, --eval-file PATH") -> tuple[pd.DataFrame, Optional[list[str]]]:
+    """A Hub dataset split as a DataFrame, plus its class names when the label column is a ClassLabel.
+    local_instead: the options that take a local file instead, named when the Hub fails."""
     import datasets
 
     try:
@@ -171,7 +172,7 @@ def load_hub_split(dataset: str, config_name: Optional[str], split: str,
         config = f" config '{config_name}'" if config_name else ""
         raise HubUnreachableError(
             f"cannot load dataset '{dataset}'{config} split '{split}': {reason} ({type(exc).__name__}); "
-            "pass local files instead (--train-file PATH, --eval-file PATH)"
+            f"pass local files instead ({local_instead})"
         ) from None
     # Only the label column's own names: a dataset may hold other ClassLabel columns (TREC: coarse and fine labels)
     feature = ds.features.get(label_column) if label_column else None

@@ -100,7 +100,8 @@ def load_eval_data(spec: str, run, trust_pickle: bool = False) -> tuple[Labelled
         # Without a config in the spec, the run's dataset_config only for its own dataset (glue's sst2 is no
         # configuration of ag_news)
         config_name = given or (cfg.data.dataset_config if dataset == cfg.data.dataset else None)
-        frame, hub_names = load_hub_split(dataset, config_name, split, cfg.data.label_column)
+        frame, hub_names = load_hub_split(dataset, config_name, split, cfg.data.label_column,
+                                          local_instead="--data PATH, a file that exists")
         frame = _hub_ids_as_names(frame, cfg.data.label_column, hub_names, run.label_names)
         parts = filter(None, [dataset.replace("/", "_"), given, split])  # a given config names the file too
         source, name = spec, re.sub(r"[^\w.-]+", "_", "-".join(parts))
