@@ -20,7 +20,7 @@ AG_NEWS_HUB_ORDER = ["World", "Sports", "Business", "Sci/Tech"]  # fancyzhx/ag_n
 def _eval_labels(monkeypatch, run_names: list[str], hub_labels: list[int]) -> list[str]:
     """The class names lorafit evaluate scores the rows of a fake fancyzhx/ag_news:test against."""
     frame = pd.DataFrame({"text": [f"row {i}" for i in range(len(hub_labels))], "label": hub_labels})
-    monkeypatch.setattr(evaluate, "load_hub_split", lambda *args: (frame, list(AG_NEWS_HUB_ORDER)))
+    monkeypatch.setattr(evaluate, "load_hub_split", lambda *args, **kwargs: (frame, list(AG_NEWS_HUB_ORDER)))
     run = SimpleNamespace(cfg=RunConfig(), label_names=run_names)
     data, _ = evaluate.load_eval_data("fancyzhx/ag_news:test", run)
     return [run_names[i] for i in data.labels]
