@@ -346,10 +346,11 @@ def best_lorafit_recipe(default: dict, levers: dict) -> dict:
 
 
 SELF_TRAINING_TEACHERS = {
-    # variant: (teacher model, teacher recipe, teacher seed or None for the student's own seed)
-    "with_unlabelled": ("minilm", "default", None),
+    # variant: (teacher model, teacher recipe, teacher seed or None for the student's own seed, --only recipe,
+    #           suffix of the students' run names)
+    "with_unlabelled": ("minilm", "default", None, "self_training", ""),
     # a stronger teacher trained on the same 4,000 labelled rows (never on the unlabelled rows' labels); one seed
-    "with_unlabelled_mpnet_teacher": ("mpnet", "default", 42),
+    "with_unlabelled_mpnet_teacher": ("mpnet", "default", 42, "self_training_mpnet_teacher", "-mpnet-teacher"),
 }
 
 
@@ -376,12 +377,10 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
     seeds = SEEDS["minilm"]["default"]
     rows = {"labelled_only": [], **{variant: [] for variant in SELF_TRAINING_TEACHERS}}
     teachers = {}
-    for variant, (model, recipe, teacher_seed) in SELF_TRAINING_TEACHERS.items():
+    for variant, (model, recipe, teacher_seed, key, suffix) in SELF_TRAINING_TEACHERS.items():
         if model not in dirs:
             del rows[variant]
             continue
-        key = "self_training" if variant == "with_unlabelled" else f"self_training_{model}_teacher"
-        suffix = "" if variant == "with_unlabelled" else f"-{model}-teacher"
         for seed in seeds:
             teacher_values = labelled_only(model, recipe, teacher_seed or seed)
             teachers[variant] = teacher_values
@@ -423,7 +422,7 @@ def parse_only(text: str, dirs: dict) -> list[tuple]:
     only = [tuple(part.strip().split(":")) for part in text.split(",") if part.strip()]
     for entry in only:
         model, recipe, seed = (*entry, None, None)[:3]
-        recipes = (*RECIPES, "self_training", "self_training_mpnet_teacher",
+        recipes = (*RECIPES, *(t[3] for t in SELF_TRAINING_TEACHERS.values()),
                    *(f"lever_{name}" for name in lever_files(model)))
         if model not in dirs or (recipe is not None and recipe not in recipes) or \
                 (seed is not None and not seed.isdigit()) or len(entry) > 3:
