@@ -33,8 +33,10 @@ Self-training (--self-training): 4,000 labelled rows of the training part alone 
 against MiniLM students of the same recipe that also train on the rest of the training part as unlabelled text,
 pseudo-labelled by a teacher trained on the same 4,000 rows: the labelled-only run of the student's seed
 (results.self_training.with_unlabelled), or with mpnet one MPNet run of lorafit's default (seed 42:
-with_unlabelled_mpnet_teacher; --only minilm:self_training_mpnet_teacher). A student whose teacher has only its
-committed small files on this machine trains the teacher again first (it needs its weights).
+with_unlabelled_mpnet_teacher; --only minilm:self_training_mpnet_teacher), or that MPNet run as teacher of both the
+labels and soft targets for every training row, at threshold 0.7 (with_unlabelled_mpnet_teacher_distilled; --only
+minilm:self_training_mpnet_distilled). A student whose teacher has only its committed small files on this machine
+trains the teacher again first (it needs its weights).
 
 Prints one JSON object: results.<model>.<recipe> with `accuracy` (one value per seed), `mean`, `std`,
 `trainable_params`, `examples_seen`, `wall_seconds` (of each run's last session; `resumed_from_step` says whether it
@@ -50,7 +52,9 @@ import shutil
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = ROOT.parent / "shared" / "data" / "agnews" / "train_pool.csv"
@@ -345,12 +349,36 @@ def best_lorafit_recipe(default: dict, levers: dict) -> dict:
     return {**eligible[key], "recipe": key, "chosen_from": sorted(eligible)}
 
 
-SELF_TRAINING_TEACHERS = {
-    # variant: (teacher model, teacher recipe, teacher seed or None for the student's own seed, --only recipe,
-    #           suffix of the students' run names)
-    "with_unlabelled": ("minilm", "default", None, "self_training", ""),
+@dataclass(frozen=True)
+class SelfTrainingArm:
+    """One way of using the unlabelled rows: which teacher labels them, and how the MiniLM students use its labels."""
+
+    teacher_model: str
+    teacher_recipe: str
+    teacher_seed: Optional[int]  # None: the student's own seed
+    only_recipe: str             # --only minilm:<this>
+    run_suffix: str              # students' runs: minilm-selftrain4000<suffix>-seed<seed>
+    threshold: float = 0.9       # data.pseudo_label_threshold
+    distill: bool = False        # the teacher also gives soft targets for every training row (train.teacher)
+
+    def student_settings(self, unlabelled: Path, teacher_dir: Path) -> dict:
+        data = {"unlabelled_file": str(unlabelled), "pseudo_label_teacher": str(teacher_dir),
+                "pseudo_label_threshold": self.threshold}
+        # the distillation lever's weight and temperature (configs/accuracy/minilm-lever-distill-mpnet.yaml)
+        train = {"teacher": str(teacher_dir), "distill_weight": 0.5, "distill_temperature": 2.0} if self.distill else {}
+        return {"data": data, "train": train}
+
+
+SELF_TRAINING_ARMS = {
+    "with_unlabelled": SelfTrainingArm("minilm", "default", None, "self_training", ""),
     # a stronger teacher trained on the same 4,000 labelled rows (never on the unlabelled rows' labels); one seed
-    "with_unlabelled_mpnet_teacher": ("mpnet", "default", 42, "self_training_mpnet_teacher", "-mpnet-teacher"),
+    "with_unlabelled_mpnet_teacher": SelfTrainingArm("mpnet", "default", 42, "self_training_mpnet_teacher",
+                                                     "-mpnet-teacher"),
+    # the same teacher's soft targets too, on every training row, and a threshold below the ~0.925 top probability
+    # that label smoothing 0.1 lets a teacher reach (at 0.9 only 75% of the rows joined, unevenly by class)
+    "with_unlabelled_mpnet_teacher_distilled": SelfTrainingArm("mpnet", "default", 42,
+                                                               "self_training_mpnet_distilled",
+                                                               "-mpnet-distilled", threshold=0.7, distill=True),
 }
 
 
@@ -375,20 +403,21 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
                           split[1], seed, runs_dir)
 
     seeds = SEEDS["minilm"]["default"]
-    rows = {"labelled_only": [], **{variant: [] for variant in SELF_TRAINING_TEACHERS}}
-    teachers = {}
-    for variant, (model, recipe, teacher_seed, key, suffix) in SELF_TRAINING_TEACHERS.items():
-        if model not in dirs:
+    rows = {"labelled_only": [], **{variant: [] for variant in SELF_TRAINING_ARMS}}
+    mpnet_teacher = None
+    for variant, arm in SELF_TRAINING_ARMS.items():
+        if arm.teacher_model not in dirs:
             del rows[variant]
             continue
         for seed in seeds:
-            teacher_values = labelled_only(model, recipe, teacher_seed or seed)
-            teachers[variant] = teacher_values
-            student = run_values(config, f"minilm-selftrain4000{suffix}-seed{seed}", dirs["minilm"], labelled,
-                                 split[1], seed, runs_dir, unlabelled_file=str(unlabelled),
-                                 pseudo_label_teacher=str(runs_dir / teacher_values["name"]),
-                                 pseudo_label_threshold=0.9)
-            allowed = selected(only, "minilm", key, seed)
+            teacher_values = labelled_only(arm.teacher_model, arm.teacher_recipe, arm.teacher_seed or seed)
+            if arm.teacher_model == "mpnet":
+                mpnet_teacher = teacher_values
+            extra = arm.student_settings(unlabelled, runs_dir / teacher_values["name"])
+            student = run_values(config, f"minilm-selftrain4000{arm.run_suffix}-seed{seed}", dirs["minilm"],
+                                 labelled, split[1], seed, runs_dir, **extra["data"])
+            student["train"].update(extra["train"])
+            allowed = selected(only, "minilm", arm.only_recipe, seed)
             result = run_or_reuse(student, False, args.threads)
             if result is None and allowed:  # the student reads its teacher's weights: train the teacher first
                 run_or_reuse(teacher_values, True, args.threads, weights=True)
@@ -405,8 +434,8 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
         else:
             rows["labelled_only"].append((seed, result))
     out = {variant: summarize(found, config, values) for variant, found in rows.items()}
-    if "with_unlabelled_mpnet_teacher" in teachers:  # the stronger teacher's own accuracy on the 4,000 rows
-        teacher = teachers["with_unlabelled_mpnet_teacher"]
+    if mpnet_teacher is not None:  # the stronger teacher's own accuracy on the 4,000 rows
+        teacher = mpnet_teacher
         found = run_or_reuse(teacher, False, args.threads)
         out["mpnet_teacher_labelled_only"] = summarize([(teacher["train"]["seed"], found)] if found else [],
                                                        recipe_file("mpnet", "default"), teacher)
@@ -422,7 +451,7 @@ def parse_only(text: str, dirs: dict) -> list[tuple]:
     only = [tuple(part.strip().split(":")) for part in text.split(",") if part.strip()]
     for entry in only:
         model, recipe, seed = (*entry, None, None)[:3]
-        recipes = (*RECIPES, *(t[3] for t in SELF_TRAINING_TEACHERS.values()),
+        recipes = (*RECIPES, *(arm.only_recipe for arm in SELF_TRAINING_ARMS.values()),
                    *(f"lever_{name}" for name in lever_files(model)))
         if model not in dirs or (recipe is not None and recipe not in recipes) or \
                 (seed is not None and not seed.isdigit()) or len(entry) > 3:
