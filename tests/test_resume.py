@@ -178,6 +178,27 @@ def test_resume_refuses_a_changed_config(tmp_path, tiny_roberta, keyword_csv, cl
     assert sorted(p.name for p in run_dir.iterdir()) == before
 
 
+def test_a_damaged_saved_config_is_refused_in_one_line(tmp_path, tiny_roberta, keyword_csv, cli):
+    """A config.yaml whose train.batch_size became a mapping (hand-edited, merged) ended in a raw TypeError: the
+    batch-size hint put the value in a set. It is a different config, named, and the folder is left as it was."""
+    config = resume_config(tmp_path / "damaged", tiny_roberta, keyword_csv)
+    run_dir = tmp_path / "damaged" / "runs" / "resume"
+    run_dir.mkdir(parents=True)
+    import yaml
+
+    from lorafit.config import load_config
+
+    saved = load_config(config).to_dict()
+    saved["train"]["batch_size"] = {"per_device": 8}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    before = (run_dir / "config.yaml").read_text()
+    result = cli("train", config)
+    assert result.code == 2, result.err
+    assert "different config" in result.err and "train.batch_size: {'per_device': 8} there" in result.err
+    assert "Traceback" not in result.err and len(result.err.strip().splitlines()) == 1, result.err
+    assert (run_dir / "config.yaml").read_text() == before
+
+
 def test_a_run_begun_with_the_gpu_batch_names_the_batch_when_resumed_on_the_cpu(tmp_path, tiny_roberta, keyword_csv,
                                                                                  cli):
     """batch_size auto resolves to 128 on CUDA and 32 here: the refusal says so and how to resume."""

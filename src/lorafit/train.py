@@ -293,30 +293,33 @@ def _saved_values(saved: Path, cfg: RunConfig) -> Any:
     return values
 
 
+def _saved_settings(saved: Path, cfg: RunConfig) -> Any:
+    """The run folder's config as this lorafit reads it: a field an older lorafit did not write takes its default
+    (what that run did). As written where this lorafit cannot read it; None where the file is not YAML."""
+    try:
+        values = _saved_values(saved, cfg)
+    except (yaml.YAMLError, OSError, ValueError):
+        return None
+    try:
+        return config_from_dict(values).to_dict()
+    except UserError:  # unknown keys or invalid values here: compare what the file says
+        return values
+
+
 def _same_saved_config(saved: Path, cfg: RunConfig) -> bool:
     """Whether the run folder holds this config: the same text, or the same settings once read as this lorafit
-    reads them. That reading fills a field an older lorafit did not write with its default (what that run did), and
-    writes an old relative model path absolute where it names this model's folder (a resume of such a run was
-    refused unless the user typed the path absolute); open_run_dir then saves the config in today's form."""
+    reads them (_saved_settings; an old relative model path that names this model's folder counts as the same
+    path, so a resume of such a run is not refused unless typed absolute). open_run_dir then saves the config in
+    today's form."""
     if saved.read_text(encoding="utf-8", errors="replace") == cfg.to_yaml():
         return True
-    try:
-        return config_from_dict(_saved_values(saved, cfg)).to_dict() == cfg.to_dict()
-    except Exception:  # unreadable or invalid here: a different config, whose differences say why
-        return False
+    return _saved_settings(saved, cfg) == cfg.to_dict()
 
 
 def _config_differences(saved: Path, cfg: RunConfig, shown: int = 3) -> str:
     """' (train.batch_size: 128 there, 32 here)': the settings that differ, so a user sees why a rerun is refused.
     batch_size auto is the usual surprise: it resolves per device, so a run begun on a GPU differs on a CPU."""
-    try:
-        values = _saved_values(saved, cfg) or {}
-    except (yaml.YAMLError, OSError, ValueError):
-        return ""
-    try:  # an older lorafit's file lacks newer fields: read them as their defaults, as that run did
-        values = config_from_dict(values).to_dict()
-    except Exception:  # a file this lorafit cannot read: compare what it says
-        pass
+    values = _saved_settings(saved, cfg)
     there = flatten_config(values) if isinstance(values, dict) else {}
     here = flatten_config(cfg.to_dict())
     keys = [k for k in sorted(set(there) | set(here)) if there.get(k) != here.get(k)]
@@ -324,10 +327,11 @@ def _config_differences(saved: Path, cfg: RunConfig, shown: int = 3) -> str:
         return ""
     listed = "; ".join(f"{k}: {there.get(k)!r} there, {here.get(k)!r} here" for k in keys[:shown])
     more = f"; and {len(keys) - shown} more" if len(keys) > shown else ""
-    automatic = {device.CUDA_BATCH_SIZE, device.REFERENCE_BATCH_SIZE}
+    automatic = [(device.CUDA_BATCH_SIZE, device.REFERENCE_BATCH_SIZE), (device.REFERENCE_BATCH_SIZE, device.CUDA_BATCH_SIZE)]
+    # compared as a pair, not a set: a damaged file's value may be a mapping, which no set can hold
     hint = (f" (train.batch_size auto is {device.CUDA_BATCH_SIZE} on CUDA and {device.REFERENCE_BATCH_SIZE} on the "
             "CPU: to resume on this device set train.batch_size and train.learning_rate to the folder's values)"
-            if {there.get("train.batch_size"), here.get("train.batch_size")} == automatic else "")
+            if (there.get("train.batch_size"), here.get("train.batch_size")) in automatic else "")
     return f" ({listed}{more}){hint}"
 
 
