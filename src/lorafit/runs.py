@@ -841,6 +841,12 @@ class RunLock:
         self._remove_stale(_read_fd(fd), fd, path)
         return False
 
+    def refuse_if_held(self) -> None:
+        """Raise what acquire would when another process holds this lock now, without taking it."""
+        holder = lock_holder(self.run_dir)
+        if holder is not None:
+            raise self._busy(holder)
+
     def _busy(self, info: Optional[dict]) -> "RunFolderBusy":
         return RunFolderBusy(f"{self.run_dir} is in use by {describe_holder(info)}; wait for that run to finish or "
                              "stop it (two writers would corrupt the folder)")
@@ -925,10 +931,7 @@ class _ReplaceLock(RunLock):
 def check_not_being_replaced(target: str | Path) -> None:
     """Refuse at once while another writer holds target's atomic_replace_dir lock: a second export to one --output
     learns it before it spends minutes loading its model (the lock, taken later, still decides)."""
-    lock = _ReplaceLock(Path(target))
-    holder = lock_holder(lock.run_dir)
-    if holder is not None:
-        raise lock._busy(holder)
+    _ReplaceLock(Path(target)).refuse_if_held()
 
 
 def _lock_key(run_dir: str | Path) -> str:
