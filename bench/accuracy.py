@@ -433,12 +433,13 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
             pending.append(values["name"])
         else:
             rows["labelled_only"].append((seed, result))
-    out = {variant: summarize(found, config, values) for variant, found in rows.items()}
+    out = {variant: {"model": "minilm", **summarize(found, config, values)} for variant, found in rows.items()}
     if mpnet_teacher is not None:  # the stronger teacher's own accuracy on the 4,000 rows
         teacher = mpnet_teacher
         found = run_or_reuse(teacher, False, args.threads)
-        out["mpnet_teacher_labelled_only"] = summarize([(teacher["train"]["seed"], found)] if found else [],
-                                                       recipe_file("mpnet", "default"), teacher)
+        rows = [(teacher["train"]["seed"], found)] if found else []
+        out["mpnet_teacher_labelled_only"] = {"model": "mpnet",
+                                              **summarize(rows, recipe_file("mpnet", "default"), teacher)}
     out["labelled_rows"], out["unlabelled_rows"] = 4000, len(train_rows) - 4000
     return out
 
@@ -515,8 +516,7 @@ def markdown_table(report: dict) -> str:
                 row(model, RECIPE_TITLES.get(recipe, recipe), summary)
     for variant, summary in report.get("self_training", {}).items():
         if isinstance(summary, dict):
-            row(variant.split("_")[0] if variant.startswith("mpnet") else "minilm",
-                f"self-training: {variant.replace('_', ' ')}", summary)
+            row(summary["model"], f"self-training: {variant.replace('_', ' ')}", summary)
     return "\n".join(lines)
 
 
