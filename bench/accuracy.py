@@ -435,11 +435,10 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
             rows["labelled_only"].append((seed, result))
     out = {variant: {"model": "minilm", **summarize(found, config, values)} for variant, found in rows.items()}
     if mpnet_teacher is not None:  # the stronger teacher's own accuracy on the 4,000 rows
-        teacher = mpnet_teacher
-        found = run_or_reuse(teacher, False, args.threads)
-        rows = [(teacher["train"]["seed"], found)] if found else []
+        found = run_or_reuse(mpnet_teacher, False, args.threads)
+        measured = [(mpnet_teacher["train"]["seed"], found)] if found else []
         out["mpnet_teacher_labelled_only"] = {"model": "mpnet",
-                                              **summarize(rows, recipe_file("mpnet", "default"), teacher)}
+                                              **summarize(measured, recipe_file("mpnet", "default"), mpnet_teacher)}
     out["labelled_rows"], out["unlabelled_rows"] = 4000, len(train_rows) - 4000
     return out
 
