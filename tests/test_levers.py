@@ -4,6 +4,7 @@ unlabelled text and LoRA+. Their bad values are cases in tests/test_bad_inputs.p
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -316,6 +317,60 @@ def test_confident_pseudo_labels_join_training_and_validation_texts_never_do(tea
     assert np.load(run / "teacher_logits.npy").shape == (1, labelled_rows, NUM_LABELS)
     targets = np.asarray(trained_on.train_ds[teacher.TEACHER_COLUMN][labelled_rows:])
     np.testing.assert_allclose(np.exp(targets[:, 0]), probs[expected], atol=1e-5)
+
+
+def test_a_threshold_above_the_teachers_smoothing_target_is_warned_about(tiny_roberta, small_agnews, agnews_pool,
+                                                                         tmp_path, capsys):
+    """A teacher trained with label smoothing 0.1 on 4 classes is trained toward 0.925 for the class it picks: at a
+    threshold of 0.95 next to nothing joins, and the run says why and what to change instead of training quietly
+    on the labelled rows alone."""
+    config = write_config(
+        tmp_path / "smoothed.yaml", name="smoothed", output_dir=str(tmp_path / "runs"), budget=None,
+        model={"name_or_path": str(tiny_roberta), "head": "linear"},
+        lora={"r": 4, "alpha": 8, "target_modules": ["query", "value"]},
+        data={"train_file": str(small_agnews)},
+        train={"max_steps": 2, "eval_steps": 2, "batch_size": 8, "precision": "fp32", "label_smoothing": 0.1},
+    )
+    _train(config)
+    smoothed = tmp_path / "runs" / "smoothed"
+    assert teacher.smoothing_target([smoothed], NUM_LABELS) == pytest.approx(0.925)
+    unlabelled = tmp_path / "unlabelled.csv"
+    used = set(pd.read_csv(small_agnews).text)
+    pd.DataFrame({"text": [t for t in pd.read_csv(agnews_pool).text if t not in used][:40]}).to_csv(unlabelled,
+                                                                                                  index=False)
+    student = _student(tmp_path, "student", tiny_roberta, small_agnews, max_steps=2, eval_steps=2,
+                       data={"unlabelled_file": str(unlabelled), "pseudo_label_teacher": str(smoothed),
+                             "pseudo_label_threshold": 0.95})
+    capsys.readouterr()
+    _train(student)
+    warned = [line for line in capsys.readouterr().err.splitlines() if "pseudo_label_threshold" in line]
+    joined = json.loads((tmp_path / "runs" / "student" / "manifest.json").read_text())["pseudo_labels"]["joined"]
+    assert warned == [f"lorafit: data.pseudo_label_threshold 0.95 is at or above 0.925, the top probability the "
+                      f"teachers' label smoothing trains them to give: only {joined} of 40 unlabelled rows joined; "
+                      f"lower it (e.g. 0.7) or use a teacher trained without label smoothing"]
+
+
+def test_smoothing_target_averages_the_teachers_and_is_none_without_smoothing(tmp_path):
+    for name, smoothing in (("plain", 0.0), ("smooth", 0.1), ("strong", 0.3)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(f"train:\n  label_smoothing: {smoothing}\n")
+    assert teacher.smoothing_target([tmp_path / "plain"], 4) is None
+    assert teacher.smoothing_target([tmp_path / "smooth", tmp_path / "plain"], 4) == pytest.approx((0.925 + 1) / 2)
+    assert teacher.smoothing_target([tmp_path / "strong"], 2) == pytest.approx(0.85)
+    record = {"joined": 30, "rows_labelled_by_teacher": 40, "threshold": 0.9, "joined_per_class": {"a": 30}}
+    warnings = []
+    handler = logging.Handler(logging.WARNING)  # on the logger itself: the CLI stops lorafit's records propagating
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    ours = logging.getLogger("lorafit.teacher")
+    ours.addHandler(handler)
+    try:
+        teacher.report_pseudo_labels(record, 0.925)  # below the target: the usual case, no warning
+        teacher.report_pseudo_labels(record, None)
+        assert warnings == []
+        teacher.report_pseudo_labels({**record, "threshold": 0.925}, 0.925)
+        assert ["at or above 0.925" in w for w in warnings] == [True]
+    finally:
+        ours.removeHandler(handler)
 
 
 # --- LoRA+ and resuming with the levers ---------------------------------------------------------------------------

@@ -350,6 +350,36 @@ def select_pseudo_labels(unlabelled: Unlabelled, log_probs: np.ndarray, threshol
     return data, record, chosen
 
 
+def smoothing_target(run_dirs: list[Path], num_classes: int) -> Optional[float]:
+    """The probability that the teachers' label smoothing ε trains them to give the class they pick, 1 − ε + ε/K,
+    averaged over the teachers; None when none smooths. Their confident predictions crowd just under it (measured:
+    median top probability 0.92 for ε = 0.1 and 4 classes, whose target is 0.925), so a threshold at or above it
+    keeps few rows for no better reason than that ceiling."""
+    smoothing = []
+    for run_dir in run_dirs:
+        try:
+            train = (yaml.safe_load((run_dir / runs.CONFIG).read_text(encoding="utf-8")) or {}).get("train") or {}
+            smoothing.append(float(train.get("label_smoothing") or 0.0))
+        except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
+            smoothing.append(0.0)  # check_teachers read this config already; unreadable now: assume no smoothing
+    if not any(smoothing):
+        return None
+    return float(np.mean([1 - e + e / num_classes for e in smoothing]))
+
+
+def report_pseudo_labels(record: dict, ceiling: Optional[float]) -> None:
+    """How many unlabelled rows joined; a warning when the threshold sits at or above the teachers' smoothing
+    target, where the count says more about label smoothing than about the teachers' doubt."""
+    per_class = ", ".join(f"{name} {count:,}" for name, count in record["joined_per_class"].items())
+    joined, offered, threshold = record["joined"], record["rows_labelled_by_teacher"], record["threshold"]
+    say(f"self-training: {joined:,} of {offered:,} unlabelled rows joined at probability >= {threshold:g} ({per_class})")
+    if ceiling is not None and threshold >= ceiling:
+        lower = max(0.5, np.floor((ceiling - 0.15) * 10) / 10)
+        log.warning("data.pseudo_label_threshold %g is at or above %.3f, the top probability the teachers' label "
+                    "smoothing trains them to give: only %d of %d unlabelled rows joined; lower it (e.g. %g) or use "
+                    "a teacher trained without label smoothing", threshold, ceiling, joined, offered, lower)
+
+
 def combined(labelled: LabelledData, pseudo: LabelledData) -> LabelledData:
     """Labelled rows first, then pseudo-labelled ones (the order the dataset and teacher logits follow)."""
     return LabelledData(labelled.texts + pseudo.texts, np.concatenate([labelled.labels, pseudo.labels]),

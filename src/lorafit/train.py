@@ -162,6 +162,7 @@ def _add_pseudo_labels(prepared: Prepared, teachers: list[Path], run_dir: Path, 
                                                           cfg.data.pseudo_label_threshold, prepared.train_data.label_names)
     records["pseudo_labels"] = {**record, "labelled_rows": len(prepared.train_data),
                                 "teachers": teacher.describe_teachers(teachers)}
+    teacher.report_pseudo_labels(record, teacher.smoothing_target(teachers, len(prepared.train_data.label_names)))
     pseudo_ds = tokenize(pseudo.texts, prepared.tokenizer, cfg.data.max_length, pseudo.labels)
     return dataclasses.replace(
         prepared, train_data=teacher.combined(prepared.train_data, pseudo),
