@@ -46,10 +46,6 @@ def disk_errors_explained(path: Path):
                         "(nothing was half-written)") from None
 
 
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
 class RunFolderBusy(UserError):
     """Another live process holds the run folder's lock: nothing may be written there."""
 
@@ -63,7 +59,7 @@ def describe_holder(info: Optional[dict]) -> str:
 def read_lock(run_dir: Path) -> Optional[dict]:
     """The lock file's holder details, or None (no lock file, or not written yet)."""
     try:
-        data = read_json(Path(run_dir) / LOCK)
+        data = json.loads((Path(run_dir) / LOCK).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

@@ -41,7 +41,6 @@ from lorafit.locks import (
     describe_holder,
     disk_errors_explained,
     lock_holder,
-    read_json,
 )
 
 CONFIG = "config.yaml"
@@ -220,6 +219,10 @@ def append_jsonl(path: str | Path, record: dict) -> None:
                 raise
         finally:
             os.close(fd)
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def read_eval_curve(run_dir: str | Path) -> list[dict]:
