@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import one_line_error
-from lorafit import runs
+from lorafit import locks, runs
 from lorafit.errors import UserError
 
 
@@ -250,7 +250,7 @@ def test_a_training_runs_adapter_save_takes_no_second_lock(tmp_path, monkeypatch
     run_dir = tmp_path / "run"
     stale = run_dir / ".adapter.lock"
     stale.mkdir(parents=True)
-    (stale / runs.LOCK).write_text(json.dumps({"host": "another-machine", "pid": 4242, "started": "yesterday"}))
+    (stale / locks.LOCK).write_text(json.dumps({"host": "another-machine", "pid": 4242, "started": "yesterday"}))
 
     class Saves:
         def save_pretrained(self, folder, **kwargs):

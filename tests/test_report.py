@@ -11,7 +11,7 @@ import optuna
 import pytest
 import yaml
 
-from lorafit import runs
+from lorafit import locks, runs
 from lorafit.report import make_report
 from lorafit.sweep import default_storage_url, run_sweep
 
@@ -135,7 +135,7 @@ def test_a_run_being_trained_shows_as_running_not_as_its_old_outcome(seed_sweep,
         table = (sweep / "report" / "report.md").read_text()
         return {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.startswith("| ")}
 
-    with runs.RunLock(held):
+    with locks.RunLock(held):
         done = cli("report", sweep)
         assert done.code == 0, done.err
         assert "| running |" in rows()["lora.r=6"]

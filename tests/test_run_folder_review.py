@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import one_line_error, write_config
-from lorafit import runs
+from lorafit import locks, runs
 from lorafit.errors import UserError
 
 
@@ -40,13 +40,13 @@ def texts(small_agnews, tmp_path) -> Path:
 
 
 def _patch_sleep(monkeypatch, sleep) -> None:
-    """time.sleep as runs sees it, and only there (torch and friends keep theirs)."""
+    """time.sleep as locks sees it, and only there (torch and friends keep theirs)."""
     import time
     import types
 
     clock = types.SimpleNamespace(**{name: getattr(time, name) for name in ("monotonic", "monotonic_ns", "strftime")})
     clock.sleep = sleep
-    monkeypatch.setattr(runs, "time", clock)
+    monkeypatch.setattr(locks, "time", clock)
 
 
 def _files(folder: Path) -> list[str]:
@@ -87,7 +87,7 @@ def test_readers_refuse_a_run_whose_writer_holds_the_lock(cli, run, texts, tmp_p
     """A run killed after its adapter was saved and then resumed (lorafit train CONFIG) is written again while its
     adapter is all there. Before: predict, evaluate and export used it meanwhile."""
     before = _files(run)
-    with runs.RunLock(run):
+    with locks.RunLock(run):
         holder = f"process {os.getpid()} on {socket.gethostname()}"
         for args in (("predict", run, "--input", texts, "--output", tmp_path / "pred.csv"),
                      ("evaluate", run, "--data", texts),
@@ -102,7 +102,7 @@ def test_a_folder_cleared_under_a_loader_is_one_line(cli, run, tmp_path, monkeyp
     FileNotFoundError traceback from deep in peft."""
     import lorafit.export as export
 
-    real, writer = export.load_adapter_for_inference, runs.RunLock(run)
+    real, writer = export.load_adapter_for_inference, locks.RunLock(run)
 
     def overwrite_starts(*args, **kwargs):
         writer.acquire()
@@ -137,7 +137,7 @@ def test_evaluate_writes_no_scores_into_a_folder_retrained_meanwhile(cli, run, t
 def test_evaluate_writes_nothing_beside_a_training_run_that_started_meanwhile(cli, run, texts, monkeypatch):
     import lorafit.evaluate as evaluate
 
-    real, writer = evaluate.predict_probabilities, runs.RunLock(run)
+    real, writer = evaluate.predict_probabilities, locks.RunLock(run)
 
     def overwrite_starts(*args, **kwargs):
         writer.acquire()
@@ -157,7 +157,7 @@ def test_evaluate_writes_nothing_beside_a_training_run_that_started_meanwhile(cl
 def test_evaluate_waits_for_another_evaluation_writing_its_scores(cli, run, texts, monkeypatch):
     """Two evaluations of one run (test and validation side by side) finish together: the second waits for the
     first's lock instead of writing beside it, and is not refused either."""
-    other = runs.RunLock(run, scores_only=True).acquire()  # the other evaluation, writing its scores
+    other = locks.RunLock(run, scores_only=True).acquire()  # the other evaluation, writing its scores
     assert runs.writer_of(run) is None, "it writes nothing that a loader reads: predict goes on meanwhile"
     waited = []
 
@@ -172,7 +172,7 @@ def test_evaluate_waits_for_another_evaluation_writing_its_scores(cli, run, text
         other.release()
     assert result.code == 0, result.err
     assert waited, "it waited for the other evaluation"
-    assert (run / "evaluation" / "texts.json").is_file() and not (run / runs.LOCK).exists()
+    assert (run / "evaluation" / "texts.json").is_file() and not (run / locks.LOCK).exists()
 
 
 def test_a_run_stopped_right_after_its_adapter_is_usable_not_damaged(tiny_roberta, small_agnews, tmp_path,
@@ -215,7 +215,7 @@ def _another_processs_lock(run_dir: Path, remove: bool = True):
     remove=False: still held after the block, until the test module ends."""
     import fcntl
 
-    fd = os.open(run_dir / runs.LOCK, os.O_RDWR | os.O_CREAT)
+    fd = os.open(run_dir / locks.LOCK, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getppid(), "started": "now"}).encode())
     try:
@@ -223,7 +223,7 @@ def _another_processs_lock(run_dir: Path, remove: bool = True):
     finally:
         if remove:
             os.close(fd)
-            (run_dir / runs.LOCK).unlink()
+            (run_dir / locks.LOCK).unlink()
         else:
             _HELD_BY_OTHERS.append(fd)
 
@@ -245,7 +245,7 @@ def test_a_missing_file_in_a_folder_being_written_is_busy_not_damaged(run):
         assert "is damaged" not in str(caught.value)
     with pytest.raises(runs.RunFolderError, match="is damaged: config.yaml is missing"):
         runs.check_run_folder(run)  # no writer: damaged, as before
-    with runs.RunLock(run), pytest.raises(runs.RunFolderError, match="is damaged: config.yaml is missing"):
+    with locks.RunLock(run), pytest.raises(runs.RunFolderError, match="is damaged: config.yaml is missing"):
         runs.check_run_folder(run)  # the writer itself checking (a sweep before reusing a trial): damaged
 
 
@@ -255,13 +255,13 @@ def test_a_readers_check_does_not_turn_a_writer_away(tmp_path, monkeypatch):
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / runs.LOCK).touch()
-    probe = os.open(run_dir / runs.LOCK, os.O_RDONLY)
+    (run_dir / locks.LOCK).touch()
+    probe = os.open(run_dir / locks.LOCK, os.O_RDONLY)
     fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a reader's check, caught in the act
     _patch_sleep(monkeypatch, lambda seconds: fcntl.flock(probe, fcntl.LOCK_UN))
     try:
-        with runs.RunLock(run_dir):
-            assert runs.read_lock(run_dir)["pid"] == os.getpid()
+        with locks.RunLock(run_dir):
+            assert locks.read_lock(run_dir)["pid"] == os.getpid()
     finally:
         os.close(probe)
 
@@ -271,7 +271,7 @@ def test_a_start_that_loses_the_flock_leaves_the_lock_file_to_its_holder(tmp_pat
     (a third run would then make a fresh one and hold a lock too); a start that fails on its own file does."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    real, winner = runs._try_flock, []
+    real, winner = locks._try_flock, []
 
     def another_process_wins(fd, shared=False):
         if not winner:
@@ -279,21 +279,21 @@ def test_a_start_that_loses_the_flock_leaves_the_lock_file_to_its_holder(tmp_pat
                 winner.append(pid)
         return real(fd, shared)
 
-    monkeypatch.setattr(runs, "_try_flock", another_process_wins)
-    with pytest.raises(runs.RunFolderBusy, match=f"in use by process {os.getppid()}"):
-        runs.RunLock(run_dir).acquire()
-    assert runs.read_lock(run_dir)["pid"] == os.getppid(), "the holder's lock file is left in place"
+    monkeypatch.setattr(locks, "_try_flock", another_process_wins)
+    with pytest.raises(locks.RunFolderBusy, match=f"in use by process {os.getppid()}"):
+        locks.RunLock(run_dir).acquire()
+    assert locks.read_lock(run_dir)["pid"] == os.getppid(), "the holder's lock file is left in place"
 
 
 def test_writer_of_tells_a_live_writer_from_a_leftover_lock_file(tmp_path):
     run_dir = tmp_path / "run"
     assert runs.writer_of(run_dir) is None
     run_dir.mkdir()
-    with runs.RunLock(run_dir):
+    with locks.RunLock(run_dir):
         assert runs.writer_of(run_dir)["pid"] == os.getpid()
-    (run_dir / runs.LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    (run_dir / locks.LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
     assert runs.writer_of(run_dir) is None, "flock free: the writer that wrote it was killed"
-    (run_dir / runs.LOCK).write_text(json.dumps({"host": "elsewhere.example", "pid": 1}))
+    (run_dir / locks.LOCK).write_text(json.dumps({"host": "elsewhere.example", "pid": 1}))
     assert runs.writer_of(run_dir)["host"] == "elsewhere.example", "never guessed dead, as RunLock refuses it"
 
 
@@ -303,14 +303,14 @@ def test_writer_of_tells_a_live_writer_from_a_leftover_lock_file(tmp_path):
 # writing its details into it.
 SECOND_WRITER = """
 import errno, sys
-from lorafit import runs
+from lorafit import locks
 def no_locks(fd, op):
     raise OSError(errno.ENOLCK, "No locks available")
-runs.fcntl.flock = no_locks
+locks.fcntl.flock = no_locks
 try:
-    runs.RunLock(sys.argv[1]).acquire()
+    locks.RunLock(sys.argv[1]).acquire()
     print("acquired")
-except runs.RunFolderBusy as exc:
+except locks.RunFolderBusy as exc:
     print("refused:", exc)
 """
 
@@ -329,24 +329,24 @@ def no_flock(monkeypatch):
 def test_without_flock_two_processes_never_both_hold_the_lock(tmp_path, no_flock, monkeypatch):
     """Before: both opened .lock with O_CREAT, read no details, and both went on (silently no lock)."""
     run_dir = tmp_path / "run"
-    real, seen = runs._write_fd, []
+    real, seen = locks._write_fd, []
 
     def second_runs_now(fd, info):
         seen.append(subprocess.run([sys.executable, "-c", SECOND_WRITER, str(run_dir)], capture_output=True,
                                    text=True, timeout=120))
         real(fd, info)
 
-    monkeypatch.setattr(runs, "_write_fd", second_runs_now)
-    first = runs.RunLock(run_dir).acquire()
-    monkeypatch.setattr(runs, "_write_fd", real)
+    monkeypatch.setattr(locks, "_write_fd", second_runs_now)
+    first = locks.RunLock(run_dir).acquire()
+    monkeypatch.setattr(locks, "_write_fd", real)
     try:
         assert seen[0].stdout.startswith("refused:"), seen[0].stdout + seen[0].stderr
-        with pytest.raises(runs.RunFolderBusy, match=f"in use by process {os.getpid()}"):
-            runs.RunLock(run_dir).acquire()  # this process again: refused too
+        with pytest.raises(locks.RunFolderBusy, match=f"in use by process {os.getpid()}"):
+            locks.RunLock(run_dir).acquire()  # this process again: refused too
         assert runs.writer_of(run_dir)["pid"] == os.getpid(), "readers see the writer by its lock file"
     finally:
         first.release()
-    assert not (run_dir / runs.LOCK).exists()
+    assert not (run_dir / locks.LOCK).exists()
     again = subprocess.run([sys.executable, "-c", SECOND_WRITER, str(run_dir)], capture_output=True, text=True,
                            timeout=120)
     assert again.stdout.strip() == "acquired", again.stdout + again.stderr
@@ -359,17 +359,17 @@ def test_without_flock_a_dead_processes_lock_is_taken_over_and_another_hosts_ref
     gone.wait()
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / runs.LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid}))
+    (run_dir / locks.LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid}))
     assert runs.writer_of(run_dir) is None
-    with caplog.at_level(logging.WARNING, logger="lorafit"), runs.RunLock(run_dir):
-        assert runs.read_lock(run_dir)["pid"] == os.getpid()
+    with caplog.at_level(logging.WARNING, logger="lorafit"), locks.RunLock(run_dir):
+        assert locks.read_lock(run_dir)["pid"] == os.getpid()
     assert "taking the lock over" in caplog.text
     assert _files(run_dir) == [], "the stale file is gone, none left aside"
 
-    (run_dir / runs.LOCK).write_text(json.dumps({"host": "elsewhere.example", "pid": 1}))
-    with pytest.raises(runs.RunFolderBusy, match="locked by process 1 on elsewhere.example.*delete"):
-        runs.RunLock(run_dir).acquire()
-    assert runs.read_lock(run_dir)["host"] == "elsewhere.example"
+    (run_dir / locks.LOCK).write_text(json.dumps({"host": "elsewhere.example", "pid": 1}))
+    with pytest.raises(locks.RunFolderBusy, match="locked by process 1 on elsewhere.example.*delete"):
+        locks.RunLock(run_dir).acquire()
+    assert locks.read_lock(run_dir)["host"] == "elsewhere.example"
 
 
 def test_a_flock_error_other_than_no_locks_is_one_line(tmp_path, monkeypatch):
@@ -381,7 +381,7 @@ def test_a_flock_error_other_than_no_locks_is_one_line(tmp_path, monkeypatch):
 
     monkeypatch.setattr(fcntl, "flock", broken)
     with pytest.raises(UserError, match="cannot lock .*Input/output error; put output_dir on a local disk"):
-        runs.RunLock(tmp_path / "out" / "run").acquire()
+        locks.RunLock(tmp_path / "out" / "run").acquire()
     assert not (tmp_path / "out").exists()
 
 

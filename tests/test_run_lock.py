@@ -193,43 +193,43 @@ def test_a_multi_process_checkpoint_with_per_rank_rng_states_is_resumable(tmp_pa
 
 
 def test_lock_refuses_a_second_holder_and_cleans_up(tmp_path):
-    from lorafit import runs
+    from lorafit import locks, runs
     from lorafit.errors import UserError
 
     run_dir = tmp_path / "out" / "runs" / "x"
-    with runs.RunLock(run_dir):
-        info = runs.read_lock(run_dir)
+    with locks.RunLock(run_dir):
+        info = locks.read_lock(run_dir)
         assert (info["pid"], info["host"]) == (os.getpid(), socket.gethostname())
         with pytest.raises(UserError, match=f"in use by process {os.getpid()} on {socket.gethostname()}"):
-            runs.RunLock(run_dir).acquire()  # another open file: flock refuses it even in the same process
+            locks.RunLock(run_dir).acquire()  # another open file: flock refuses it even in the same process
         assert runs.run_content(run_dir) == []
     assert not (tmp_path / "out").exists(), "a lock on an empty new folder leaves nothing behind"
 
 
 def test_lock_of_a_dead_process_is_taken_over_and_of_another_host_refused(tmp_path, caplog):
-    from lorafit import runs
+    from lorafit import locks
     from lorafit.errors import UserError
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # a pid that no longer runs
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / runs.LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid, "started": "then"}))
-    with caplog.at_level(logging.WARNING, logger="lorafit"), runs.RunLock(run_dir):
-        assert runs.read_lock(run_dir)["pid"] == os.getpid()
+    (run_dir / locks.LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid, "started": "then"}))
+    with caplog.at_level(logging.WARNING, logger="lorafit"), locks.RunLock(run_dir):
+        assert locks.read_lock(run_dir)["pid"] == os.getpid()
     assert f"process {gone.pid}" in caplog.text and "taking the lock over" in caplog.text
 
-    (run_dir / runs.LOCK).write_text(json.dumps({"host": "elsewhere.example", "pid": 1, "started": "then"}))
+    (run_dir / locks.LOCK).write_text(json.dumps({"host": "elsewhere.example", "pid": 1, "started": "then"}))
     with pytest.raises(UserError, match="locked by process 1 on elsewhere.example.*delete"):
-        runs.RunLock(run_dir).acquire()
-    assert runs.read_lock(run_dir)["host"] == "elsewhere.example", "another host's lock is left as it was"
+        locks.RunLock(run_dir).acquire()
+    assert locks.read_lock(run_dir)["host"] == "elsewhere.example", "another host's lock is left as it was"
 
 
 def test_other_ranks_accept_only_their_own_jobs_lock(tmp_path):
-    from lorafit import runs
+    from lorafit import locks
     from lorafit.errors import UserError
 
-    with runs.RunLock(tmp_path / "run", job="10.0.0.1:29500:abc"):
-        runs.check_job_lock(tmp_path / "run", "10.0.0.1:29500:abc")
+    with locks.RunLock(tmp_path / "run", job="10.0.0.1:29500:abc"):
+        locks.check_job_lock(tmp_path / "run", "10.0.0.1:29500:abc")
         with pytest.raises(UserError, match="in use by process"):
-            runs.check_job_lock(tmp_path / "run", "10.0.0.1:29501:def")
+            locks.check_job_lock(tmp_path / "run", "10.0.0.1:29501:def")

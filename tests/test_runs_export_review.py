@@ -74,7 +74,7 @@ def test_a_swap_that_fails_halfway_keeps_the_old_folder(tmp_path, monkeypatch):
 
 
 def test_a_run_still_training_or_stopped_is_not_called_damaged(cli, run, tmp_path):
-    from lorafit import runs
+    from lorafit import locks
 
     shutil.rmtree(run / "adapter")  # training writes the adapter, then labels.json, only when it completes
     (run / "labels.json").unlink()
@@ -82,16 +82,16 @@ def test_a_run_still_training_or_stopped_is_not_called_damaged(cli, run, tmp_pat
     (run / "result.json").write_text(json.dumps({**result, "status": "interrupted"}))
     line = one_line_error(cli("export", run, "--output", tmp_path / "out"), "no trained adapter", "lorafit train CONFIG")
     assert "damaged" not in line and "labels.json" not in line
-    with runs.RunLock(run):
+    with locks.RunLock(run):
         one_line_error(cli("export", run, "--output", tmp_path / "out"), f"process {os.getpid()}", "holds its lock")
     assert not (tmp_path / "out").exists()
 
 
 def test_a_run_starting_is_not_called_no_run_folder(cli, tmp_path):
-    from lorafit import runs
+    from lorafit import locks
 
     starting = tmp_path / "starting"  # a run whose lock is taken and whose config is not written yet
-    with runs.RunLock(starting):
+    with locks.RunLock(starting):
         line = one_line_error(cli("export", starting, "--output", tmp_path / "out"), "no config.yaml yet",
                          f"process {os.getpid()}")
         assert "not a lorafit run folder" not in line
@@ -101,21 +101,21 @@ def test_a_run_starting_is_not_called_no_run_folder(cli, tmp_path):
 def test_lock_taken_while_the_holder_removes_its_empty_folder(tmp_path, monkeypatch):
     """A run that fails before writing anything releases its lock and removes the folder it made; a second process
     that opened the old lock file meanwhile retries on a fresh one instead of a FileNotFoundError traceback."""
-    from lorafit import runs
+    from lorafit import locks
 
     run_dir = tmp_path / "runs" / "x"
-    first = runs.RunLock(run_dir).acquire()
-    real = runs._try_flock
+    first = locks.RunLock(run_dir).acquire()
+    real = locks._try_flock
 
     def first_leaves_then_flock(fd):
         first.release()  # the lock file unlinked, then the empty folders it made removed
-        monkeypatch.setattr(runs, "_try_flock", real)
+        monkeypatch.setattr(locks, "_try_flock", real)
         return real(fd)
 
-    monkeypatch.setattr(runs, "_try_flock", first_leaves_then_flock)
-    second = runs.RunLock(run_dir).acquire()
+    monkeypatch.setattr(locks, "_try_flock", first_leaves_then_flock)
+    second = locks.RunLock(run_dir).acquire()
     try:
-        assert runs.read_lock(run_dir)["pid"] == os.getpid()
+        assert locks.read_lock(run_dir)["pid"] == os.getpid()
     finally:
         second.release()
     assert not (tmp_path / "runs").exists(), "the folders the second one made are removed again"

@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from lorafit import runs
+from lorafit import locks, runs
 from lorafit.sweep import (BUSY, DUPLICATE, SWEEP_INFO, SweepRunner, TrialFactory, default_storage_url, load_sweep,
                            open_study, run_sweep, trial_base)
 from test_sweep import base_config, load_study, write_sweep
@@ -40,7 +40,7 @@ def _start_and_lose_heartbeat(runner: SweepRunner, written: str) -> Path:
     name = runner._trial_name(trial)
     trial.set_user_attr("run_name", name)
     run_dir = runner.factory.sweep_dir / name
-    runner.held = runs.RunLock(run_dir).acquire()
+    runner.held = locks.RunLock(run_dir).acquire()
     (run_dir / written).mkdir(parents=True)
     trial_id = runner.storage.get_trial_id_from_study_id_trial_number(runner.study_id, trial.number)
     runner.storage.set_trial_state_values(trial_id, TrialState.FAIL)
@@ -69,7 +69,7 @@ def test_a_retry_whose_folder_a_live_worker_holds_waits_and_is_not_a_failure(tmp
 
     worker_b._wait = first_worker_ends
     assert worker_b.run(None, None) == {"completed": 2}
-    assert waits == [[runs.LOCK, "tokenized-data"]]  # A's folder untouched while A held it
+    assert waits == [[locks.LOCK, "tokenized-data"]]  # A's folder untouched while A held it
     trials = load_study(out / "retry", "retry").get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     assert trials[1].params == trials[0].params == {"lora.dropout": 0.05}
@@ -93,7 +93,7 @@ def test_a_trial_that_meets_a_held_folder_after_its_claim_is_queued_again_not_fa
     assert worker_b.storage.set_trial_state_values(trial_id, TrialState.RUNNING)  # claimed before A took the folder
     outcome = worker_b.run_trial(optuna.Trial(worker_b.study, trial_id))
     assert outcome.status == BUSY and "in use by" in outcome.note
-    assert sorted(p.name for p in held.iterdir()) == [runs.LOCK, runs.CHECKPOINTS]
+    assert sorted(p.name for p in held.iterdir()) == [locks.LOCK, runs.CHECKPOINTS]
     trials = worker_b.study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.WAITING]
     assert trials[1].user_attrs["status"] == BUSY

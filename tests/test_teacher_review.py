@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import write_config
-from lorafit import runs, teacher
+from lorafit import locks, runs, teacher
 
 NUM_LABELS = 4
 
@@ -76,7 +76,7 @@ def test_a_run_cannot_be_its_own_teacher_and_overwrite_keeps_it(setting, tiny_ro
                   train={"max_steps": 2, "eval_steps": 2, "batch_size": 8, "precision": "fp32"})
     assert _train(write_config(tmp_path / "first.yaml", **common)) == 0
     run = tmp_path / "runs" / "self"
-    kept = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != runs.LOCK}
+    kept = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != locks.LOCK}
     assert (run / runs.ADAPTER / runs.ADAPTER_WEIGHTS) in [run / p for p in kept]
 
     unlabelled = tmp_path / "unlabelled.csv"
@@ -89,7 +89,7 @@ def test_a_run_cannot_be_its_own_teacher_and_overwrite_keeps_it(setting, tiny_ro
     capsys.readouterr()
     assert _train(write_config(tmp_path / "again.yaml", **again), "--overwrite") != 0
     err = capsys.readouterr().err
-    now = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != runs.LOCK}
+    now = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != locks.LOCK}
     assert now == kept, f"the finished run that was to teach was cleared; left: {sorted(map(str, now))}; {err}"
     assert setting in err and "own run folder" in err, err
 

@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from lorafit import card, runs
+from lorafit import card, locks, runs
 from lorafit.data import (HUB_SPEC_FORMS, LabelledData, labelled_from_frame, load_hub_split, parse_hub_spec,
                           read_table)
 from lorafit.errors import UserError
@@ -168,7 +168,7 @@ def evaluate_run(run_dir: str | Path, data_spec: str, model_path: Optional[str] 
     out_dir = run.run_dir / "evaluation"
     # Written under the folder's lock, and only into the run that was scored: not beside a training run, not into
     # a folder retrained meanwhile (train --overwrite). Another evaluation writing its scores is waited for.
-    with runs.RunLock(run.run_dir, wait_s=EVALUATION_LOCK_WAIT_S, scores_only=True):
+    with locks.RunLock(run.run_dir, wait_s=EVALUATION_LOCK_WAIT_S, scores_only=True):
         runs.confirm_unchanged(run.checked, locked=True)
         name = _unclaimed_name(out_dir, name, metrics["source"])
         # The chart first: its JSON (what the card and report read) never stands without it

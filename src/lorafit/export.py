@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from lorafit import card, runs
+from lorafit import card, locks, runs
 from lorafit.config import RunConfig, config_from_dict
 from lorafit.errors import UserError
 from lorafit.model import load_adapter_for_inference, load_tokenizer
@@ -115,7 +115,7 @@ def export_run(run_dir: str | Path, output: str | Path, model_path: Optional[str
     checked = runs.check_run_folder(run_dir, runs.INFERENCE)  # config, labels, adapter: one line if damaged
     run_dir, output = checked.path, Path(output)
     check_output(output, run_dir, overwrite)
-    runs.check_not_being_replaced(output)
+    locks.check_not_being_replaced(output)
     with runs.unchanged_while_loading(checked):  # a training run writing the folder meanwhile: one line, no mix
         model, tokenizer, cfg = load_merged_fp32(checked, model_path)
     weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())

@@ -29,7 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from lorafit import runs
+from lorafit import locks, runs
 from lorafit.config import flatten_config
 from lorafit.errors import UserError
 
@@ -129,7 +129,7 @@ class RunRecord:
     @property
     def note(self) -> str:
         if self.writer is not None:
-            return f"being trained by {runs.describe_holder(self.writer)}"
+            return f"being trained by {locks.describe_holder(self.writer)}"
         if self.problem is not None:
             return "; ".join(filter(None, [self.problem.reason, self.problem.fix]))
         text = self.result.get("reason") or self.result.get("error") or ""

@@ -33,7 +33,7 @@ from transformers import (
 )
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from lorafit import card, device, runs, teacher
+from lorafit import card, device, locks, runs, teacher
 from lorafit.budget import BudgetReport, check_budget, count_trainable, resolve_rank
 from lorafit.config import RunConfig, config_from_dict, flatten_config, same_local_folder
 from lorafit.console import say
@@ -240,9 +240,9 @@ def run_folder_lock(run_dir: Path):
     with main_process_first():
         runs.writable_dir_check(run_dir)  # before the lock makes the folder: one line, not a permission traceback
         if is_main_process():
-            lock = runs.RunLock(run_dir, job=_job_id()).acquire()
+            lock = locks.RunLock(run_dir, job=_job_id()).acquire()
         else:
-            runs.check_job_lock(run_dir, _job_id())
+            locks.check_job_lock(run_dir, _job_id())
     try:
         yield
     finally:

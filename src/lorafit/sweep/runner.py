@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import TrialState
 from transformers import TrainerCallback
 
-from lorafit import device, runs
+from lorafit import device, locks, runs
 from lorafit.budget import check_budget
 from lorafit.config import RunConfig
 from lorafit.errors import UserError
@@ -109,7 +109,7 @@ def _held_by_other(run_dir: Path) -> Optional[dict]:
     """The details of the process holding the run folder's lock ({} before it wrote them), else None, by RunLock's
     rules (another machine's holder is never guessed dead). Not runs.writer_of: an evaluation writing its scores
     holds the lock too, and a trial could not take the folder meanwhile."""
-    return runs.lock_holder(run_dir)
+    return locks.lock_holder(run_dir)
 
 
 def _config_key(cfg: RunConfig) -> str:
@@ -186,9 +186,9 @@ class SweepRunner:
         if holder is not None and ("folder", frozen.number) not in self._said_waits:
             self._said_waits.add(("folder", frozen.number))
             here = holder.get("host") in (None, socket.gethostname())
-            gone = "" if here else f"; if that run is gone, delete {run_dir / runs.LOCK}"
+            gone = "" if here else f"; if that run is gone, delete {run_dir / locks.LOCK}"
             _log(f"trial {frozen.number} {run_dir.name}: waits, its run folder is in use by "
-                 f"{runs.describe_holder(holder)}{gone}")
+                 f"{locks.describe_holder(holder)}{gone}")
         return holder is not None
 
     def next_trial(self) -> "optuna.Trial | str | None":
@@ -280,9 +280,9 @@ class SweepRunner:
     def _in_folder(run_dir: Path, work) -> Optional[TrialOutcome]:
         """work() under the run folder's lock; BUSY when another live process holds the folder."""
         try:
-            with runs.RunLock(run_dir):
+            with locks.RunLock(run_dir):
                 return work()
-        except runs.RunFolderBusy as exc:
+        except locks.RunFolderBusy as exc:
             return TrialOutcome(BUSY, note=str(exc))
 
     def _ready_folder(self, run_dir: Path, cfg: RunConfig, trial, name: str, settings: dict,
@@ -339,7 +339,7 @@ class SweepRunner:
         reporter = OptunaReportCallback(trial)
         try:
             result = run_training(cfg, prepared=self._prepare(cfg), extra_callbacks=[reporter])
-        except runs.RunFolderBusy as exc:  # taken since the folder was made ready: write nothing there
+        except locks.RunFolderBusy as exc:  # taken since the folder was made ready: write nothing there
             return self._finish(trial, TrialOutcome(BUSY, note=str(exc)))
         except UserError as exc:
             return self._fail(trial, run_dir, cfg, name, settings, str(exc))
