@@ -26,8 +26,9 @@ are also copied to docs/results/accuracy-runs/<run>/ so that a later machine reu
 (settings are compared without machine-specific paths).
 
 Levers: each configs/accuracy/<model>-lever-<name>.yaml is a candidate recipe (lorafit's default plus one lever),
-run with the default's seeds and reported under results.<model>.levers.<name>. results.<model>.best is the lorafit
-recipe (the default or a lever) with the highest mean among those measured on the most seeds, with its config.
+run with the default's seeds and reported under results.<model>.levers.<name>; a lever may train longer, up to 3x
+the recipes' examples (issue 10's bar; e.g. mpnet-lever-3x-examples). results.<model>.best is the lorafit recipe
+(the default or a lever) with the highest mean among those measured on the most seeds, with its config.
 
 Self-training (--self-training): 4,000 labelled rows of the training part alone (lorafit's MiniLM default, 3 seeds)
 against MiniLM students of the same recipe that also train on the rest of the training part as unlabelled text,
@@ -67,6 +68,7 @@ SEEDS = {
     "minilm": {recipe: [42, 43, 44] for recipe in RECIPES},
     "mpnet": {"seed": [42], "peer_a": [42, 43], "peer_b": [42], "default": [42, 43]},
 }
+MAX_LEVER_EXAMPLES = 3  # a lever may see up to 3x the head-to-head recipes' training examples (issue 10's bar)
 SMALL_FILES = ("config.yaml", "result.json", "eval_curve.jsonl", "manifest.json")  # manifest: device, bf16, versions
 MACHINE_PATHS = (("model", "name_or_path"), ("data", "train_file"), ("data", "eval_file"),
                  ("data", "unlabelled_file"), ("train", "teacher"), ("data", "pseudo_label_teacher"))
@@ -327,9 +329,13 @@ def head_to_head(dirs: dict, split: tuple[Path, Path], args, only, pending: list
                                              only, pending)
         levers = {name: measure(model, model_dir, f"lever_{name}", config, SEEDS[model]["default"], split, args,
                                 only, pending) for name, config in lever_files(model).items()}
-        seen = {r["examples_seen"] for r in [*results[model].values(), *levers.values()]}
+        seen = {r["examples_seen"] for r in results[model].values()}
         if len(seen) > 1:
             raise SystemExit(f"{model}: recipes see different numbers of examples {sorted(seen)}; fix max_steps")
+        for name, lever in levers.items():  # issue 10 lets a lever train longer: at most 3x the peers' examples
+            if lever["examples_seen"] > MAX_LEVER_EXAMPLES * min(seen):
+                raise SystemExit(f"{model}: lever {name} sees {lever['examples_seen']:,} examples, more than "
+                                 f"{MAX_LEVER_EXAMPLES}x the recipes' {min(seen):,}; fix its max_steps")
         if levers:
             results[model]["levers"] = levers
         results[model]["best"] = best_lorafit_recipe(results[model]["default"], levers)
