@@ -81,7 +81,7 @@ def lock_holder(run_dir: str | Path) -> Optional[dict]:
         os.close(fd)
     if state is None:
         return details or {}
-    if _held_here(run_dir):  # this process writes it (without flock, nothing else tells)
+    if held_here(run_dir):  # this process writes it (without flock, nothing else tells)
         return details or {}
     return _holder_without_os_lock(details, os_lock_free=bool(state))
 
@@ -264,7 +264,7 @@ class RunLock:
 _HELD_HERE: set[str] = set()  # lock files this process holds: without flock nothing else refuses a second RunLock
 
 
-class _ReplaceLock(RunLock):
+class ReplaceLock(RunLock):
     """atomic_replace_dir's lock on one target: a RunLock on a hidden folder beside it (.{name}.lock/), so it has the
     run lock's rules (flock, which the kernel drops when its holder is killed; the lock file without flock) and
     leaves nothing behind. A second writer is refused at once rather than kept waiting for minutes."""
@@ -288,14 +288,14 @@ class _ReplaceLock(RunLock):
 def check_not_being_replaced(target: str | Path) -> None:
     """Refuse at once while another writer holds target's atomic_replace_dir lock: a second export to one --output
     learns it before it spends minutes loading its model (the lock, taken later, still decides)."""
-    _ReplaceLock(Path(target)).refuse_if_held()
+    ReplaceLock(Path(target)).refuse_if_held()
 
 
 def _lock_key(run_dir: str | Path) -> str:
     return os.path.realpath(Path(run_dir) / LOCK)
 
 
-def _held_here(run_dir: str | Path) -> bool:
+def held_here(run_dir: str | Path) -> bool:
     return _lock_key(run_dir) in _HELD_HERE
 
 

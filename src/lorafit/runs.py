@@ -36,8 +36,8 @@ from typing import Any, Optional
 from lorafit.errors import UserError
 from lorafit.locks import (
     LOCK,
-    _held_here,
-    _ReplaceLock,
+    held_here,
+    ReplaceLock,
     describe_holder,
     disk_errors_explained,
     lock_holder,
@@ -119,7 +119,7 @@ def atomic_replace_dir(build, target: str | Path, check=None, locked_by_caller: 
     """Fill a fresh temporary folder with build(tmp_dir), then swap it in for target: the old target is renamed
     aside, the new one renamed in, then the old one removed (or put back if the second rename fails).
 
-    All of it runs under the target's lock (_ReplaceLock): a second writer of the same target is refused in one line
+    All of it runs under the target's lock (ReplaceLock): a second writer of the same target is refused in one line
     instead of racing the first one's renames (the aside name is fixed), and the holder knows that any other hidden
     folder of this target was left by a killed writer, and removes it. check(): called under the lock before the
     build (e.g. an export's "refuse an existing output without --overwrite", which an earlier writer may have changed).
@@ -127,7 +127,7 @@ def atomic_replace_dir(build, target: str | Path, check=None, locked_by_caller: 
     run folder's lock): no second lock, which could only add a way to fail (a stale one from a killed save, on a
     disk without flock, refused after hours of training) and a folder beside the adapter."""
     target = Path(target)
-    lock = contextlib.nullcontext() if locked_by_caller else _ReplaceLock(target)
+    lock = contextlib.nullcontext() if locked_by_caller else ReplaceLock(target)
     with lock, disk_errors_explained(target):
         if check is not None:
             check()
@@ -318,7 +318,7 @@ def _busy_not_damaged(exc: RunFolderError) -> RunFolderError:
     """A file missing or cut while a writer holds the folder (train --overwrite clearing it, a resumed run writing
     it) is work in progress: say who writes it, not 'damaged, restore it from a backup'. Not where this process
     holds the lock (a sweep checking a trial's folder before reusing it): there the damage is real."""
-    holder = writer_of(exc.run_dir) if exc.status == "damaged" and not _held_here(exc.run_dir) else None
+    holder = writer_of(exc.run_dir) if exc.status == "damaged" and not held_here(exc.run_dir) else None
     if holder is None:
         return exc
     return RunFolderError(exc.run_dir, exc.file, exc.problem, f"{describe_holder(holder)} holds its lock and is "

@@ -102,15 +102,22 @@ def _local_file_sha256(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
-def _base_model(run_dir: Path) -> tuple[Optional[str], Optional[str]]:
-    """The teacher's base model (name_or_path, revision) from its config; (None, None) if unreadable, which
-    check_teachers already refused."""
+def _config_section(run_dir: Path, section: str) -> dict:
+    """One section of the teacher's saved config; {} if unreadable, which check_teachers already refused."""
     try:
-        model = (yaml.safe_load((run_dir / runs.CONFIG).read_text(encoding="utf-8")) or {})["model"]
-        revision = model.get("revision")
-        return str(model["name_or_path"]), (None if revision is None else str(revision))
-    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        values = (yaml.safe_load((run_dir / runs.CONFIG).read_text(encoding="utf-8")) or {}).get(section)
+    except (OSError, ValueError, yaml.YAMLError, AttributeError):
+        return {}
+    return values if isinstance(values, dict) else {}
+
+
+def _base_model(run_dir: Path) -> tuple[Optional[str], Optional[str]]:
+    """The teacher's base model (name_or_path, revision) from its config; (None, None) if unreadable."""
+    model = _config_section(run_dir, "model")
+    if "name_or_path" not in model:
         return None, None
+    revision = model.get("revision")
+    return str(model["name_or_path"]), (None if revision is None else str(revision))
 
 
 def _base_model_files(run_dir: Path) -> list[Path]:
@@ -357,11 +364,8 @@ def smoothing_target(run_dirs: list[Path], num_classes: int) -> Optional[float]:
     keeps few rows for no better reason than that ceiling."""
     smoothing = []
     for run_dir in run_dirs:
-        try:
-            train = (yaml.safe_load((run_dir / runs.CONFIG).read_text(encoding="utf-8")) or {}).get("train") or {}
-            smoothing.append(float(train.get("label_smoothing") or 0.0))
-        except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
-            smoothing.append(0.0)  # check_teachers read this config already; unreadable now: assume no smoothing
+        value = _config_section(run_dir, "train").get("label_smoothing")
+        smoothing.append(value if isinstance(value, (int, float)) else 0.0)  # unreadable: assume no smoothing
     if not any(smoothing):
         return None
     return float(np.mean([1 - e + e / num_classes for e in smoothing]))
