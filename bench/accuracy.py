@@ -139,15 +139,18 @@ def carve_split(train_file: str, folder: Path) -> tuple[Path, Path, dict]:
 
 
 def run_values(config: Path, name: str, model_dir: str, train: Path, validation: Path, seed: int,
-               runs_dir: Path, **data_extra) -> dict:
-    """The shipped config as plain values, with this machine's model, the carved split, the seed and a run name."""
+               runs_dir: Path, extra: Optional[dict] = None) -> dict:
+    """The shipped config as plain values, with this machine's model, the carved split, the seed and a run name;
+    `extra` adds settings by section ({"data": {...}, "train": {...}})."""
     from lorafit.config import read_yaml
 
     values = read_yaml(config)
     values.update(name=name, output_dir=str(runs_dir))
     values["model"]["name_or_path"] = model_dir
-    values.setdefault("data", {}).update(train_file=str(train), eval_file=str(validation), **data_extra)
+    values.setdefault("data", {}).update(train_file=str(train), eval_file=str(validation))
     values.setdefault("train", {})["seed"] = seed
+    for section, settings in (extra or {}).items():
+        values.setdefault(section, {}).update(settings)
     teachers = values["train"].get("teacher")
     if teachers:
         # A lever's teacher is another bench run (runs/accuracy/<run> in the file): the one under --runs-dir.
@@ -372,7 +375,7 @@ class SelfTrainingArm:
                 "pseudo_label_threshold": self.threshold}
         # the distillation lever's weight and temperature (configs/accuracy/minilm-lever-distill-mpnet.yaml)
         train = {"teacher": str(teacher_dir), "distill_weight": 0.5, "distill_temperature": 2.0} if self.distill else {}
-        return {"data": data, "train": train}
+        return {"data": data, "train": train}  # by config section, as run_values takes them
 
 
 SELF_TRAINING_ARMS = {
@@ -410,19 +413,15 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
 
     seeds = SEEDS["minilm"]["default"]
     rows = {"labelled_only": [], **{variant: [] for variant in SELF_TRAINING_ARMS}}
-    mpnet_teacher = None
     for variant, arm in SELF_TRAINING_ARMS.items():
         if arm.teacher_model not in dirs:
             del rows[variant]
             continue
         for seed in seeds:
             teacher_values = labelled_only(arm.teacher_model, arm.teacher_recipe, arm.teacher_seed or seed)
-            if arm.teacher_model == "mpnet":
-                mpnet_teacher = teacher_values
-            extra = arm.student_settings(unlabelled, runs_dir / teacher_values["name"])
             student = run_values(config, f"minilm-selftrain4000{arm.run_suffix}-seed{seed}", dirs["minilm"],
-                                 labelled, split[1], seed, runs_dir, **extra["data"])
-            student["train"].update(extra["train"])
+                                 labelled, split[1], seed, runs_dir,
+                                 arm.student_settings(unlabelled, runs_dir / teacher_values["name"]))
             allowed = selected(only, "minilm", arm.only_recipe, seed)
             result = run_or_reuse(student, False, args.threads)
             if result is None and allowed:  # the student reads its teacher's weights: train the teacher first
@@ -440,7 +439,10 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
         else:
             rows["labelled_only"].append((seed, result))
     out = {variant: {"model": "minilm", **summarize(found, config, values)} for variant, found in rows.items()}
-    if mpnet_teacher is not None:  # the stronger teacher's own accuracy on the 4,000 rows
+    mpnet_arms = [arm for arm in SELF_TRAINING_ARMS.values() if arm.teacher_model == "mpnet"]
+    if mpnet_arms and "mpnet" in dirs:  # the stronger teacher's own accuracy on the 4,000 rows (one seed, shared)
+        arm = mpnet_arms[0]
+        mpnet_teacher = labelled_only("mpnet", arm.teacher_recipe, arm.teacher_seed or seeds[0])
         found = run_or_reuse(mpnet_teacher, False, args.threads)
         measured = [(mpnet_teacher["train"]["seed"], found)] if found else []
         out["mpnet_teacher_labelled_only"] = {"model": "mpnet",
