@@ -66,11 +66,17 @@ def read_lock(run_dir: Path) -> Optional[dict]:
 
 
 def lock_holder(run_dir: str | Path) -> Optional[dict]:
+    return _lock_state(run_dir)[0]
+
+
+def _lock_state(run_dir: str | Path) -> tuple[Optional[dict], bool]:
+    """(lock_holder's answer, whether a held flock or this process's own lock says the holder is live, rather than
+    only the lock file's details, which a killed run leaves behind)."""
     path = Path(run_dir) / LOCK
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
-        return None  # no lock file: no writer (a writer locks before it writes anything)
+        return None, False  # no lock file: no writer (a writer locks before it writes anything)
     try:
         try:
             state = _try_flock(fd, shared=True)
@@ -80,10 +86,10 @@ def lock_holder(run_dir: str | Path) -> Optional[dict]:
     finally:
         os.close(fd)
     if state is None:
-        return details or {}
+        return details or {}, True
     if held_here(run_dir):  # this process writes it (without flock, nothing else tells)
-        return details or {}
-    return _holder_without_os_lock(details, os_lock_free=bool(state))
+        return details or {}, True
+    return _holder_without_os_lock(details, os_lock_free=bool(state)), False
 
 
 def _holder_without_os_lock(details: Optional[dict], os_lock_free: bool) -> Optional[dict]:
@@ -200,9 +206,9 @@ class RunLock:
 
     def refuse_if_held(self) -> None:
         """Raise what acquire would when another process holds this lock now, without taking it."""
-        holder = lock_holder(self.run_dir)
-        if holder is not None:
-            raise self._busy(holder)
+        holder, live = _lock_state(self.run_dir)
+        if holder is not None:  # only the file names it (another machine's, or no flock): say which file to delete
+            raise self._busy(holder) if live else self._refused(holder, self.run_dir / LOCK)
 
     def _busy(self, info: Optional[dict]) -> "RunFolderBusy":
         return RunFolderBusy(f"{self.run_dir} is in use by {describe_holder(info)}; wait for that run to finish or "

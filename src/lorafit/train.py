@@ -162,7 +162,8 @@ def _add_pseudo_labels(prepared: Prepared, teachers: list[Path], run_dir: Path, 
                                                           cfg.data.pseudo_label_threshold, prepared.train_data.label_names)
     records["pseudo_labels"] = {**record, "labelled_rows": len(prepared.train_data),
                                 "teachers": teacher.describe_teachers(teachers)}
-    teacher.report_pseudo_labels(record, teacher.smoothing_target(teachers, len(prepared.train_data.label_names)))
+    if write:  # the main process says it once; under torchrun the other ranks select the same rows
+        teacher.report_pseudo_labels(record, teacher.smoothing_target(teachers, len(prepared.train_data.label_names)))
     pseudo_ds = tokenize(pseudo.texts, prepared.tokenizer, cfg.data.max_length, pseudo.labels)
     return dataclasses.replace(
         prepared, train_data=teacher.combined(prepared.train_data, pseudo),
@@ -323,7 +324,8 @@ def _config_differences(saved: Path, cfg: RunConfig, shown: int = 3) -> str:
     values = _saved_settings(saved, cfg)
     there = flatten_config(values) if isinstance(values, dict) else {}
     here = flatten_config(cfg.to_dict())
-    keys = [k for k in sorted(set(there) | set(here)) if there.get(k) != here.get(k)]
+    # key=str: a damaged file's key may be no string (`on:` reads as True), which sorts with no str
+    keys = [k for k in sorted(set(there) | set(here), key=str) if there.get(k) != here.get(k)]
     if not keys:
         return ""
     listed = "; ".join(f"{k}: {there.get(k)!r} there, {here.get(k)!r} here" for k in keys[:shown])
