@@ -369,6 +369,10 @@ def test_smoothing_target_averages_the_teachers_and_is_none_without_smoothing(tm
         assert warnings == []
         teacher.report_pseudo_labels({**record, "threshold": 0.925}, 0.925)
         assert ["at or above 0.925" in w for w in warnings] == [True]
+        assert "lower it (e.g. 0.7) or" in warnings[0]
+        # strong smoothing on many classes puts the ceiling low (0.37): no "lower" example at or above the threshold
+        teacher.report_pseudo_labels({**record, "threshold": 0.4}, 0.37)
+        assert "lower it or use" in warnings[1]
     finally:
         ours.removeHandler(handler)
 

@@ -378,10 +378,12 @@ def report_pseudo_labels(record: dict, ceiling: Optional[float]) -> None:
     joined, offered, threshold = record["joined"], record["rows_labelled_by_teacher"], record["threshold"]
     say(f"self-training: {joined:,} of {offered:,} unlabelled rows joined at probability >= {threshold:g} ({per_class})")
     if ceiling is not None and threshold >= ceiling:
+        # 0.15 under the ceiling (0.7 for its usual 0.925), not below 0.5, and never one that is not lower
         lower = max(0.5, np.floor((ceiling - 0.15) * 10) / 10)
+        example = f" (e.g. {lower:g})" if lower < threshold else ""
         log.warning("data.pseudo_label_threshold %g is at or above %.3f, the top probability the teachers' label "
-                    "smoothing trains them to give: only %d of %d unlabelled rows joined; lower it (e.g. %g) or use "
-                    "a teacher trained without label smoothing", threshold, ceiling, joined, offered, lower)
+                    "smoothing trains them to give: only %d of %d unlabelled rows joined; lower it%s or use "
+                    "a teacher trained without label smoothing", threshold, ceiling, joined, offered, example)
 
 
 def combined(labelled: LabelledData, pseudo: LabelledData) -> LabelledData:
