@@ -83,3 +83,23 @@ def test_only_the_main_process_reports_the_pseudo_labels(tmp_path, tiny_roberta,
         assert len(warnings) == 1, warnings
     finally:
         ours.removeHandler(handler)
+
+
+def test_a_hub_dataset_that_cannot_load_names_the_config_settings_that_take_local_files(monkeypatch):
+    """`lorafit sweep` takes --train-file but no --eval-file: the message named only the train command's options,
+    so a sweep trial failed naming an option its command refuses. The config's data settings work everywhere."""
+    import datasets
+
+    from lorafit.data import load_hub_split
+    from lorafit.errors import HubUnreachableError
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    with pytest.raises(HubUnreachableError) as caught:
+        load_hub_split("ag_news", None, "train", "label")
+    message = str(caught.value)
+    assert "\n" not in message and "cannot load dataset 'ag_news' split 'train'" in message
+    assert message.endswith("(--train-file PATH and --eval-file PATH, or data.train_file and data.eval_file in the "
+                            "config)")

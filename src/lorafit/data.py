@@ -158,8 +158,12 @@ def parse_hub_spec(spec: str, setting: str = "--data") -> tuple[str, Optional[st
     return dataset, config, split
 
 
+# train takes --train-file and --eval-file; sweep only --train-file, but every command reads the config's settings
+LOCAL_DATA_INSTEAD = "--train-file PATH and --eval-file PATH, or data.train_file and data.eval_file in the config"
+
+
 def load_hub_split(dataset: str, config_name: Optional[str], split: str, label_column: Optional[str] = None,
-                   local_instead: str = "--train-file PATH, --eval-file PATH") -> tuple[pd.DataFrame, Optional[list[str]]]:
+                   local_instead: str = LOCAL_DATA_INSTEAD) -> tuple[pd.DataFrame, Optional[list[str]]]:
     """A Hub dataset split as a DataFrame, plus its class names when the label column is a ClassLabel.
     local_instead: the options that take a local file instead, named when the Hub fails."""
     import datasets
