@@ -5,9 +5,11 @@ Nothing here reads the shared/ folder beside the checkout: a bare clone runs the
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 import shutil
 from pathlib import Path
@@ -195,3 +197,18 @@ def run_subprocess(*args, cwd=None, timeout=600, env=None) -> subprocess.Complet
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "lorafit", *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=full_env)
+
+
+@contextmanager
+def logged_warnings(logger_name: str):
+    """The warning messages logged to that lorafit logger while the block runs, read with a handler on the logger
+    itself: the CLI stops lorafit's records propagating, so caplog misses them once a CLI test ran."""
+    messages: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)

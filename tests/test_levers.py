@@ -4,7 +4,6 @@ unlabelled text and LoRA+. Their bad values are cases in tests/test_bad_inputs.p
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import write_config
+from conftest import logged_warnings, write_config
 from lorafit import teacher
 from lorafit.budget import budget_report
 from lorafit.config import config_from_dict, load_config
@@ -358,12 +357,7 @@ def test_smoothing_target_averages_the_teachers_and_is_none_without_smoothing(tm
     assert teacher.smoothing_target([tmp_path / "smooth", tmp_path / "plain"], 4) == pytest.approx((0.925 + 1) / 2)
     assert teacher.smoothing_target([tmp_path / "strong"], 2) == pytest.approx(0.85)
     record = {"joined": 30, "rows_labelled_by_teacher": 40, "threshold": 0.9, "joined_per_class": {"a": 30}}
-    warnings = []
-    handler = logging.Handler(logging.WARNING)  # on the logger itself: the CLI stops lorafit's records propagating
-    handler.emit = lambda record: warnings.append(record.getMessage())
-    ours = logging.getLogger("lorafit.teacher")
-    ours.addHandler(handler)
-    try:
+    with logged_warnings("lorafit.teacher") as warnings:
         teacher.report_pseudo_labels(record, 0.925)  # below the target: the usual case, no warning
         teacher.report_pseudo_labels(record, None)
         assert warnings == []
@@ -373,8 +367,6 @@ def test_smoothing_target_averages_the_teachers_and_is_none_without_smoothing(tm
         # strong smoothing on many classes puts the ceiling low (0.37): no "lower" example at or above the threshold
         teacher.report_pseudo_labels({**record, "threshold": 0.4}, 0.37)
         assert "lower it or use" in warnings[1]
-    finally:
-        ours.removeHandler(handler)
 
 
 # --- LoRA+ and resuming with the levers ---------------------------------------------------------------------------

@@ -4,13 +4,12 @@ report under torchrun."""
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import write_config
+from conftest import logged_warnings, write_config
 from lorafit import locks, runs, train
 from lorafit.config import config_from_dict, load_config
 from lorafit.errors import UserError
@@ -71,18 +70,11 @@ def test_only_the_main_process_reports_the_pseudo_labels(tmp_path, tiny_roberta,
     prepared = train.prepare(load_config(student))
     run_dir = Path(prepared.cfg.run_dir)
     run_dir.mkdir(parents=True)
-    warnings = []
-    handler = logging.Handler(logging.WARNING)  # on the logger itself: the CLI stops lorafit's records propagating
-    handler.emit = lambda record: warnings.append(record.getMessage())
-    ours = logging.getLogger("lorafit.teacher")
-    ours.addHandler(handler)
-    try:
+    with logged_warnings("lorafit.teacher") as warnings:
         train.add_teacher_targets(prepared, run_dir, write=True)  # the main process: predicts and caches
         assert ["pseudo_label_threshold 0.95" in w for w in warnings] == [True]
         train.add_teacher_targets(prepared, run_dir, write=False)  # another rank: reads the cache
         assert len(warnings) == 1, warnings
-    finally:
-        ours.removeHandler(handler)
 
 
 def test_a_hub_dataset_that_cannot_load_names_the_config_settings_that_take_local_files(monkeypatch):
