@@ -11,6 +11,7 @@ import pytest
 from lorafit import runs
 from lorafit.errors import UserError
 from lorafit.sweep import TrialFactory, load_sweep, run_sweep
+from conftest import one_line_error
 from test_sweep import base_config, write_sweep
 
 RANGE = {"type": "float", "low": 0.0, "high": 0.2}
@@ -130,3 +131,18 @@ def test_a_worker_whose_trial_was_taken_over_goes_on(tmp_path, tiny_roberta, sma
     storage.set_trial_state_values(trial_id, TrialState.FAIL)  # what another worker's fail_stale_trials does
     assert runner._finish(trial, TrialOutcome(COMPLETED, 0.5)).status == COMPLETED
     assert storage.get_trial(trial_id).state == TrialState.FAIL
+
+
+@pytest.mark.parametrize("data, words", [
+    # A Hub dataset (HF_HUB_OFFLINE here, not cached): every trial loaded the model, then failed on its own
+    ({"dataset": "nobody/no-such-news"}, ("cannot load dataset 'nobody/no-such-news' split 'train'",
+                                          "data.train_file and data.eval_file in the config")),
+    ({"eval_file": "missing-eval.csv"}, ("validation file not found", "missing-eval.csv", "data.eval_file")),
+])
+def test_data_no_trial_could_read_fails_the_sweep_at_once_with_nothing_written(tmp_path, tiny_roberta, small_agnews,
+                                                                               cli, data, words):
+    base = base_config(tiny_roberta, small_agnews)
+    base["data"] = {**{k: v for k, v in base["data"].items() if k != "train_file" or "dataset" not in data}, **data}
+    sweep = write_sweep(tmp_path, "data", base, grid={"axes": {"lora.dropout": [0.0, 0.1]}})
+    one_line_error(cli("sweep", sweep, "--output-dir", tmp_path / "runs"), *words)
+    assert not (tmp_path / "runs").exists()

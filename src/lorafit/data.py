@@ -162,6 +162,29 @@ def parse_hub_spec(spec: str, setting: str = "--data") -> tuple[str, Optional[st
 LOCAL_DATA_INSTEAD = "--train-file PATH and --eval-file PATH, or data.train_file and data.eval_file in the config"
 
 
+def _hub_dataset_error(dataset: str, config_name: Optional[str], split: str, exc: Exception,
+                       local_instead: str) -> HubUnreachableError:
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "")
+    reason = "HF_HUB_OFFLINE is set and it is not cached" if offline else "the Hugging Face Hub could not be reached or has no such dataset"
+    config = f" config '{config_name}'" if config_name else ""
+    return HubUnreachableError(
+        f"cannot load dataset '{dataset}'{config} split '{split}': {reason} ({type(exc).__name__}); "
+        f"pass local files instead ({local_instead})"
+    )
+
+
+def check_hub_dataset(dataset: str, config_name: Optional[str], split: str,
+                      local_instead: str = LOCAL_DATA_INSTEAD) -> None:
+    """Fail now if a Hub dataset cannot load, reading its metadata only (no rows): a sweep checks once, where every
+    trial would otherwise fail on its own after loading the model."""
+    import datasets
+
+    try:
+        datasets.load_dataset_builder(dataset, config_name)
+    except Exception as exc:  # datasets raises many types for network and naming problems
+        raise _hub_dataset_error(dataset, config_name, split, exc, local_instead) from None
+
+
 def load_hub_split(dataset: str, config_name: Optional[str], split: str, label_column: Optional[str] = None,
                    local_instead: str = LOCAL_DATA_INSTEAD) -> tuple[pd.DataFrame, Optional[list[str]]]:
     """A Hub dataset split as a DataFrame, plus its class names when the label column is a ClassLabel.
@@ -171,13 +194,7 @@ def load_hub_split(dataset: str, config_name: Optional[str], split: str, label_c
     try:
         ds = datasets.load_dataset(dataset, config_name, split=split)
     except Exception as exc:  # datasets raises many types for network and naming problems
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "")
-        reason = "HF_HUB_OFFLINE is set and it is not cached" if offline else "the Hugging Face Hub could not be reached or has no such dataset"
-        config = f" config '{config_name}'" if config_name else ""
-        raise HubUnreachableError(
-            f"cannot load dataset '{dataset}'{config} split '{split}': {reason} ({type(exc).__name__}); "
-            f"pass local files instead ({local_instead})"
-        ) from None
+        raise _hub_dataset_error(dataset, config_name, split, exc, local_instead) from None
     # Only the label column's own names: a dataset may hold other ClassLabel columns (TREC: coarse and fine labels)
     feature = ds.features.get(label_column) if label_column else None
     # As text: ClassLabel takes any names (names=[1, 2, 3]), and class names are text everywhere else (labels.json)

@@ -24,6 +24,7 @@ from transformers import TrainerCallback
 from lorafit import device, locks, runs
 from lorafit.budget import check_budget
 from lorafit.config import RunConfig
+from lorafit.data import check_hub_dataset
 from lorafit.errors import UserError
 from lorafit.model import load_model_config
 from lorafit.sweep.points import BASE_POINT, OverBudget, TrialFactory, apply_budget_policy, format_value
@@ -535,8 +536,13 @@ def _preflight(factory: TrialFactory) -> None:
     base = factory.config({}, BASE_POINT)
     trackers(base.train.report_to)
     load_model_config(base.model)
-    if base.data.train_file and not Path(base.data.train_file).is_file():
-        raise UserError(f"training file not found: {base.data.train_file} (set data.train_file or --train-file)")
+    if base.data.train_file is None:
+        check_hub_dataset(base.data.dataset, base.data.dataset_config, base.data.train_split)
+    for setting, path, fix in (("training", base.data.train_file, "data.train_file or --train-file"),
+                               ("validation", base.data.eval_file, "data.eval_file"),
+                               ("unlabelled", base.data.unlabelled_file, "data.unlabelled_file")):
+        if path and not Path(path).is_file():
+            raise UserError(f"{setting} file not found: {path} (set {fix})")
     teacher_folders(base, base.data.label_names)  # labels None until the data is read: each trial compares them
 
 
