@@ -1,5 +1,6 @@
-"""Review of the commits after 169a042: the early --output lock check, a damaged saved config, and the pseudo-label
-report under torchrun."""
+"""Review of the commits after 169a042: the early --output lock check, a damaged saved config (a key that is no
+string, a config.yaml that is a folder), the pseudo-label report under torchrun, and a target a killed writer set aside
+put back before an export's check."""
 
 from __future__ import annotations
 
@@ -95,3 +96,29 @@ def test_a_hub_dataset_that_cannot_load_names_the_config_settings_that_take_loca
     assert "\n" not in message and "cannot load dataset 'ag_news' split 'train'" in message
     assert message.endswith("(--train-file PATH and --eval-file PATH, or data.train_file and data.eval_file in the "
                             "config)")
+
+
+def test_a_run_folder_whose_config_yaml_is_a_folder_is_refused_as_damaged(tmp_path):
+    """Rerunning into such a folder gave a raw IsADirectoryError traceback."""
+    cfg = config_from_dict({"name": "x", "output_dir": str(tmp_path / "runs"),
+                            "model": {"name_or_path": "roberta-base"}})
+    (cfg.run_dir / runs.CONFIG).mkdir(parents=True)
+    message = _refusal(lambda: train.open_run_dir(cfg, resume=False, overwrite=False))
+    assert message.startswith(f"run folder {cfg.run_dir} is damaged: config.yaml cannot be read")
+    assert message.endswith("start the run over with --overwrite") and "\n" not in message
+
+
+def test_a_target_set_aside_by_a_killed_writer_is_back_before_the_check_runs(tmp_path):
+    """A writer killed between its two renames leaves the last good export aside (.out.old) and none in place: the
+    check ran first, saw no output, and the next export without --overwrite replaced the one it had just put back."""
+    out, aside = tmp_path / "out", tmp_path / ".out.old"
+    aside.mkdir()
+    (aside / "adapter_model.safetensors").write_text("the last good export")
+
+    def refuse_existing():
+        if out.exists():
+            raise UserError(f"{out} exists; pass --overwrite to replace it")
+
+    with pytest.raises(UserError, match="pass --overwrite"):
+        runs.atomic_replace_dir(lambda folder: (folder / "new").write_text("new"), out, check=refuse_existing)
+    assert (out / "adapter_model.safetensors").read_text() == "the last good export" and not aside.exists()

@@ -129,9 +129,9 @@ def atomic_replace_dir(build, target: str | Path, check=None, locked_by_caller: 
     target = Path(target)
     lock = contextlib.nullcontext() if locked_by_caller else ReplaceLock(target)
     with lock, disk_errors_explained(target):
+        _remove_leftovers(target)  # first: a target a killed writer set aside is back before check() looks for it
         if check is not None:
             check()
-        _remove_leftovers(target)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))  # _LEFTOVER matches this name
         old, moved = target.with_name(f".{target.name}.old"), False
         try:

@@ -313,7 +313,12 @@ def _same_saved_config(saved: Path, cfg: RunConfig) -> bool:
     reads them (_saved_settings; an old relative model path that names this model's folder counts as the same
     path, so a resume of such a run is not refused unless typed absolute). open_run_dir then saves the config in
     today's form."""
-    if saved.read_text(encoding="utf-8", errors="replace") == cfg.to_yaml():
+    try:
+        text = saved.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:  # e.g. a folder named config.yaml: a damaged run folder, not a different config
+        raise runs.RunFolderError(saved.parent, runs.CONFIG, f"cannot be read ({exc.strerror or type(exc).__name__})",
+                                  RESUME_FIX) from None
+    if text == cfg.to_yaml():
         return True
     return _saved_settings(saved, cfg) == cfg.to_dict()
 
