@@ -321,6 +321,7 @@ def read_unlabelled(cfg: DataConfig, validation_texts: list[str]) -> Unlabelled:
     source = str(cfg.unlabelled_file)
     frame = read_table(cfg.unlabelled_file, cfg.trust_pickle)
     columns = input_text_columns(frame, None, cfg.text_columns)
+    _check_unlabelled_columns(frame, columns, source)
     texts = join_texts(frame, columns, cfg.text_separator, source, allow_empty=True, setting="data.text_columns")
     held_out = {t.strip() for t in validation_texts}
     kept, empty, overlap = [], 0, 0
@@ -332,6 +333,18 @@ def read_unlabelled(cfg: DataConfig, validation_texts: list[str]) -> Unlabelled:
         else:
             kept.append(text)
     return Unlabelled(source, kept, len(texts), empty, overlap)
+
+
+def _check_unlabelled_columns(frame, columns: list[str], source: str) -> None:
+    """The unlabelled file has the training data's text columns, or a `text` one. Its fix is in the file:
+    data.text_columns also names the training data's columns, so changing it (what join_texts would say) breaks
+    the training data instead."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        wanted = " or ".join(dict.fromkeys(["'text'", ", ".join(map(repr, columns))]))
+        raise UserError(f"data.unlabelled_file {source} has no text column {', '.join(map(repr, missing))}; available: "
+                        f"{', '.join(map(str, frame.columns))}; rename its text column to {wanted} (data.text_columns "
+                        "names the training data's columns too)")
 
 
 def select_pseudo_labels(unlabelled: Unlabelled, log_probs: np.ndarray, threshold: float,
