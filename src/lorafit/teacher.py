@@ -47,23 +47,51 @@ def check_teachers(value, label_names: Optional[list[str]], setting: str) -> lis
     """The run folders a teacher setting names, each a finished run with exactly the student's labels (in order;
     label_names None: the labels are not known yet and not compared).
 
-    Cheap: reads JSON/YAML and the teacher's base model config.json, no weights, so a bad teacher fails before the
-    student's run folder exists."""
+    Cheap: reads JSON/YAML and the teacher's base model config.json, and looks for its weights without reading
+    them, so a bad teacher fails before the student's run folder exists."""
     from lorafit.model import load_model_config
 
     folders = []
     for folder in run_folder_list(value):
         try:
             checked = runs.check_run_folder(folder, runs.INFERENCE)  # config, labels and adapter, as predict needs
-            load_model_config(config_from_dict(checked.config).model)  # its base model is still where it was
+            base = config_from_dict(checked.config).model
+            load_model_config(base)  # its base model is still where it was
         except UserError as exc:
             raise UserError(f"{setting}: {exc}") from None
         run_dir = checked.path
+        missing = _missing_base_weights(base.name_or_path, base.revision)
+        if missing:
+            raise UserError(f"{setting}: {run_dir} cannot predict: {missing}, or give another teacher")
         if label_names is not None and checked.labels != [str(n) for n in label_names]:
             raise UserError(f"{setting}: {run_dir} was trained on labels {checked.labels}, but this run's are "
                             f"{list(label_names)}; a teacher must have the same labels in the same order")
         folders.append(run_dir)
     return folders
+
+
+def _missing_base_weights(name: str, revision: Optional[str]) -> Optional[str]:
+    """What is certainly missing of a teacher's base model weights, with the fix: a local folder without
+    safetensors weights, or a Hub model cached without them while HF_HUB_OFFLINE is set (its config.json alone is
+    cached by `lorafit budget`). Found only when the teacher loaded, after the student's run folder was written,
+    this left a folder that refused the corrected command as "a different config"."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if any(local.glob("*.safetensors")):
+            return None
+        return f"its base model folder {name} has no safetensors weights; put them back (model.safetensors)"
+    if not constants.HF_HUB_OFFLINE:
+        return None  # from_pretrained downloads them
+    for weights in ("model.safetensors", "model.safetensors.index.json"):
+        try:
+            if isinstance(try_to_load_from_cache(name, weights, revision=revision), str):
+                return None
+        except (ValueError, OSError):  # not a repo id: load_model_config failed on it already
+            return None
+    return (f"its base model {name} has no weights in the local Hub cache and HF_HUB_OFFLINE is set; unset "
+            "HF_HUB_OFFLINE to download them")
 
 
 def teachers_validated_elsewhere(run_dirs: list[Path], eval_fingerprint: str) -> list[str]:
