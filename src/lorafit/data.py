@@ -6,12 +6,15 @@ silently: a problem row stops the run with its row number.
 
 from __future__ import annotations
 
+import csv
+import functools
 import hashlib
 import logging
 import math
 import numbers
 import os
 import re
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,8 +71,7 @@ def read_table(path: str | Path, trust_pickle: bool = False) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix in (".csv", ".tsv"):
-            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False,
-                                encoding="utf-8", on_bad_lines="error")
+            frame = _read_delimited(path, "\t" if suffix == ".tsv" else ",")
         elif suffix == ".jsonl":  # utf-8-sig: Windows editors start UTF-8 files with a BOM, which JSON rejects
             frame = pd.read_json(path, lines=True, dtype=False, encoding="utf-8-sig")
         elif suffix == ".json":
@@ -108,6 +110,27 @@ def read_table(path: str | Path, trust_pickle: bool = False) -> pd.DataFrame:
     if duplicated:  # frame[name] would be a table, not a column (a pickled DataFrame can hold such names)
         raise UserError(f"{path} has several columns named {', '.join(map(repr, duplicated))}; rename them apart")
     return frame
+
+
+def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
+    """A CSV/TSV with every record kept, empty lines aside. pandas' skip_blank_lines also skips a line of spaces, which
+    is a text (pandas writes a one-column frame's "  " so): `lorafit predict` lost that row and numbered every later
+    row one too low. Python's csv module tells an empty line from such a text and from a quoted empty one ("")."""
+    read = functools.partial(pd.read_csv, path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8",
+                             on_bad_lines="error")
+    frame = read(skip_blank_lines=False)
+    limit = csv.field_size_limit()
+    csv.field_size_limit(sys.maxsize)  # csv's default 128 KiB per field refuses texts pandas reads
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            records = [not record for record in csv.reader(handle, delimiter=sep)][1:]  # True: an empty line
+    except csv.Error:  # the two parsers disagree on this file: pandas' own reading
+        return read()
+    finally:
+        csv.field_size_limit(limit)
+    if len(records) != len(frame):
+        return read()
+    return frame[~np.array(records, dtype=bool)].reset_index(drop=True)
 
 
 def _read_pickle(path: Path, trust_pickle: bool) -> pd.DataFrame:
