@@ -116,8 +116,7 @@ def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
     """A CSV/TSV with every record kept, empty lines aside. pandas' skip_blank_lines also skips a line of spaces, which
     is a text (pandas writes a one-column frame's "  " so): `lorafit predict` lost that row and numbered every later
     row one too low. Python's csv module tells an empty line from such a text and from a quoted empty one ("")."""
-    read = functools.partial(pd.read_csv, path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8",
-                             on_bad_lines="error")
+    read = functools.partial(_read_csv, path, sep)
     frame = read(skip_blank_lines=False)
     limit = csv.field_size_limit()
     csv.field_size_limit(sys.maxsize)  # csv's default 128 KiB per field refuses texts pandas reads
@@ -131,6 +130,20 @@ def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
     if len(records) != len(frame):
         return read()
     return frame[~np.array(records, dtype=bool)].reset_index(drop=True)
+
+
+def _read_csv(path: Path, sep: str, **options) -> pd.DataFrame:
+    frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8", on_bad_lines="error",
+                        **options)
+    if not isinstance(frame.index, pd.RangeIndex):
+        # pandas reads a first data row with more fields than the header as row labels plus columns: "Hello, world"
+        # under the header `text` became the text " world", and every row was shifted so, without a word
+        extra = frame.index.nlevels
+        fix = "quote each text that holds a tab" if sep == "\t" else 'quote each text that holds a comma ("Hello, world")'
+        raise UserError(f"{path}: its first data row has {extra} more field{'s' * (extra > 1)} than the header "
+                        f"({', '.join(map(str, frame.columns))}), which would cut every row's first fields off; "
+                        f"{fix}, or name every column in the header")
+    return frame
 
 
 def _read_pickle(path: Path, trust_pickle: bool) -> pd.DataFrame:

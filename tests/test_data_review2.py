@@ -1,0 +1,51 @@
+"""Second review of data.py (reading CSV/TSV/JSON/parquet/pickle tables, label encoding, the validation carve, row
+limits) and its callers predict.prediction_rows / predict_file and train.prepare, the new `_read_delimited` included.
+
+Each test fails on the code before the review: a CSV whose data rows had one more field than the header (a text with
+an unquoted comma, a trailing comma) was read with its first field as pandas' row labels, so every text was cut and
+shifted without a word.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from conftest import one_line_error
+
+from lorafit.data import read_table
+from lorafit.errors import UserError
+
+
+# --- reading CSV/TSV ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,content", [
+    ("commas.csv", "text\nHello, world\nGoodbye, moon\n"),  # one column, texts with an unquoted comma
+    ("mixed.csv", "text\nHello, world\nGoodbye moon\n"),  # only the first row has one
+    ("trailing.csv", "text,label\nsome news,1,\nmore news,2,\n"),  # a trailing comma on every data row
+    ("tabs.tsv", "text\tlabel\nHello\tworld\t1\n"),
+], ids=["one-column", "first-row-only", "trailing-comma", "tsv"])
+def test_rows_with_more_fields_than_the_header_are_refused(tmp_path, name, content):
+    """pandas took the extra first field for a row label: "Hello, world" under the header `text` was read as the
+    text " world" (and "Goodbye moon" after it as an empty text), with no error."""
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(UserError, match="its first data row has 1 more field than the header") as error:
+        read_table(path)
+    assert "name every column in the header" in str(error.value)
+
+
+def test_predict_on_texts_with_unquoted_commas_writes_nothing(cli, finished_tiny, tmp_path):
+    """`lorafit predict` wrote a prediction for the text after each text's first comma, and exit 0."""
+    source = tmp_path / "test.csv"
+    source.write_text("text\nStocks rally, rates fall\nA goal, in the last minute\n")
+    output = tmp_path / "submission.csv"
+    result = cli("predict", finished_tiny, "--input", source, "--output", output)
+    one_line_error(result, "test.csv", "1 more field than the header", '("Hello, world")')
+    assert not output.exists()
+
+
+def test_a_quoted_comma_is_text(tmp_path):
+    path = tmp_path / "quoted.csv"
+    pd.DataFrame({"text": ["Hello, world", "Goodbye, moon"]}).to_csv(path, index=False)
+    assert read_table(path)["text"].tolist() == ["Hello, world", "Goodbye, moon"]
