@@ -3,7 +3,8 @@ limits) and its callers predict.prediction_rows / predict_file and train.prepare
 
 Each test fails on the code before the review: a CSV whose data rows had one more field than the header (a text with
 an unquoted comma, a trailing comma) was read with its first field as pandas' row labels, so every text was cut and
-shifted without a word.
+shifted without a word; a CSV starting with an empty line (read before the fix that keeps lines of spaces) was read
+as a table of no columns, refused as having no 'text' column.
 """
 
 from __future__ import annotations
@@ -49,3 +50,14 @@ def test_a_quoted_comma_is_text(tmp_path):
     path = tmp_path / "quoted.csv"
     pd.DataFrame({"text": ["Hello, world", "Goodbye, moon"]}).to_csv(path, index=False)
     assert read_table(path)["text"].tolist() == ["Hello, world", "Goodbye, moon"]
+
+
+@pytest.mark.parametrize("suffix,sep", [(".csv", ","), (".tsv", "\t")])
+def test_empty_lines_before_the_header_are_skipped(tmp_path, suffix, sep):
+    """Since lines of spaces are kept, pandas read without skipping blank lines took the first empty line for the
+    header: no columns, and the error said the file had no 'text' column ("available: " and nothing)."""
+    path = tmp_path / f"lead{suffix}"
+    path.write_text(f"\n\r\ntext{sep}label\nfirst{sep}1\n   {sep}2\n\nlast{sep}3\n")
+    frame = read_table(path)
+    assert list(frame.columns) == ["text", "label"]
+    assert frame["text"].tolist() == ["first", "   ", "last"] and frame["label"].tolist() == ["1", "2", "3"]

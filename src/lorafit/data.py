@@ -117,16 +117,18 @@ def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
     is a text (pandas writes a one-column frame's "  " so): `lorafit predict` lost that row and numbered every later
     row one too low. Python's csv module tells an empty line from such a text and from a quoted empty one ("")."""
     read = functools.partial(_read_csv, path, sep)
-    frame = read(skip_blank_lines=False)
     limit = csv.field_size_limit()
     csv.field_size_limit(sys.maxsize)  # csv's default 128 KiB per field refuses texts pandas reads
     try:
         with open(path, encoding="utf-8", newline="") as handle:
-            records = [not record for record in csv.reader(handle, delimiter=sep)][1:]  # True: an empty line
+            records = [not record for record in csv.reader(handle, delimiter=sep)]  # True: an empty line
     except csv.Error:  # the two parsers disagree on this file: pandas' own reading
         return read()
     finally:
         csv.field_size_limit(limit)
+    # Empty lines before the header are skipped too: else pandas took the first one for a header of no columns
+    header = next((i for i, empty in enumerate(records) if not empty), 0)
+    frame, records = read(skip_blank_lines=False, skiprows=header), records[header + 1:]
     if len(records) != len(frame):
         return read()
     return frame[~np.array(records, dtype=bool)].reset_index(drop=True)
