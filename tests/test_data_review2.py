@@ -4,7 +4,8 @@ limits) and its callers predict.prediction_rows / predict_file and train.prepare
 Each test fails on the code before the review: a CSV whose data rows had one more field than the header (a text with
 an unquoted comma, a trailing comma) was read with its first field as pandas' row labels, so every text was cut and
 shifted without a word; a CSV starting with an empty line (read before the fix that keeps lines of spaces) was read
-as a table of no columns, refused as having no 'text' column.
+as a table of no columns, refused as having no 'text' column; a class named "none", "None" or "null" was refused as
+missing labels.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import pandas as pd
 import pytest
 from conftest import one_line_error
 
-from lorafit.data import read_table
+from lorafit.config import DataConfig
+from lorafit.data import load_labelled, read_table
 from lorafit.errors import UserError
 
 
@@ -61,3 +63,29 @@ def test_empty_lines_before_the_header_are_skipped(tmp_path, suffix, sep):
     frame = read_table(path)
     assert list(frame.columns) == ["text", "label"]
     assert frame["text"].tolist() == ["first", "   ", "last"] and frame["label"].tolist() == ["1", "2", "3"]
+
+
+# --- labels ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("none", ["none", "None", "NULL"])
+def test_a_class_named_none_is_a_class(tmp_path, none):
+    """Intent and relation datasets have a class "none"; its rows were refused as "missing (NaN/empty) labels", so
+    such a data set could not be trained on, even with the class listed in data.label_names."""
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    train.write_text(f"text,label\nbook a flight,flight\nhello there,{none}\nplay jazz,music\nthanks,{none}\n")
+    test.write_text(f"text,label\nhi,{none}\nplay rock,music\n")
+    data = load_labelled(DataConfig(train_file=str(train)), 3, path=str(train))
+    assert data.label_names == sorted(["flight", none, "music"])
+    assert [data.label_names[i] for i in data.labels] == ["flight", none, "music", none]
+    evaluation = load_labelled(DataConfig(), 3, path=str(test), label_names=data.label_names)
+    assert [data.label_names[i] for i in evaluation.labels] == [none, "music"]
+    named = load_labelled(DataConfig(label_names=[none, "flight", "music"]), 3, path=str(train))
+    assert named.labels.tolist() == [1, 0, 2, 0]
+
+
+def test_empty_and_nan_labels_are_still_missing(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\na,World\nb,\nc,nan\n")
+    with pytest.raises(UserError, match=r"2 missing \(NaN/empty\) labels at rows 1, 2"):
+        load_labelled(DataConfig(), 4, path=str(path))

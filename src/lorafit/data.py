@@ -279,7 +279,9 @@ def _label_value(value):
             return None
         return int(number) if number.is_integer() else str(value)
     text = str(value).strip()
-    if text == "" or text.lower() in ("nan", "none", "null"):
+    # "nan" is a missing number written as text (astype(str)); "None", "null" and "NA" are class names like any
+    # other (intent and relation datasets have a class "none"): they were refused as missing labels
+    if text == "" or text.lower() == "nan":
         return None
     try:
         number = float(text)
