@@ -5,10 +5,15 @@ Each test fails on the code before the review: a CSV whose data rows had one mor
 an unquoted comma, a trailing comma) was read with its first field as pandas' row labels, so every text was cut and
 shifted without a word; a CSV starting with an empty line (read before the fix that keeps lines of spaces) was read
 as a table of no columns, refused as having no 'text' column; a class named "none", "None" or "null" was refused as
-missing labels.
+missing labels; a pickled datasets.Dataset (the competition's format) lost its ClassLabel names, so a run trained on
+text labels scored its ids as positions in its own sorted class list (every AG News row against the wrong class),
+and a run trained on it named its classes 0..K-1.
 """
 
 from __future__ import annotations
+
+import pickle
+import types
 
 import pandas as pd
 import pytest
@@ -89,3 +94,42 @@ def test_empty_and_nan_labels_are_still_missing(tmp_path):
     path.write_text("text,label\na,World\nb,\nc,nan\n")
     with pytest.raises(UserError, match=r"2 missing \(NaN/empty\) labels at rows 1, 2"):
         load_labelled(DataConfig(), 4, path=str(path))
+
+
+# --- ClassLabel names of a pickled datasets.Dataset -------------------------------------------------------------
+
+HUB_ORDER = ["World", "Sports", "Business", "Sci/Tech"]
+
+
+def _pickled_dataset(path, labels):
+    import datasets
+
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=HUB_ORDER)})
+    with open(path, "wb") as handle:
+        pickle.dump(datasets.Dataset.from_dict({"text": [f"row {i}" for i in range(len(labels))], "label": labels},
+                                               features=features), handle)
+    return path
+
+
+def test_evaluating_a_pickled_dataset_matches_its_classes_by_name(tmp_path):
+    """A run trained on a CSV of text labels has labels.json sorted (Business, Sci/Tech, Sports, World); the pickled
+    split's ids (World=0, Sports=1, ...) were read as positions in that list: World rows scored as Business. The same
+    split loaded from the Hub was already matched by name."""
+    from lorafit.config import RunConfig
+    from lorafit.evaluate import load_eval_data
+
+    path = _pickled_dataset(tmp_path / "test.pkl", [0, 1, 2, 3, 0])
+    run = types.SimpleNamespace(cfg=RunConfig(), label_names=sorted(HUB_ORDER))
+    data, _ = load_eval_data(str(path), run, trust_pickle=True)
+    assert [run.label_names[i] for i in data.labels] == ["World", "Sports", "Business", "Sci/Tech", "World"]
+
+
+def test_training_on_a_pickled_dataset_keeps_its_class_names_and_ids(tmp_path):
+    """labels.json said 0, 1, 2, 3 for a pickled Dataset whose ClassLabel names its classes, as a Hub split's are;
+    an eval file of the same format checked against a CSV-trained run's names was matched by position."""
+    path = _pickled_dataset(tmp_path / "train.pkl", [3, 0, 1, 2])
+    cfg = DataConfig(trust_pickle=True)
+    data = load_labelled(cfg, 4, path=str(path))
+    assert data.label_names == HUB_ORDER and data.labels.tolist() == [3, 0, 1, 2]  # the ids stay the dataset's
+    evaluation = load_labelled(cfg, 4, path=str(path), label_names=sorted(HUB_ORDER))
+    assert [sorted(HUB_ORDER)[i] for i in evaluation.labels] == ["Sci/Tech", "World", "Sports", "Business"]

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 TABLE_EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 PICKLE_EXTENSIONS = (".pkl", ".pickle")
 FIRST_ROWS_SHOWN = 5
+CLASS_NAMES = "lorafit_class_names"  # frame.attrs key: {column: class names} of a pickled Dataset's ClassLabels
 
 
 @dataclass
@@ -168,7 +169,12 @@ def _read_pickle(path: Path, trust_pickle: bool) -> pd.DataFrame:
         raise UserError(f"{path} holds several splits ({', '.join(map(str, obj))}); pickle one of them, "
                         f"e.g. pickle.dump(dataset[{next(iter(obj))!r}], handle)")
     if hasattr(obj, "to_pandas"):  # datasets.Dataset, the competition's format
-        return obj.to_pandas()
+        frame = obj.to_pandas()
+        # ClassLabel columns become ids: their names go with the frame, as a Hub split's do (load_hub_split)
+        frame.attrs[CLASS_NAMES] = {column: [str(n) for n in feature.names]
+                                    for column, feature in getattr(obj, "features", {}).items()
+                                    if hasattr(feature, "names")}
+        return frame
     if isinstance(obj, dict):
         return pd.DataFrame(obj)
     raise UserError(f"{path} holds a {type(obj).__name__}; expected a datasets.Dataset or a pandas DataFrame")
@@ -238,6 +244,30 @@ def load_hub_split(dataset: str, config_name: Optional[str], split: str, label_c
     # As text: ClassLabel takes any names (names=[1, 2, 3]), and class names are text everywhere else (labels.json)
     names = [str(n) for n in feature.names] if hasattr(feature, "names") else None
     return ds.to_pandas(), names
+
+
+def file_class_names(frame: pd.DataFrame, column: str) -> Optional[list[str]]:
+    """The class names of a file's label column when the file names them (a pickled Dataset's ClassLabel)."""
+    return frame.attrs.get(CLASS_NAMES, {}).get(column)
+
+
+def class_ids_as_names(frame: pd.DataFrame, column: str, class_names: Optional[list[str]],
+                       run_names: Optional[list[str]]) -> pd.DataFrame:
+    """A ClassLabel column's integer labels (a Hub split, a pickled Dataset) are ids in its own class list, and the
+    run's ids follow its labels.json, whose order can differ: a run trained on a CSV of text labels has them sorted
+    (Business, Sci/Tech, Sports, World), fancyzhx/ag_news lists World, Sports, Business, Sci/Tech, and ids read as
+    positions scored every row against the wrong class without a word. With the same class names the labels are
+    matched by name; otherwise (a run trained on ids, labels.json 0..K-1) ids stay ids, and ids outside the class
+    list are left for encode_labels to refuse."""
+    if not class_names or not run_names or list(class_names) == list(run_names) \
+            or sorted(class_names) != sorted(run_names):
+        return frame
+    if column not in frame or not all(isinstance(v, (int, np.integer)) and 0 <= v < len(class_names)
+                                      for v in frame[column]):
+        return frame
+    named = frame.copy()
+    named[column] = [class_names[v] for v in frame[column]]
+    return named
 
 
 def _check_columns(frame: pd.DataFrame, columns: list[str], source: str, role: str, setting: str) -> None:
@@ -337,7 +367,10 @@ def load_labelled(cfg: DataConfig, num_labels: int, path: Optional[str] = None, 
                   label_names: Optional[list[str]] = None) -> LabelledData:
     """Labelled rows from a local file (path) or a Hub split (cfg.dataset, hub_split)."""
     if path is not None:
-        return labelled_from_frame(read_table(path, cfg.trust_pickle), cfg, num_labels, str(path), label_names)
+        frame = read_table(path, cfg.trust_pickle)
+        file_names = file_class_names(frame, cfg.label_column)
+        frame = class_ids_as_names(frame, cfg.label_column, file_names, cfg.label_names or label_names)
+        return labelled_from_frame(frame, cfg, num_labels, str(path), label_names or file_names)
     frame, hub_names = load_hub_split(cfg.dataset, cfg.dataset_config, hub_split or cfg.train_split, cfg.label_column)
     return labelled_from_frame(frame, cfg, num_labels, f"{cfg.dataset}:{hub_split or cfg.train_split}",
                                label_names or hub_names)

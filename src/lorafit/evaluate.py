@@ -15,8 +15,8 @@ from typing import Optional
 import numpy as np
 
 from lorafit import card, locks, runs
-from lorafit.data import (HUB_SPEC_FORMS, LabelledData, labelled_from_frame, load_hub_split, parse_hub_spec,
-                          read_table)
+from lorafit.data import (HUB_SPEC_FORMS, LabelledData, class_ids_as_names, file_class_names, labelled_from_frame,
+                          load_hub_split, parse_hub_spec, read_table)
 from lorafit.errors import UserError
 from lorafit.predict import load_run, predict_probabilities
 
@@ -95,6 +95,8 @@ def load_eval_data(spec: str, run, trust_pickle: bool = False) -> tuple[Labelled
     cfg = run.cfg
     if Path(spec).exists():
         frame, source, name = read_table(spec, trust_pickle=trust_pickle), spec, Path(spec).stem
+        frame = class_ids_as_names(frame, cfg.data.label_column, file_class_names(frame, cfg.data.label_column),
+                                   run.label_names)
     elif ":" in spec and not spec.startswith((".", "/")):
         dataset, given, split = parse_hub_spec(spec)
         # Without a config in the spec, the run's dataset_config only for its own dataset (glue's sst2 is no
@@ -102,30 +104,13 @@ def load_eval_data(spec: str, run, trust_pickle: bool = False) -> tuple[Labelled
         config_name = given or (cfg.data.dataset_config if dataset == cfg.data.dataset else None)
         frame, hub_names = load_hub_split(dataset, config_name, split, cfg.data.label_column,
                                           local_instead="--data PATH, a file that exists")
-        frame = _hub_ids_as_names(frame, cfg.data.label_column, hub_names, run.label_names)
+        frame = class_ids_as_names(frame, cfg.data.label_column, hub_names, run.label_names)
         parts = filter(None, [dataset.replace("/", "_"), given, split])  # a given config names the file too
         source, name = spec, re.sub(r"[^\w.-]+", "_", "-".join(parts))
     else:
         raise UserError(f"--data {spec}: no such file; give a file path or a Hub split as {HUB_SPEC_FORMS}")
     data = labelled_from_frame(frame, cfg.data, len(run.label_names), source, run.label_names)
     return data, name
-
-
-def _hub_ids_as_names(frame, column: str, hub_names: Optional[list[str]], run_names: list[str]):
-    """A Hub split's integer labels are ids in its own class list, and the run's ids follow its labels.json, whose
-    order can differ: a run trained on a CSV of text labels has them sorted (Business, Sci/Tech, Sports, World),
-    fancyzhx/ag_news lists World, Sports, Business, Sci/Tech, and ids read as positions scored every row against
-    the wrong class without a word. With the same class names the labels are matched by name; otherwise (a run
-    trained on ids, labels.json 0..K-1) ids stay ids, and ids outside the Hub's list are left for encode_labels
-    to refuse."""
-    if not hub_names or list(hub_names) == list(run_names) or sorted(hub_names) != sorted(run_names):
-        return frame
-    if column not in frame or not all(isinstance(v, (int, np.integer)) and 0 <= v < len(hub_names)
-                                      for v in frame[column]):
-        return frame
-    named = frame.copy()
-    named[column] = [hub_names[v] for v in frame[column]]
-    return named
 
 
 def _source_id(spec: str) -> str:
