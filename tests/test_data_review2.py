@@ -133,3 +133,17 @@ def test_training_on_a_pickled_dataset_keeps_its_class_names_and_ids(tmp_path):
     assert data.label_names == HUB_ORDER and data.labels.tolist() == [3, 0, 1, 2]  # the ids stay the dataset's
     evaluation = load_labelled(cfg, 4, path=str(path), label_names=sorted(HUB_ORDER))
     assert [sorted(HUB_ORDER)[i] for i in evaluation.labels] == ["Sci/Tech", "World", "Sports", "Business"]
+
+
+def test_hub_training_with_label_names_in_another_order_matches_classes_by_name(monkeypatch):
+    """data.label_names listing the Hub's classes sorted: each id was read as a position in that list, so every
+    World row trained as Business, without a word."""
+    import datasets
+
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=HUB_ORDER)})
+    split = datasets.Dataset.from_dict({"text": ["w", "s", "b", "t"], "label": [0, 1, 2, 3]}, features=features)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: split)
+    names = sorted(HUB_ORDER)
+    data = load_labelled(DataConfig(dataset="fancyzhx/ag_news", label_names=names), 4)
+    assert [names[i] for i in data.labels] == HUB_ORDER
+    assert load_labelled(DataConfig(dataset="fancyzhx/ag_news"), 4).labels.tolist() == [0, 1, 2, 3]

@@ -367,13 +367,15 @@ def load_labelled(cfg: DataConfig, num_labels: int, path: Optional[str] = None, 
                   label_names: Optional[list[str]] = None) -> LabelledData:
     """Labelled rows from a local file (path) or a Hub split (cfg.dataset, hub_split)."""
     if path is not None:
-        frame = read_table(path, cfg.trust_pickle)
-        file_names = file_class_names(frame, cfg.label_column)
-        frame = class_ids_as_names(frame, cfg.label_column, file_names, cfg.label_names or label_names)
-        return labelled_from_frame(frame, cfg, num_labels, str(path), label_names or file_names)
-    frame, hub_names = load_hub_split(cfg.dataset, cfg.dataset_config, hub_split or cfg.train_split, cfg.label_column)
-    return labelled_from_frame(frame, cfg, num_labels, f"{cfg.dataset}:{hub_split or cfg.train_split}",
-                               label_names or hub_names)
+        frame, source = read_table(path, cfg.trust_pickle), str(path)
+        class_names = file_class_names(frame, cfg.label_column)
+    else:
+        split = hub_split or cfg.train_split
+        frame, class_names = load_hub_split(cfg.dataset, cfg.dataset_config, split, cfg.label_column)
+        source = f"{cfg.dataset}:{split}"
+    # data.label_names in another order than the ClassLabel's (sorted, say): ids are matched by name, not position
+    frame = class_ids_as_names(frame, cfg.label_column, class_names, cfg.label_names or label_names)
+    return labelled_from_frame(frame, cfg, num_labels, source, label_names or class_names)
 
 
 def check_class_count(data: LabelledData, num_labels: int) -> None:
