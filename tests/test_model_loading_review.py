@@ -33,6 +33,17 @@ def test_a_local_folder_without_config_json_says_what_a_model_folder_holds(tmp_p
     assert "model.safetensors" in text and "save_pretrained" in text
 
 
+def test_a_folder_without_weights_says_so(tmp_path):
+    """config.json and no weights file (a copy cut short): the same diagnosis a teacher check gives before training."""
+    from transformers import RobertaConfig
+
+    RobertaConfig(**TINY).save_pretrained(tmp_path / "no-weights")
+    model_cfg = ModelConfig(name_or_path=str(tmp_path / "no-weights"))
+    with pytest.raises(UserError) as caught:
+        load_pretrained_model(model_cfg, load_model_config(model_cfg))
+    assert "it has no safetensors weights; put them back (model.safetensors)" in _one_line(caught.value)
+
+
 def test_a_folder_with_only_pytorch_model_bin_is_refused_with_the_conversion_to_make(tmp_path, monkeypatch):
     """lorafit loads safetensors only (use_safetensors=True: never unpickle weights), so transformers said just
     'Error no file named model.safetensors found in directory DIR', not that the folder holds pickle weights or how

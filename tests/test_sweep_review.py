@@ -135,14 +135,14 @@ def test_a_worker_whose_trial_was_taken_over_goes_on(tmp_path, tiny_roberta, sma
 
 @pytest.mark.parametrize("data, words", [
     # A Hub dataset (HF_HUB_OFFLINE here, not cached): every trial loaded the model, then failed on its own
-    ({"dataset": "nobody/no-such-news"}, ("cannot load dataset 'nobody/no-such-news' split 'train'",
-                                          "data.train_file and data.eval_file in the config")),
+    ({"train_file": None, "dataset": "nobody/no-such-news"},
+     ("cannot load dataset 'nobody/no-such-news' split 'train'", "data.train_file and data.eval_file in the config")),
     ({"eval_file": "missing-eval.csv"}, ("validation file not found", "missing-eval.csv", "data.eval_file")),
 ])
 def test_data_no_trial_could_read_fails_the_sweep_at_once_with_nothing_written(tmp_path, tiny_roberta, small_agnews,
                                                                                cli, data, words):
     base = base_config(tiny_roberta, small_agnews)
-    base["data"] = {**{k: v for k, v in base["data"].items() if k != "train_file" or "dataset" not in data}, **data}
+    base["data"].update(data)
     sweep = write_sweep(tmp_path, "data", base, grid={"axes": {"lora.dropout": [0.0, 0.1]}})
     one_line_error(cli("sweep", sweep, "--output-dir", tmp_path / "runs"), *words)
     assert not (tmp_path / "runs").exists()

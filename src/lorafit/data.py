@@ -270,19 +270,21 @@ def class_ids_as_names(frame: pd.DataFrame, column: str, class_names: Optional[l
     return named
 
 
-def _check_columns(frame: pd.DataFrame, columns: list[str], source: str, role: str, setting: str) -> None:
+def _check_columns(frame: pd.DataFrame, columns: list[str], source: str, role: str, setting: str,
+                   fix: Optional[str] = None) -> None:
+    """fix: what to do instead of naming the right column with `setting` (where that setting is not the way)."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise UserError(
             f"{source} has no {role} column {', '.join(repr(c) for c in missing)}; available: "
-            f"{', '.join(map(str, frame.columns))}; name the right one with {setting}"
+            f"{', '.join(map(str, frame.columns))}; {fix or f'name the right one with {setting}'}"
         )
 
 
 def join_texts(frame: pd.DataFrame, columns: list[str], separator: str, source: str, allow_empty: bool,
-               setting: str = "data.text_columns") -> list[str]:
+               setting: str = "data.text_columns", fix: Optional[str] = None) -> list[str]:
     """The text of each row (several columns joined); missing or blank text is an error unless allowed."""
-    _check_columns(frame, columns, source, "text", setting)
+    _check_columns(frame, columns, source, "text", setting, fix)
     parts = []
     for column in columns:
         values = frame[column]

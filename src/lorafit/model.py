@@ -73,17 +73,21 @@ def use_bf16(precision: str) -> bool:
     return cpu_supports_fast_bf16()
 
 
-def _local_folder_problem(what: str, folder: Path) -> Optional[str]:
-    """What a local model folder lacks, with the fix; None when it is not that (transformers' own text then)."""
+def local_folder_problem(what: str, folder: Path) -> Optional[str]:
+    """What a local model folder lacks, with the fix; None when it is not that (transformers' own text then).
+    Looks at file names only, so a teacher check can ask before anything loads."""
     if what not in ("model config", "model") or not folder.is_dir():
         return None
     if not (folder / "config.json").is_file():  # transformers says only "Unrecognized model ... model_type key"
         return ("the folder has no config.json; a model folder holds config.json and the weights "
                 "(model.safetensors), as save_pretrained writes them: point model.name_or_path at such a folder")
-    if what == "model" and not any(folder.glob("*.safetensors")) and any(folder.glob("pytorch_model*.bin")):
-        return ("it has only pytorch_model.bin weights, which lorafit does not load (unpickling can run code); "
-                "convert them to safetensors: load the folder with transformers' from_pretrained and save_pretrained "
-                "it to a new folder (that writes model.safetensors), then point model.name_or_path there")
+    if what == "model" and not any(folder.glob("*.safetensors")):
+        if any(folder.glob("pytorch_model*.bin")):
+            return ("it has only pytorch_model.bin weights, which lorafit does not load (unpickling can run code); "
+                    "convert them to safetensors: load the folder with transformers' from_pretrained and "
+                    "save_pretrained it to a new folder (that writes model.safetensors), then point "
+                    "model.name_or_path there")
+        return "it has no safetensors weights; put them back (model.safetensors)"
     return None
 
 
@@ -115,7 +119,7 @@ def _hub_error(what: str, name: str, exc: Exception, revision: Optional[str] = N
     if not local.exists() and name.startswith((".", "/", "~")):  # transformers would call it a malformed Hub id
         return UserError(f"cannot load the {what}: local path '{name}' does not exist; check the path")
     if local.exists():
-        problem = _local_folder_problem(what, local)
+        problem = local_folder_problem(what, local)
         return UserError(f"cannot load the {what} from local path '{name}': "
                          f"{problem or (text.splitlines()[0] if text else type(exc).__name__)}")
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")

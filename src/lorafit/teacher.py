@@ -77,11 +77,12 @@ def _missing_base_weights(name: str, revision: Optional[str]) -> Optional[str]:
     this left a folder that refused the corrected command as "a different config"."""
     from huggingface_hub import constants, try_to_load_from_cache
 
+    from lorafit.model import local_folder_problem
+
     local = Path(name).expanduser()
     if local.is_dir():
-        if any(local.glob("*.safetensors")):
-            return None
-        return f"its base model folder {name} has no safetensors weights; put them back (model.safetensors)"
+        problem = local_folder_problem("model", local)
+        return f"its base model folder {name}: {problem}" if problem else None
     if not constants.HF_HUB_OFFLINE:
         return None  # from_pretrained downloads them
     for weights in ("model.safetensors", "model.safetensors.index.json"):
@@ -349,8 +350,11 @@ def read_unlabelled(cfg: DataConfig, validation_texts: list[str]) -> Unlabelled:
     source = str(cfg.unlabelled_file)
     frame = read_table(cfg.unlabelled_file, cfg.trust_pickle)
     columns = input_text_columns(frame, None, cfg.text_columns)
-    _check_unlabelled_columns(frame, columns, source)
-    texts = join_texts(frame, columns, cfg.text_separator, source, allow_empty=True, setting="data.text_columns")
+    # The fix is in the file: data.text_columns also names the training data's columns, so changing it breaks those
+    wanted = " or ".join(dict.fromkeys(["'text'", ", ".join(map(repr, columns))]))
+    texts = join_texts(frame, columns, cfg.text_separator, f"data.unlabelled_file {source}", allow_empty=True,
+                       fix=f"rename its text column to {wanted} (data.text_columns names the training data's "
+                           "columns too)")
     held_out = {t.strip() for t in validation_texts}
     kept, empty, overlap = [], 0, 0
     for text in texts:
@@ -361,18 +365,6 @@ def read_unlabelled(cfg: DataConfig, validation_texts: list[str]) -> Unlabelled:
         else:
             kept.append(text)
     return Unlabelled(source, kept, len(texts), empty, overlap)
-
-
-def _check_unlabelled_columns(frame, columns: list[str], source: str) -> None:
-    """The unlabelled file has the training data's text columns, or a `text` one. Its fix is in the file:
-    data.text_columns also names the training data's columns, so changing it (what join_texts would say) breaks
-    the training data instead."""
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        wanted = " or ".join(dict.fromkeys(["'text'", ", ".join(map(repr, columns))]))
-        raise UserError(f"data.unlabelled_file {source} has no text column {', '.join(map(repr, missing))}; available: "
-                        f"{', '.join(map(str, frame.columns))}; rename its text column to {wanted} (data.text_columns "
-                        "names the training data's columns too)")
 
 
 def select_pseudo_labels(unlabelled: Unlabelled, log_probs: np.ndarray, threshold: float,
