@@ -287,6 +287,10 @@ class RunConfig:
         if self.data.unlabelled_file and not (self.data.pseudo_label_teacher or self.train.teacher):
             raise UserError("data.unlabelled_file needs a teacher run to label it; set data.pseudo_label_teacher "
                             "(or train.teacher) to a finished run folder")
+        if self.data.pseudo_label_teacher and not self.data.unlabelled_file:
+            # Without texts to label the teacher would be ignored: the user expects self-training that never happens.
+            raise UserError("data.pseudo_label_teacher is set but data.unlabelled_file is not; set data.unlabelled_file "
+                            "to the texts it should label, or remove data.pseudo_label_teacher")
         return self
 
     @property
