@@ -263,6 +263,28 @@ def test_teacher_cache_is_reused_and_recomputed_when_teacher_or_texts_change(dis
     assert calls == [len(texts) - 1, len(texts) - 1]
 
 
+def test_a_killed_cache_save_leaves_no_copy_behind_once_the_cache_is_written(distilled, teacher_run, tmp_path,
+                                                                             monkeypatch):
+    """A kill during the save leaves mkstemp's hidden copy beside the cache and no key: the next run recomputes the
+    cache and removes that copy; hidden files of other names are not the cache writer's and stay."""
+    config, _ = distilled[1.0]
+    texts = _training_texts(config)
+    monkeypatch.setattr(teacher, "predict_log_probs",
+                        lambda run_dirs, texts: np.zeros((len(run_dirs), len(texts), NUM_LABELS), dtype=np.float32))
+    leftovers = [tmp_path / f".{teacher.DISTILL_CACHE}.npy.k1ll_3d0.tmp",
+                 tmp_path / f".{teacher.DISTILL_CACHE}.json.abcd1234.tmp"]
+    for leftover in leftovers:
+        leftover.write_bytes(b"half a file")
+    others = [tmp_path / ".notes.npy.abcd1234.tmp", tmp_path / f".{teacher.DISTILL_CACHE}.npy.keep.tmp"]
+    for other in others:
+        other.write_text("not a cache copy")
+
+    values = teacher.cached_log_probs([teacher_run], texts, tmp_path, teacher.DISTILL_CACHE, write=True)
+    assert values.shape == (1, len(texts), NUM_LABELS)
+    assert not any(leftover.exists() for leftover in leftovers) and all(other.exists() for other in others)
+    assert np.array_equal(np.load(tmp_path / f"{teacher.DISTILL_CACHE}.npy"), values)
+
+
 # --- self-training ------------------------------------------------------------------------------------------------
 
 def test_confident_pseudo_labels_join_training_and_validation_texts_never_do(teacher_run, tiny_roberta, small_agnews,

@@ -20,6 +20,7 @@ meanwhile (unchanged_while_loading), so it never uses a mix of two runs (train -
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import logging
@@ -94,6 +95,18 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             Path(tmp).unlink(missing_ok=True)
             raise
         _fsync_dir(path.parent)
+
+
+def remove_interrupted_writes(path: str | Path) -> None:
+    """Remove the temporary files a killed atomic_write_bytes of path left beside it (.{name}.XXXXXXXX.tmp, a whole
+    copy each). Only the folder's lock holder may call this: it is path's only writer,
+    so no such file belongs to a live one."""
+    path = Path(path)
+    pattern = re.compile(r"\.{}\.[a-z0-9_]{{8}}\.tmp".format(re.escape(path.name)))  # mkstemp's 8 characters
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if pattern.fullmatch(leftover.name) and leftover.is_file():
+            log.warning("removing %s, left by an interrupted write of %s", leftover, path)
+            leftover.unlink(missing_ok=True)
 
 
 def _umask() -> int:

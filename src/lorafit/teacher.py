@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -222,20 +221,10 @@ def predict_log_probs(run_dirs: list[Path], texts: list[str]) -> np.ndarray:
     return np.stack(out).astype(np.float32)
 
 
-def _atomic_save_npy(path: Path, values: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, values)
-            handle.flush()
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the run folder's other files are not
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _npy_bytes(values: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, values)
+    return buffer.getvalue()
 
 
 def cached_log_probs(run_dirs: list[Path], texts: list[str], run_dir: Path, name: str, write: bool) -> np.ndarray:
@@ -255,11 +244,13 @@ def cached_log_probs(run_dirs: list[Path], texts: list[str], run_dir: Path, name
             log.warning("%s was made by other teacher weights or for other texts; recomputing it", array_path)
     if not write:
         raise RuntimeError(f"{array_path} should have been written by the main process")
+    for path in (array_path, meta_path):  # a killed save's temporary copies: only this lock holder writes here
+        runs.remove_interrupted_writes(path)
     values = _sibling_cache(run_dir, name, key)
     if values is None:
         values = predict_log_probs(run_dirs, texts)
     meta_path.unlink(missing_ok=True)  # the key goes first: it must never outlive the array it describes
-    _atomic_save_npy(array_path, values)
+    runs.atomic_write_bytes(array_path, _npy_bytes(values))
     runs.atomic_write_json(meta_path, {**key, "shape": list(values.shape),
                                        "meaning": "log-probabilities [teacher, text, class]"})
     return values
