@@ -147,3 +147,17 @@ def test_hub_training_with_label_names_in_another_order_matches_classes_by_name(
     data = load_labelled(DataConfig(dataset="fancyzhx/ag_news", label_names=names), 4)
     assert [names[i] for i in data.labels] == HUB_ORDER
     assert load_labelled(DataConfig(dataset="fancyzhx/ag_news"), 4).labels.tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("suffix, content", [
+    (".jsonl", '{"title": 2024, "description": null, "label": 0}\n{"title": null, "description": "Markets rally", "label": 1}\n'),
+    (".json", '[{"title": 2024, "description": null, "label": 0}, {"title": null, "description": "Markets rally", "label": 1}]'),
+])
+def test_a_json_number_beside_a_null_keeps_its_text(tmp_path, suffix, content):
+    """With numpy dtypes a JSON column of whole numbers and nulls became float: the title 2024 was trained on as
+    "2024.0"."""
+    path = tmp_path / f"rows{suffix}"
+    path.write_text(content)
+    data = load_labelled(DataConfig(train_file=str(path), text_columns=["title", "description"]), 2, str(path))
+    assert data.texts == ["2024", "Markets rally"]
+    assert list(data.labels) == [0, 1]

@@ -62,6 +62,13 @@ def _rows(positions) -> str:
     return f"{shown}{more}"
 
 
+def _read_json(path: Path, lines: bool) -> pd.DataFrame:
+    """A JSON (lines) file's columns as written. Nullable dtypes: with numpy's, a column of whole numbers with a null
+    became float, so the text 123 read "123.0" and a large id lost digits. utf-8-sig: Windows editors start UTF-8
+    files with a BOM, which JSON rejects."""
+    return pd.read_json(path, lines=lines, dtype=False, dtype_backend="numpy_nullable", encoding="utf-8-sig")
+
+
 def read_table(path: str | Path, trust_pickle: bool = False) -> pd.DataFrame:
     """A local file as a DataFrame of its columns; text stays text (no NA guessing on CSV/TSV)."""
     path = Path(path)
@@ -73,13 +80,13 @@ def read_table(path: str | Path, trust_pickle: bool = False) -> pd.DataFrame:
     try:
         if suffix in (".csv", ".tsv"):
             frame = _read_delimited(path, "\t" if suffix == ".tsv" else ",")
-        elif suffix == ".jsonl":  # utf-8-sig: Windows editors start UTF-8 files with a BOM, which JSON rejects
-            frame = pd.read_json(path, lines=True, dtype=False, encoding="utf-8-sig")
+        elif suffix == ".jsonl":
+            frame = _read_json(path, lines=True)
         elif suffix == ".json":
             try:
-                frame = pd.read_json(path, dtype=False, encoding="utf-8-sig")
+                frame = _read_json(path, lines=False)
             except ValueError:
-                frame = pd.read_json(path, lines=True, dtype=False, encoding="utf-8-sig")
+                frame = _read_json(path, lines=True)
         elif suffix == ".parquet":
             frame = pd.read_parquet(path)
         elif suffix in PICKLE_EXTENSIONS:
