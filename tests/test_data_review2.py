@@ -161,3 +161,27 @@ def test_a_json_number_beside_a_null_keeps_its_text(tmp_path, suffix, content):
     data = load_labelled(DataConfig(train_file=str(path), text_columns=["title", "description"]), 2, str(path))
     assert data.texts == ["2024", "Markets rally"]
     assert list(data.labels) == [0, 1]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl"])
+def test_a_byte_that_is_not_utf8_is_placed_from_the_files_start(tmp_path, suffix):
+    """The readers decode in chunks and counted the bad byte's position within the chunk: a byte 70,000 bytes in
+    was "at position 4,464", pointing the user at the wrong place in the file."""
+    if suffix == ".jsonl":
+        head, row = "", '{{"text": "row {:05d}", "label": 0}}\n'.format
+    else:
+        head, row = "label,text\n", "0,row {:05d}\n".format
+    good = head + "".join(row(i) for i in range(7000))
+    good = good.replace(",", "\t") if suffix == ".tsv" else good
+    path = tmp_path / f"rows{suffix}"
+    path.write_bytes(good.encode() + b"\xff" + row(7000).encode())
+    with pytest.raises(UserError) as caught:
+        read_table(path)
+    assert f"bad byte at byte {len(good.encode()):,}, line {good.count(chr(10)) + 1:,}" in str(caught.value)
+
+
+def test_a_character_cut_off_at_the_end_is_placed_at_its_first_byte(tmp_path):
+    path = tmp_path / "cut.csv"
+    path.write_bytes(b"label,text\n0,caf\xc3\xa9\n1,\xe2\x82")  # a 3-byte euro sign missing its last byte
+    with pytest.raises(UserError, match=r"bad byte at byte 21, line 3"):
+        read_table(path)
