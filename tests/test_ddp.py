@@ -157,3 +157,51 @@ def test_accelerate_launch_runs_the_same_ddp_training(tmp_path, tiny_roberta, sm
     assert len([line for line in proc.stdout.splitlines() if line.startswith("{")]) == 1, proc.stdout
     loss = json.loads((run_dir / "eval_curve.jsonl").read_text().splitlines()[-1])["loss"]
     assert 1.0 < loss < 2.0, "a mean cross-entropy near ln 4, not a sum over ranks"
+
+
+def _rank(rank: int, port: int, failure: str, queue) -> None:
+    """One rank of a 2-process gloo group running a main_process_first block that rank 0 may fail."""
+    import torch.distributed as dist
+
+    from lorafit import train
+    from lorafit.errors import UserError
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(NPROC), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=NPROC)
+    ran = False
+    try:
+        with train.main_process_first():
+            ran = True
+            if rank == 0 and failure == "user error":
+                raise UserError("teacher run t cannot be read; train it again")
+            if rank == 0 and failure == "bug":
+                raise ValueError("a bug")
+        queue.put((rank, ran, None))
+    except UserError as exc:
+        queue.put((rank, ran, str(exc)))
+    except ValueError as exc:
+        queue.put((rank, ran, f"ValueError: {exc}"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("failure, rank0, rank1", [
+    (None, (True, None), (True, None)),
+    ("user error", (True, "teacher run t cannot be read; train it again"),
+     (False, "teacher run t cannot be read; train it again")),
+    ("bug", (True, "ValueError: a bug"), (False, "the main process (rank 0) stopped here; its error is above")),
+])
+def test_a_block_that_fails_on_rank0_stops_the_other_ranks_with_its_error(failure, rank0, rank1):
+    """The other ranks ran the block after rank 0 failed it: reading a teacher cache rank 0 never wrote, they
+    stopped with a traceback each instead of rank 0's one-line error."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue, port = context.Queue(), _free_port()
+    procs = [context.Process(target=_rank, args=(rank, port, failure, queue)) for rank in range(NPROC)]
+    for proc in procs:
+        proc.start()
+    outcomes = dict((rank, (ran, message)) for rank, ran, message in (queue.get(timeout=120) for _ in procs))
+    for proc in procs:
+        proc.join(timeout=60)
+    assert outcomes == {0: rank0, 1: rank1}

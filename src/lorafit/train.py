@@ -203,9 +203,10 @@ def is_main_process() -> bool:
 
 @contextlib.contextmanager
 def main_process_first():
-    """Under torchrun / accelerate launch, rank 0 runs the block first (it creates or checks the run folder) and the
-    other ranks run it after, reading only. Rank 0 reaches the barrier even when the block raises, so a user error
-    on rank 0 becomes the same user error on every rank rather than a hang."""
+    """Under torchrun / accelerate launch, rank 0 runs the block first (it creates or checks the run folder, runs the
+    teachers) and the other ranks run it after, reading what it wrote. When the block fails on rank 0, rank 0 tells
+    the others, which raise its user error instead of running the block: running it would fail otherwise (a teacher
+    cache rank 0 never wrote: a traceback on every other rank) or wait on a rank that has stopped."""
     if world_size() <= 1:
         yield
         return
@@ -215,14 +216,22 @@ def main_process_first():
         from accelerate import PartialState
 
         PartialState(cpu=not torch.cuda.is_available())  # the process group the Trainer joins later (gloo on CPU)
-    main = is_main_process()
-    try:
-        if not main:
-            dist.barrier()
+    if not is_main_process():
+        failure = [None]
+        dist.broadcast_object_list(failure, src=0)  # waits for rank 0's block, as a barrier would
+        if failure[0] is not None:
+            raise UserError(failure[0])
         yield
+        return
+    failure = ["the main process (rank 0) stopped here; its error is above"]
+    try:
+        yield
+        failure = [None]
+    except UserError as exc:
+        failure = [str(exc)]
+        raise
     finally:
-        if main:
-            dist.barrier()
+        dist.broadcast_object_list(failure, src=0)
 
 
 def _job_id() -> Optional[str]:
