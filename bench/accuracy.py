@@ -23,7 +23,8 @@ by the validation accuracy of its restored best checkpoint.
 Reuse: run folders live under --runs-dir; a finished run with the same settings is reused and an unfinished one
 continues from its last checkpoint. Each finished run's small files (config.yaml, result.json, eval_curve.jsonl)
 are also copied to docs/results/accuracy-runs/<run>/ so that a later machine reuses them without the weights
-(settings are compared without machine-specific paths).
+(settings are compared without machine-specific paths: by the names of the data files and teacher runs, which the
+bench gives them everywhere).
 
 Levers: each configs/accuracy/<model>-lever-<name>.yaml is a candidate recipe (lorafit's default plus one lever),
 run with the default's seeds and reported under results.<model>.levers.<name>; a lever may train longer, up to 3x
@@ -48,12 +49,12 @@ listed under `pending`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -72,6 +73,10 @@ MAX_LEVER_EXAMPLES = 3  # a lever may see up to 3x the head-to-head recipes' tra
 SMALL_FILES = ("config.yaml", "result.json", "eval_curve.jsonl", "manifest.json")  # manifest: device, bf16, versions
 MACHINE_PATHS = (("model", "name_or_path"), ("data", "train_file"), ("data", "eval_file"),
                  ("data", "unlabelled_file"), ("train", "teacher"), ("data", "pseudo_label_teacher"))
+# Of these, the file or run folder's name is the bench's own on every machine (runs-dir/data/train.csv, runs-dir/
+# mpnet-default-seed42), so it is compared: a lever whose teacher changed is another run. The model folder's is not.
+NAMED_PATHS = MACHINE_PATHS[1:]
+RESULT_FIGURES = ("best_eval_accuracy", "final_eval_accuracy", "trainable_params", "wall_seconds")  # summarize's
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -161,15 +166,24 @@ def run_values(config: Path, name: str, model_dir: str, train: Path, validation:
 
 
 def examples_per_run(values: dict) -> int:
-    train = values["train"]
-    return train["max_steps"] * train.get("batch_size", 32) * train.get("gradient_accumulation_steps", 1)
+    """Training examples a run of these settings sees. batch_size auto (also lorafit's default when unset) is the
+    batch lorafit trains with on this machine, as in the run folder; a fixed count needs max_steps."""
+    from lorafit import device
+    from lorafit.config import config_from_dict
+
+    train = device.resolve_train_batch(config_from_dict(values).train)
+    if train.max_steps < 0:
+        raise SystemExit(f"{values.get('name')}: set train.max_steps; the bench compares recipes at equal examples")
+    return train.max_steps * train.batch_size * train.gradient_accumulation_steps
 
 
 def portable(settings: dict) -> dict:
     """Settings without the paths that differ between machines, for comparing a committed run with a wanted one."""
     settings = json.loads(json.dumps(settings))
     for section, key in MACHINE_PATHS:
-        settings.get(section, {}).pop(key, None)
+        path = settings.get(section, {}).pop(key, None)
+        if path and (section, key) in NAMED_PATHS:  # keep the name: which data file, which teacher run
+            settings[section][key] = [Path(p).name for p in path] if isinstance(path, list) else Path(path).name
     settings.pop("output_dir", None)
     settings.get("train", {}).pop("eval_batch_size", None)  # how many rows are scored at once changes nothing
     return settings
@@ -188,7 +202,7 @@ def with_defaults(settings: dict) -> dict:
 def same_settings(saved: dict, wanted: dict) -> bool:
     saved, wanted = with_defaults(portable(saved)), portable(wanted)
     if wanted["lora"].get("r") == "auto":  # a run folder holds the rank it resolved to
-        wanted["lora"]["r"] = saved["lora"].get("r")
+        wanted["lora"]["r"] = saved.get("lora", {}).get("r")  # (none in a config.yaml lorafit cannot read)
     return saved == wanted
 
 
@@ -199,19 +213,40 @@ def finished_result(folder: Path, wanted: dict):
     result, config = folder / "result.json", folder / "config.yaml"
     if not (result.exists() and config.exists()):
         return None
-    data = json.loads(result.read_text(encoding="utf-8"))
-    if data.get("status") != "completed":
+    data, settings = read_small_file(result, json.loads), read_small_file(config, yaml.safe_load)
+    if data is None or settings is None or data.get("status") != "completed":
         return None
-    if not same_settings(yaml.safe_load(config.read_text(encoding="utf-8")), wanted):
+    missing = [key for key in RESULT_FIGURES if not isinstance(data.get(key), (int, float))]
+    if missing:
+        return damaged(result, "no number for " + ", ".join(missing))
+    if not same_settings(settings, wanted):
         return None
     return with_precision(data, folder)
+
+
+def read_small_file(path: Path, parse):
+    """A run's JSON or YAML file as a dict, or None where it is damaged (a copy cut short, a bad edit): the run then
+    counts as not done (pending, or trained again when selected) instead of stopping the whole report."""
+    import yaml
+
+    try:
+        data = parse(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError: JSON's and a bad UTF-8 byte's
+        return damaged(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return data if isinstance(data, dict) else damaged(path, "it holds no mapping")
+
+
+def damaged(path: Path, why: str) -> None:
+    print(f"accuracy: {path} is damaged ({why}); its run counts as not done", file=sys.stderr)
+    return None
 
 
 def with_precision(result: dict, folder: Path) -> dict:
     """result.json plus `bf16` from the run's manifest (None where an earlier bench kept no manifest): runs made on
     different machines differ in precision (lorafit's `auto` takes bf16 on CPUs with AVX512-BF16, fp32 on AVX2)."""
     manifest = folder / "manifest.json"
-    bf16 = json.loads(manifest.read_text(encoding="utf-8")).get("bf16") if manifest.exists() else None
+    settings = read_small_file(manifest, json.loads) if manifest.exists() else None  # damaged: not recorded
+    bf16 = settings.get("bf16") if settings else None
     return {**result, "bf16": bf16}
 
 
@@ -227,10 +262,12 @@ def run_or_reuse(values: dict, allowed: bool, threads: int, weights: bool = Fals
     """result.json of this run: from its folder, from docs/results, or by training (when allowed); else None.
     weights: the run is a teacher about to label text, so only a run folder holding its adapter will do (a machine
     that has only the committed small files trains it again, and its new figures replace the committed ones)."""
+    from lorafit import device
     from lorafit.config import config_from_dict
 
     cfg = config_from_dict(values)
-    wanted = cfg.to_dict()
+    # batch_size auto: the batch (and learning rate) this machine trains with, as a run folder records them
+    wanted = dataclasses.replace(cfg, train=device.resolve_train_batch(cfg.train)).to_dict()
     for folder in (cfg.run_dir,) if weights else (cfg.run_dir, COMMITTED / cfg.name):
         result = finished_result(folder, wanted)
         if result is not None:
@@ -276,6 +313,7 @@ def summarize(rows: list[tuple[int, dict]], config: Path, values: dict) -> dict:
                "seeds": [s for s, _ in rows], "accuracy": [round(a, 4) for a in accuracy],
                # pending: the exact count `lorafit budget` gives before training, so every row of the table has it
                "trainable_params": counted_params(values)}
+    summary.update(mean=None, std=None)  # every recipe holds both keys; pending: nothing to average yet
     if rows:
         summary.update(
             mean=round(statistics.fmean(accuracy), 4),
@@ -358,7 +396,7 @@ def best_lorafit_recipe(default: dict, levers: dict) -> dict:
     return {**eligible[key], "recipe": key, "chosen_from": sorted(eligible)}
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class SelfTrainingArm:
     """One way of using the unlabelled rows: which teacher labels them, and how the MiniLM students use its labels."""
 
@@ -445,26 +483,43 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
         mpnet_teacher = labelled_only("mpnet", arm.teacher_recipe, arm.teacher_seed or seeds[0])
         found = run_or_reuse(mpnet_teacher, False, args.threads)
         measured = [(mpnet_teacher["train"]["seed"], found)] if found else []
+        if not found:  # a row of the report like any other: listed with the runs not done
+            pending.append(mpnet_teacher["name"])
         out["mpnet_teacher_labelled_only"] = {"model": "mpnet",
                                               **summarize(measured, recipe_file("mpnet", "default"), mpnet_teacher)}
     out["labelled_rows"], out["unlabelled_rows"] = 4000, len(train_rows) - 4000
     return out
 
 
-def parse_only(text: str, dirs: dict) -> list[tuple]:
+def runnable(dirs: dict, self_training: bool) -> dict:
+    """{model: {recipe: seeds}}: every run this invocation may train, by the names --only uses."""
+    runs = {}
+    for model in dirs:
+        runs[model] = {recipe: SEEDS[model][recipe] for recipe in RECIPES}
+        runs[model].update({f"lever_{name}": SEEDS[model]["default"] for name in lever_files(model)})
+    if self_training and "minilm" in dirs:  # students are MiniLM runs, and an arm needs its teacher's model
+        runs["minilm"].update({arm.only_recipe: SEEDS["minilm"]["default"]
+                               for arm in SELF_TRAINING_ARMS.values() if arm.teacher_model in dirs})
+    return runs
+
+
+def parse_only(text: str, dirs: dict, self_training: bool = False) -> list[tuple]:
     """--only entries as (model[, recipe[, seed]]); `none` runs nothing. An entry that names no run is refused: it
     would silently run nothing and report every run pending."""
     if text.strip() == "none":
         return [("none",)]  # matches no run: everything is reported from disk
     only = [tuple(part.strip().split(":")) for part in text.split(",") if part.strip()]
+    runs = runnable(dirs, self_training)
     for entry in only:
         model, recipe, seed = (*entry, None, None)[:3]
-        recipes = (*RECIPES, *(arm.only_recipe for arm in SELF_TRAINING_ARMS.values()),
-                   *(f"lever_{name}" for name in lever_files(model)))
-        if model not in dirs or (recipe is not None and recipe not in recipes) or \
-                (seed is not None and not seed.isdigit()) or len(entry) > 3:
+        recipes = runs.get(model, {})
+        seeds = recipes.get(recipe, [])
+        if model not in dirs or (recipe is not None and recipe not in recipes) or len(entry) > 3 or \
+                (seed is not None and not (seed.isdigit() and int(seed) in seeds)):
+            where = f"; {recipe} runs seeds {', '.join(map(str, seeds))}" if seeds else ""
+            hint = "" if self_training else " (self_training* need --self-training)"
             raise SystemExit(f"--only {':'.join(entry)} names no run; use model[:recipe[:seed]] with model in "
-                             f"{', '.join(dirs)} and recipe one of {', '.join(recipes)}")
+                             f"{', '.join(dirs)} and recipe one of {', '.join(recipes or RECIPES)}{hint}{where}")
     return only
 
 
@@ -472,7 +527,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     started = time.time()
     dirs = model_dirs(args)
-    only = parse_only(args.only, dirs)
+    only = parse_only(args.only, dirs, args.self_training)
     train_csv, validation_csv, data_info = carve_split(args.train_file, Path(args.runs_dir).resolve() / "data")
     pending: list[str] = []
     report = {

