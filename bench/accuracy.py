@@ -306,11 +306,14 @@ def selected(only: list[tuple], model: str, recipe: str, seed: int) -> bool:
     return any(o[0] == model and (len(o) < 2 or o[1] == recipe) and (len(o) < 3 or int(o[2]) == seed) for o in only)
 
 
-def summarize(rows: list[tuple[int, dict]], config: Path, values: dict) -> dict:
-    """(seed, result.json) of the finished runs of one recipe; values: the settings of its last seed's run."""
+def summarize(rows: list[tuple[int, dict]], config: Path, values: dict, planned: list) -> dict:
+    """(seed, result.json) of the finished runs of one recipe; values: the settings of its last seed's run; planned:
+    the seeds the recipe runs (those not finished are listed as pending_seeds, so a mean over fewer shows as such)."""
     accuracy = [r["best_eval_accuracy"] for _, r in rows]
+    finished = [s for s, _ in rows]
     summary = {"config": str(config.relative_to(ROOT)), "examples_seen": examples_per_run(values),
-               "seeds": [s for s, _ in rows], "accuracy": [round(a, 4) for a in accuracy],
+               "seeds": finished, "accuracy": [round(a, 4) for a in accuracy],
+               "pending_seeds": [s for s in planned if s not in finished],
                # pending: the exact count `lorafit budget` gives before training, so every row of the table has it
                "trainable_params": counted_params(values)}
     summary.update(mean=None, std=None)  # every recipe holds both keys; pending: nothing to average yet
@@ -350,7 +353,7 @@ def measure(model: str, model_dir: str, key: str, config: Path, seeds: list, spl
             pending.append(name)
         else:
             rows.append((seed, result))
-    return summarize(rows, config, values)
+    return summarize(rows, config, values, seeds)
 
 
 def counted_params(values: dict) -> int:
@@ -476,7 +479,7 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
             pending.append(values["name"])
         else:
             rows["labelled_only"].append((seed, result))
-    out = {variant: {"model": "minilm", **summarize(found, config, values)} for variant, found in rows.items()}
+    out = {variant: {"model": "minilm", **summarize(found, config, values, seeds)} for variant, found in rows.items()}
     mpnet_arms = [arm for arm in SELF_TRAINING_ARMS.values() if arm.teacher_model == "mpnet"]
     if mpnet_arms and "mpnet" in dirs:  # the stronger teacher's own accuracy on the 4,000 rows (one seed, shared)
         arm = mpnet_arms[0]
@@ -486,7 +489,8 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
         if not found:  # a row of the report like any other: listed with the runs not done
             pending.append(mpnet_teacher["name"])
         out["mpnet_teacher_labelled_only"] = {"model": "mpnet",
-                                              **summarize(measured, recipe_file("mpnet", "default"), mpnet_teacher)}
+                                              **summarize(measured, recipe_file("mpnet", "default"), mpnet_teacher,
+                                                          [mpnet_teacher["train"]["seed"]])}
     out["labelled_rows"], out["unlabelled_rows"] = 4000, len(train_rows) - 4000
     return out
 
@@ -559,7 +563,8 @@ def markdown_table(report: dict) -> str:
 
     def row(model: str, title: str, summary: dict) -> None:
         if summary["accuracy"]:
-            per_seed = " / ".join(f"{a:.4f} ({s})" for a, s in zip(summary["accuracy"], summary["seeds"]))
+            per_seed = " / ".join([*(f"{a:.4f} ({s})" for a, s in zip(summary["accuracy"], summary["seeds"])),
+                                   *(f"pending ({s})" for s in summary.get("pending_seeds", []))])
             mean = f"{summary['mean']:.4f} ± {summary['std']:.4f}" if len(summary["accuracy"]) > 1 else "(1 seed)"
         else:
             per_seed, mean = "pending", ""

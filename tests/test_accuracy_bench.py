@@ -175,7 +175,9 @@ def test_pending_run_is_listed_not_averaged(bench, committed, tmp_path):
     out = bench.measure("minilm", "/models/m", "default", DEFAULT, [42, 43, 44], split(tmp_path),
                         args_for(tmp_path), [("none",)], pending)
     assert pending == ["minilm-default-seed43"]
-    assert out["seeds"] == [42, 44] and out["accuracy"] == [0.9, 0.92]
+    assert out["seeds"] == [42, 44] and out["accuracy"] == [0.9, 0.92] and out["pending_seeds"] == [43]
+    assert "0.9000 (42) / 0.9200 (44) / pending (43) |" in bench.markdown_table(
+        {"results": {"minilm": {"default": out}}})  # a mean over fewer seeds than planned says so in the table
     assert out["mean"] == 0.91 and out["std"] == pytest.approx(0.0141, abs=1e-4)
     assert out["examples_seen"] == 1200 * 16 and out["config"] == "configs/agnews-minilm-proxy.yaml"
 
