@@ -440,12 +440,15 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
     """
     import pandas as pd
 
+    from lorafit import runs
+
     runs_dir = Path(args.runs_dir).resolve()
     folder = runs_dir / "data"
     train_rows = pd.read_csv(split[0]).sample(frac=1.0, random_state=SPLIT_SEED)
     labelled, unlabelled = folder / "labelled4000.csv", folder / "unlabelled.csv"
-    train_rows.iloc[:4000].to_csv(labelled, index=False)
-    train_rows.iloc[4000:][["text"]].to_csv(unlabelled, index=False)
+    # atomically, as the split: every bench invocation writes them again, maybe while another one's run reads them
+    runs.atomic_write_text(labelled, train_rows.iloc[:4000].to_csv(index=False))
+    runs.atomic_write_text(unlabelled, train_rows.iloc[4000:][["text"]].to_csv(index=False))
     config = recipe_file("minilm", "default")
 
     def labelled_only(model: str, recipe: str, seed: int) -> dict:
