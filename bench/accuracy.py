@@ -320,7 +320,7 @@ def summarize(rows: list[tuple[int, dict]], config: Path, values: dict, planned:
     if rows:
         summary.update(
             mean=round(statistics.fmean(accuracy), 4),
-            std=round(statistics.stdev(accuracy), 4) if len(accuracy) > 1 else 0.0,
+            std=round(statistics.stdev(accuracy), 4) if len(accuracy) > 1 else None,  # one seed: no spread known
             final_accuracy=[round(r["final_eval_accuracy"], 4) for _, r in rows],
             trainable_params=rows[0][1]["trainable_params"],
             lora_r=rows[0][1].get("lora_r"),

@@ -189,6 +189,10 @@ def test_recipe_with_no_finished_run_still_holds_mean(bench, committed, tmp_path
     out = bench.measure("minilm", "/models/m", "default", DEFAULT, [42], split(tmp_path), args_for(tmp_path),
                         [("none",)], pending)
     assert out["accuracy"] == [] and out["mean"] is None and out["std"] is None
+    finish(bench, committed, values_for(bench, tmp_path, "minilm-default-seed42", 42), 0.9)
+    one = bench.measure("minilm", "/models/m", "default", DEFAULT, [42], split(tmp_path), args_for(tmp_path),
+                        [("none",)], [])
+    assert one["mean"] == 0.9 and one["std"] is None  # one seed shows no spread; 0.0 read as a steady recipe
     assert out["trainable_params"] == 973_060 and out["examples_seen"] == 19_200
     assert pending == ["minilm-default-seed42"]
 
