@@ -20,7 +20,6 @@ meanwhile (unchanged_while_loading), so it never uses a mix of two runs (train -
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import json
 import logging
@@ -58,6 +57,7 @@ CHECKPOINTS = "checkpoints"
 FORMAT_VERSION = 1
 
 log = logging.getLogger(__name__)
+_TEMP_NAME = "[a-z0-9_]{8}"  # the random part of tempfile's names (mkstemp, mkdtemp)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -99,11 +99,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def remove_interrupted_writes(path: str | Path) -> None:
     """Remove the temporary files a killed atomic_write_bytes of path left beside it (.{name}.XXXXXXXX.tmp, a whole
-    copy each). Only the folder's lock holder may call this: it is path's only writer,
-    so no such file belongs to a live one."""
+    copy each). Only the folder's lock holder may call this: it is path's only writer, so no such file belongs to a
+    live one."""
     path = Path(path)
-    pattern = re.compile(r"\.{}\.[a-z0-9_]{{8}}\.tmp".format(re.escape(path.name)))  # mkstemp's 8 characters
-    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.{_TEMP_NAME}\.tmp")
+    for leftover in path.parent.iterdir():
         if pattern.fullmatch(leftover.name) and leftover.is_file():
             log.warning("removing %s, left by an interrupted write of %s", leftover, path)
             leftover.unlink(missing_ok=True)
@@ -145,7 +145,7 @@ def atomic_replace_dir(build, target: str | Path, check=None, locked_by_caller: 
         _remove_leftovers(target)  # first: a target a killed writer set aside is back before check() looks for it
         if check is not None:
             check()
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))  # _LEFTOVER matches this name
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))  # _remove_leftovers matches this name
         old, moved = target.with_name(f".{target.name}.old"), False
         try:
             os.chmod(tmp, 0o777 & ~_umask())
@@ -166,17 +166,13 @@ def atomic_replace_dir(build, target: str | Path, check=None, locked_by_caller: 
         _fsync_dir(target.parent)
 
 
-# What a killed atomic_replace_dir leaves beside its target: mkdtemp's folder (8 characters of this alphabet, no dot,
-# so no other target's names match) and the old target renamed aside (a folder, or a symlink).
-_LEFTOVER = r"\.{name}\.([a-z0-9_]{{8}}|old)"
-
-
 def _remove_leftovers(target: Path) -> None:
     """Remove the hidden folders a killed writer of target left (a whole model each). Only the lock holder calls
     this, and only the lock holder makes such folders, so none of them belongs to a live writer. A writer killed
     between its two renames left the old target aside and none in place: that is put back, not removed, so a
     failing rewrite still leaves the last good copy."""
-    pattern, old = re.compile(_LEFTOVER.format(name=re.escape(target.name))), f".{target.name}.old"
+    # mkdtemp's folder (its random part has no dot, so no other target's names match) and the old target set aside
+    pattern, old = re.compile(rf"\.{re.escape(target.name)}\.({_TEMP_NAME}|old)"), f".{target.name}.old"
     aside = target.with_name(old)
     if (aside.exists() or aside.is_symlink()) and not (target.exists() or target.is_symlink()):
         log.warning("putting back %s, set aside by an interrupted write", target)
