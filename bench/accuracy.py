@@ -165,13 +165,19 @@ def run_values(config: Path, name: str, model_dir: str, train: Path, validation:
     return values
 
 
-def examples_per_run(values: dict) -> int:
-    """Training examples a run of these settings sees. batch_size auto (also lorafit's default when unset) is the
-    batch lorafit trains with on this machine, as in the run folder; a fixed count needs max_steps."""
+def as_trained(values: dict):
+    """The run's config as lorafit trains it on this machine: batch_size auto (also the default when unset) is the
+    batch, and the learning rate scaled to it, that a run folder records."""
     from lorafit import device
     from lorafit.config import config_from_dict
 
-    train = device.resolve_train_batch(config_from_dict(values).train)
+    cfg = config_from_dict(values)
+    return dataclasses.replace(cfg, train=device.resolve_train_batch(cfg.train))
+
+
+def examples_per_run(values: dict) -> int:
+    """Training examples a run of these settings sees; a fixed count needs max_steps."""
+    train = as_trained(values).train
     if train.max_steps < 0:
         raise SystemExit(f"{values.get('name')}: set train.max_steps; the bench compares recipes at equal examples")
     return train.max_steps * train.batch_size * train.gradient_accumulation_steps
@@ -262,12 +268,8 @@ def run_or_reuse(values: dict, allowed: bool, threads: int, weights: bool = Fals
     """result.json of this run: from its folder, from docs/results, or by training (when allowed); else None.
     weights: the run is a teacher about to label text, so only a run folder holding its adapter will do (a machine
     that has only the committed small files trains it again, and its new figures replace the committed ones)."""
-    from lorafit import device
-    from lorafit.config import config_from_dict
-
-    cfg = config_from_dict(values)
-    # batch_size auto: the batch (and learning rate) this machine trains with, as a run folder records them
-    wanted = dataclasses.replace(cfg, train=device.resolve_train_batch(cfg.train)).to_dict()
+    cfg = as_trained(values)
+    wanted = cfg.to_dict()
     for folder in (cfg.run_dir,) if weights else (cfg.run_dir, COMMITTED / cfg.name):
         result = finished_result(folder, wanted)
         if result is not None:
