@@ -29,10 +29,12 @@ bench gives them everywhere).
 Levers: each configs/accuracy/<model>-lever-<name>.yaml is a candidate recipe (lorafit's default plus one lever),
 run with the default's seeds and reported under results.<model>.levers.<name>; a lever may train longer, up to 3x
 the recipes' examples (issue 10's bar; e.g. mpnet-lever-3x-examples). results.<model>.best is the lorafit recipe
-(the default or a lever) with the highest mean among those measured on the most seeds, with its config.
+(the default or a lever) with the highest mean among those measured on the same seeds (the largest such set), with
+its config.
 
-Self-training (--self-training): 4,000 labelled rows of the training part alone (lorafit's MiniLM default, 3 seeds)
-against MiniLM students of the same recipe that also train on the rest of the training part as unlabelled text,
+Self-training (--self-training): 4,000 labelled rows of the training part alone (MiniLM, 3 seeds, with the recipe
+in configs/accuracy/minilm-self-training.yaml: lorafit's MiniLM default when it was measured) against MiniLM students
+of the same recipe that also train on the rest of the training part as unlabelled text,
 pseudo-labelled by a teacher trained on the same 4,000 rows: the labelled-only run of the student's seed
 (results.self_training.with_unlabelled), or with mpnet one MPNet run of lorafit's default (seed 42:
 with_unlabelled_mpnet_teacher; --only minilm:self_training_mpnet_teacher), or that MPNet run as teacher of both the
@@ -91,7 +93,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="also 4,000 labelled rows alone vs the same rows plus pseudo-labelled text (MiniLM)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--runs-dir", default="runs/accuracy", help="where the run folders go")
-    parser.add_argument("--out", help="also write the JSON here (docs/results/accuracy.json)")
+    parser.add_argument("--out", help="also write the JSON here (docs/results/accuracy.json), with --markdown too")
     parser.add_argument("--markdown", action="store_true",
                         help="print the README's results table (from the same figures) instead of the JSON")
     return parser.parse_args(argv)
@@ -338,9 +340,14 @@ def lever_files(model: str) -> dict:
     """Lever candidates: configs/accuracy/<model>-lever-<name>.yaml, measured with the default recipe's seeds and
     reported under results.<model>.levers.<name>."""
     prefix = f"{model}-lever-"
-    # lever-distill-mpnet is levers.distill_mpnet and --only minilm:lever_distill_mpnet, as recipes are named
-    return {path.stem[len(prefix):].replace("-", "_"): path
-            for path in sorted((ROOT / "configs" / "accuracy").glob(prefix + "*.yaml"))}
+    files = {}
+    for path in sorted((ROOT / "configs" / "accuracy").glob(prefix + "*.yaml")):
+        # lever-distill-mpnet is levers.distill_mpnet and --only minilm:lever_distill_mpnet, as recipes are named
+        name = path.stem[len(prefix):].replace("-", "_")
+        if name in files:  # x-y.yaml and x_y.yaml: one report key and one run folder for two recipes
+            raise SystemExit(f"{files[name].name} and {path.name} both name lever {name}; rename one of them")
+        files[name] = path
+    return files
 
 
 def measure(model: str, model_dir: str, key: str, config: Path, seeds: list, split, args, only, pending) -> dict:
@@ -390,13 +397,14 @@ def head_to_head(dirs: dict, split: tuple[Path, Path], args, only, pending: list
 
 def best_lorafit_recipe(default: dict, levers: dict) -> dict:
     """lorafit's best recipe found: the default or a lever, by mean accuracy, among the candidates measured on the
-    most seeds (one lucky seed does not outrank a three-seed mean)."""
+    same seeds, the largest such set (one lucky seed does not outrank a three-seed mean, and a mean over seeds 43
+    and 44 is not compared with one over 42 and 43: seeds differ by more than most levers gain)."""
     candidates = {"default": default, **{f"levers.{name}": lever for name, lever in levers.items()}}
     measured = {key: c for key, c in candidates.items() if c["accuracy"]}
     if not measured:
         return {**default, "chosen_from": []}
-    most = max(len(c["accuracy"]) for c in measured.values())
-    eligible = {key: c for key, c in measured.items() if len(c["accuracy"]) == most}
+    seeds = max((tuple(sorted(c["seeds"])) for c in measured.values()), key=lambda s: (len(s), [-x for x in s]))
+    eligible = {key: c for key, c in measured.items() if tuple(sorted(c["seeds"])) == seeds}
     key = max(eligible, key=lambda k: eligible[k]["mean"])
     return {**eligible[key], "recipe": key, "chosen_from": sorted(eligible)}
 
@@ -421,8 +429,11 @@ class SelfTrainingArm:
         return {"data": data, "train": train}  # by config section, as run_values takes them
 
 
+# The MiniLM recipe of the self-training comparison (students and the labelled-only runs): lorafit's MiniLM default
+# as it was when the comparison was measured, kept in its own file so that those runs stay reproducible
+SELF_TRAINING_RECIPE = "self_training"
 SELF_TRAINING_ARMS = {
-    "with_unlabelled": SelfTrainingArm("minilm", "default", None, "self_training", ""),
+    "with_unlabelled": SelfTrainingArm("minilm", SELF_TRAINING_RECIPE, None, "self_training", ""),
     # a stronger teacher trained on the same 4,000 labelled rows (never on the unlabelled rows' labels); one seed
     "with_unlabelled_mpnet_teacher": SelfTrainingArm("mpnet", "default", 42, "self_training_mpnet_teacher",
                                                      "-mpnet-teacher"),
@@ -438,7 +449,7 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
     """Label-scarce: 4,000 labelled rows of the training part alone, vs the same rows plus the rest of the training
     part as unlabelled text pseudo-labelled by a teacher run trained on the 4,000 rows only (validation texts never
     join): the labelled-only MiniLM run of the same seed, or (with mpnet) one MPNet run of lorafit's default.
-    Every student is MiniLM with lorafit's default recipe and sees the same number of examples as the rows alone.
+    Every student is MiniLM with SELF_TRAINING_RECIPE and sees the same number of examples as the rows alone.
     """
     import pandas as pd
 
@@ -451,7 +462,7 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
     # atomically, as the split: every bench invocation writes them again, maybe while another one's run reads them
     runs.atomic_write_text(labelled, train_rows.iloc[:4000].to_csv(index=False))
     runs.atomic_write_text(unlabelled, train_rows.iloc[4000:][["text"]].to_csv(index=False))
-    config = recipe_file("minilm", "default")
+    config = recipe_file("minilm", SELF_TRAINING_RECIPE)
 
     def labelled_only(model: str, recipe: str, seed: int) -> dict:
         return run_values(recipe_file(model, recipe), f"{model}-labelled4000-seed{seed}", dirs[model], labelled,
@@ -478,7 +489,7 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
             else:
                 rows[variant].append((seed, result))
     for seed in seeds:  # after any teacher was trained again, so the figures are those of the teachers used
-        values = labelled_only("minilm", "default", seed)
+        values = labelled_only("minilm", SELF_TRAINING_RECIPE, seed)
         result = run_or_reuse(values, selected(only, "minilm", "self_training", seed), args.threads)
         if result is None:
             pending.append(values["name"])
@@ -552,10 +563,7 @@ def main(argv=None) -> dict:
         report["self_training"] = self_training(dirs, (train_csv, validation_csv), args, only, pending)
     report["pending"] = pending
     report["bench_wall_seconds"] = round(time.time() - started)
-    if args.markdown:
-        print(markdown_table(report))
-        return report
-    return emit(report, args.out)
+    return emit(report, args.out, args.markdown)
 
 
 RECIPE_TITLES = {"seed": "seed", "peer_a": "peer A", "peer_b": "peer B", "default": "lorafit default"}
@@ -592,10 +600,11 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def emit(report: dict, out) -> dict:
-    """Print the benchmark's JSON, and write it to `out` too when given."""
+def emit(report: dict, out, markdown: bool = False) -> dict:
+    """Print the benchmark's JSON (or with markdown the README's table of it), and write the JSON to `out` too when
+    given: one bench run gives both the committed JSON and the README's table."""
     text = json.dumps(report, indent=2)
-    print(text)
+    print(markdown_table(report) if markdown else text)
     if out:
         Path(out).write_text(text + "\n")
     return report

@@ -229,6 +229,8 @@ def test_self_training_lists_missing_mpnet_teacher_as_pending(bench, committed, 
     assert out["mpnet_teacher_labelled_only"]["accuracy"] == [] and out["mpnet_teacher_labelled_only"]["mean"] is None
     for variant in ("labelled_only", "with_unlabelled", "with_unlabelled_mpnet_teacher"):
         assert out[variant]["accuracy"] == [] and out[variant]["mean"] is None
+        # its own recipe file, not the MiniLM default's: a new default does not turn the comparison's runs pending
+        assert out[variant]["config"] == "configs/accuracy/minilm-self-training.yaml"
 
 
 # --- best ------------------------------------------------------------------------------------------------------
@@ -244,6 +246,18 @@ def test_best_is_highest_mean_among_most_seeds(bench):
     assert best["recipe"] == "levers.steady" and best["config"] == "configs/accuracy/minilm-lever-steady.yaml"
     assert best["accuracy"] == [0.91, 0.92, 0.91]
     assert best["chosen_from"] == ["default", "levers.steady", "levers.worse"]
+
+
+def test_best_compares_means_over_the_same_seeds(bench):
+    """Two candidates on two seeds each were compared by count alone: a lever measured at seeds 43 and 44 outranked
+    a default measured at 42 and 43 on seed luck (seed 42 scores high for every recipe here)."""
+    default = {**summary([0.915, 0.905]), "seeds": [42, 43]}
+    lever = {**summary([0.906, 0.912]), "seeds": [44, 43]}  # the same two seeds as the default, listed otherwise
+    other = {**summary([0.908, 0.913]), "seeds": [43, 44]}  # another pair: not comparable with the default's
+    best = bench.best_lorafit_recipe(default, {"b": lever, "c": other})
+    assert best["chosen_from"] == ["default"] and best["recipe"] == "default"
+    best = bench.best_lorafit_recipe({**default, "seeds": [43, 44]}, {"b": lever, "c": other})
+    assert best["chosen_from"] == ["default", "levers.b", "levers.c"] and best["recipe"] == "levers.c"
 
 
 def test_best_without_levers_is_the_default(bench):
@@ -318,3 +332,28 @@ def test_markdown_rows(bench):
     assert "0.8900 (42) | (1 seed) |" in rows["peer A"]
     assert "| pending |  |" in rows["peer B"] and "| 973,060 | 19,200 |" in rows["peer B"]
     assert "`configs/accuracy/minilm-lever-steady.yaml`" in rows["lorafit best (levers.steady)"]
+
+
+def test_markdown_with_out_writes_the_json_too(bench, tmp_path, capsys):
+    """--markdown printed the table and ignored --out, so the committed JSON and the README's table could not come
+    from one bench run."""
+    report = {"results": {"minilm": {"default": summary([0.9, 0.91])}}}
+    out = tmp_path / "accuracy.json"
+    bench.emit(report, str(out), markdown=True)
+    assert capsys.readouterr().out.startswith("| model | recipe |")
+    assert json.loads(out.read_text()) == report
+
+
+def test_two_lever_files_of_one_name_are_refused(bench, tmp_path, monkeypatch):
+    """lever-x-y.yaml and lever-x_y.yaml both became levers.x_y: one silently replaced the other in the report and
+    both trained into one run folder."""
+    folder = tmp_path / "configs" / "accuracy"
+    folder.mkdir(parents=True)
+    for name in ("minilm-lever-x-y.yaml", "minilm-lever-x_y.yaml", "minilm-lever-z.yaml"):
+        (folder / name).write_text(DEFAULT.read_text())
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
+    with pytest.raises(SystemExit, match="minilm-lever-x-y.yaml and minilm-lever-x_y.yaml both name lever x_y"):
+        bench.lever_files("minilm")
+    (folder / "minilm-lever-x_y.yaml").unlink()
+    assert list(bench.lever_files("minilm")) == ["x_y", "z"]
+
