@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import one_line_error, write_config
+from conftest import one_line_error, tiny_run_config, write_config
 from lorafit import locks, runs
 from lorafit.errors import UserError
 
@@ -204,6 +204,29 @@ def test_a_run_stopped_right_after_its_adapter_is_usable_not_damaged(tiny_robert
     run_dir = tmp_path / "runs" / "stop"
     assert not (run_dir / runs.RESULT).exists()
     assert runs.check_run_folder(run_dir).labels  # before: RunFolderError "labels.json is missing"
+
+
+def test_training_removes_the_temporary_copies_killed_writes_left_and_nothing_else(tiny_roberta, small_agnews,
+                                                                                  tmp_path, cli):
+    """A process killed between mkstemp and the rename leaves a hidden .{name}.XXXXXXXX.tmp beside the run's files;
+    training, holding the folder's lock, removes those of the files only a lock holder writes. A user's files, and
+    copies of names that unlocked writers (predict --output, report --out) may be writing now, stay."""
+    run_dir = tmp_path / "runs" / "tiny"
+    run_dir.mkdir(parents=True)
+    leftovers = [run_dir / ".result.json.abcd1234.tmp", run_dir / ".manifest.json.k1ll_3d0.tmp",
+                 run_dir / ".sweep.json.x2y4z6w8.tmp"]
+    for leftover in leftovers:
+        leftover.write_text("half a file")
+    kept = [run_dir / "notes.txt", run_dir / ".preds.csv.abcd1234.tmp", run_dir / ".result.json.keep.tmp",
+            run_dir / ".result.json.abcd1234.tmp.bak"]
+    for path in kept:
+        path.write_text("the user's")
+
+    result = cli("train", tiny_run_config(tmp_path, small_agnews, model=tiny_roberta, max_steps=2))
+    assert result.code == 0, result.err
+    assert not [p.name for p in leftovers if p.exists()]
+    assert all(p.read_text() == "the user's" for p in kept)
+    assert runs.read_json(run_dir / runs.RESULT)["status"] == "completed"
 
 
 _HELD_BY_OTHERS: list[int] = []  # flocked descriptors standing for other processes, closed at the end of the file

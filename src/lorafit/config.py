@@ -20,7 +20,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from lorafit.errors import UserError
+from lorafit.errors import UserError, first_bad_utf8
 
 HEAD_CHOICES = ("full", "linear", "lora")
 SCHEDULER_CHOICES = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -505,7 +505,7 @@ def read_yaml(path: str | Path) -> dict:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise UserError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}; fix the syntax") from None
     except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text; save the config as UTF-8") from None
+        raise UserError(f"{path} is not UTF-8 text ({first_bad_utf8(path)}); save the config as UTF-8") from None
     if values is None:
         return {}
     if not isinstance(values, dict):

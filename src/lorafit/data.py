@@ -6,7 +6,6 @@ silently: a problem row stops the run with its row number.
 
 from __future__ import annotations
 
-import codecs
 import csv
 import functools
 import hashlib
@@ -25,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from lorafit.config import DataConfig
-from lorafit.errors import HubUnreachableError, UserError
+from lorafit.errors import HubUnreachableError, UserError, first_bad_utf8
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +98,7 @@ def read_table(path: str | Path, trust_pickle: bool = False) -> pd.DataFrame:
     except UserError:
         raise
     except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text ({_first_bad_utf8(path)}); re-save it as UTF-8") from None
+        raise UserError(f"{path} is not UTF-8 text ({first_bad_utf8(path)}); re-save it as UTF-8") from None
     except pd.errors.EmptyDataError:
         raise UserError(f"{path} is empty; it needs a header row and at least one data row") from None
     except pd.errors.ParserError as exc:
@@ -119,26 +118,6 @@ def read_table(path: str | Path, trust_pickle: bool = False) -> pd.DataFrame:
     if duplicated:  # frame[name] would be a table, not a column (a pickled DataFrame can hold such names)
         raise UserError(f"{path} has several columns named {', '.join(map(repr, duplicated))}; rename them apart")
     return frame
-
-
-def _first_bad_utf8(path: Path) -> str:
-    """Where the file's first byte that is not UTF-8 lies, counted from the file's start: the reader's own error
-    counts within the chunk it was decoding (a bad byte 70,000 bytes in was "at position 4,464")."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset, line = 0, 1  # offset: bytes before this chunk
-    with open(path, "rb") as handle:
-        while True:
-            chunk = handle.read(1 << 20)
-            held = len(decoder.getstate()[0])  # the last chunk's unfinished character, decoded with this one
-            try:
-                decoder.decode(chunk, final=not chunk)
-            except UnicodeDecodeError as exc:
-                at = exc.start - held  # within this chunk (negative: in the bytes held from the last one)
-                line += chunk[:max(at, 0)].count(b"\n")
-                return f"bad byte at byte {offset + at:,}, line {line:,}"
-            if not chunk:
-                return "a bad byte"  # only the reader saw it (e.g. in a part it decodes otherwise)
-            offset, line = offset + len(chunk), line + chunk.count(b"\n")
 
 
 def _read_delimited(path: Path, sep: str) -> pd.DataFrame:

@@ -33,7 +33,7 @@ from lorafit import locks, runs
 from lorafit.config import flatten_config
 from lorafit.errors import UserError
 
-SWEEP_INFO = "sweep.json"  # written by lorafit.sweep into each trial's run folder
+SWEEP_INFO = runs.SWEEP_INFO  # written by lorafit.sweep into each trial's run folder
 SCOPE_KEY = "lora.target_modules"
 IGNORED_KEYS = {"name", "output_dir"}  # differ between every pair of runs by construction
 MAX_LINES = 10

@@ -51,6 +51,11 @@ LABELS = "labels.json"
 ADAPTER = "adapter"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 CHECKPOINTS = "checkpoints"
+SWEEP_INFO = "sweep.json"  # written by lorafit.sweep into each trial's run folder
+# The files at a run folder's top level that only the folder's lock holder writes (training; a sweep worker making
+# the folder ready or recording a failure): a hidden temporary copy of one of them was left by a killed writer.
+# Other names are not: predict --output and report --out write anywhere, a run folder too, and take no lock.
+LOCKED_FILES = (CONFIG, MANIFEST, EVAL_CURVE, RESULT, LABELS, SWEEP_INFO)
 
 # Version of the run folder's layout, stamped into result.json and manifest.json. Bump it when a change would make
 # an older lorafit misread a new folder; readers treat a missing stamp as 1 (folders made before the stamp).
@@ -102,10 +107,22 @@ def remove_interrupted_writes(path: str | Path) -> None:
     copy each). Only the folder's lock holder may call this: it is path's only writer, so no such file belongs to a
     live one."""
     path = Path(path)
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.{_TEMP_NAME}\.tmp")
-    for leftover in path.parent.iterdir():
-        if pattern.fullmatch(leftover.name) and leftover.is_file():
-            log.warning("removing %s, left by an interrupted write of %s", leftover, path)
+    _remove_temporary_copies(path.parent, [path.name])
+
+
+def remove_interrupted_run_writes(run_dir: str | Path) -> None:
+    """remove_interrupted_writes for every file of LOCKED_FILES at the top of run_dir, in one pass. Only the
+    folder's lock holder may call this, at the start of its writes (see train.open_run_dir)."""
+    _remove_temporary_copies(Path(run_dir), LOCKED_FILES)
+
+
+def _remove_temporary_copies(folder: Path, names) -> None:
+    """Remove folder's .{name}.XXXXXXXX.tmp files (atomic_write_bytes's, named by mkstemp) of these names."""
+    pattern = re.compile(rf"\.({'|'.join(map(re.escape, names))})\.{_TEMP_NAME}\.tmp")
+    for leftover in folder.iterdir():
+        match = pattern.fullmatch(leftover.name)
+        if match and leftover.is_file():
+            log.warning("removing %s, left by an interrupted write of %s", leftover, folder / match.group(1))
             leftover.unlink(missing_ok=True)
 
 

@@ -289,6 +289,13 @@ def open_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> tuple[Path, O
         raise UserError(f"nothing to resume: no run in {run_dir}; drop --resume to start a new run")
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
+        # The hidden copies a killed write of result.json, manifest.json... left (.result.json.XXXXXXXX.tmp). Safe:
+        # this process holds the folder's RunLock (run_folder_lock; an exclusive flock on .lock), which every other
+        # lorafit writer of the folder holds while it writes (a sweep worker's _in_folder; evaluate's scores_only
+        # lock, and it writes under evaluation/ and adapter/ only), so none of them is writing now. The one unlocked
+        # write of these names (a sweep marking its trial pruned) follows a completed result.json, and a completed
+        # run was refused above (--overwrite cleared the folder instead). Other names stay (runs.LOCKED_FILES).
+        runs.remove_interrupted_run_writes(run_dir)
         runs.atomic_write_text(run_dir / runs.CONFIG, cfg.to_yaml())
     return run_dir, checkpoint
 

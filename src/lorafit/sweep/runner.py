@@ -32,7 +32,7 @@ from lorafit.sweep.spec import SweepSpec, load_sweep
 from lorafit.sweep.storage import (_redact, _stale_trials_failed, claim_lock_for, claim_waiting_trial,
                                    default_storage_url, heartbeat, open_study, planning_lock, with_installed_driver)
 
-SWEEP_INFO = "sweep.json"  # in each trial's run folder: sweep, trial number, settings
+SWEEP_INFO = runs.SWEEP_INFO  # in each trial's run folder: sweep, trial number, settings
 SWEEP_COPY = "sweep.yaml"  # in the sweep folder: the sweep as resolved (base config inlined)
 # Trial statuses recorded in the study (user_attrs["status"]); result.json says "skipped" for SKIPPED
 COMPLETED, PRUNED, SKIPPED, FAILED, INTERRUPTED = "completed", "pruned", "skipped_over_budget", "failed", "interrupted"
