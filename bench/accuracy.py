@@ -398,13 +398,19 @@ def head_to_head(dirs: dict, split: tuple[Path, Path], args, only, pending: list
 def best_lorafit_recipe(default: dict, levers: dict) -> dict:
     """lorafit's best recipe found: the default or a lever, by mean accuracy, among the candidates measured on the
     same seeds, the largest such set (one lucky seed does not outrank a three-seed mean, and a mean over seeds 43
-    and 44 is not compared with one over 42 and 43: seeds differ by more than most levers gain)."""
+    and 44 is not compared with one over 42 and 43: seeds differ by more than most levers gain). Of sets equally
+    large, the default's is taken: a lever is best only over the default it was compared with."""
     candidates = {"default": default, **{f"levers.{name}": lever for name, lever in levers.items()}}
     measured = {key: c for key, c in candidates.items() if c["accuracy"]}
     if not measured:
         return {**default, "chosen_from": []}
-    seeds = max((tuple(sorted(c["seeds"])) for c in measured.values()), key=lambda s: (len(s), [-x for x in s]))
-    eligible = {key: c for key, c in measured.items() if tuple(sorted(c["seeds"])) == seeds}
+    sets = {key: tuple(sorted(c["seeds"])) for key, c in measured.items()}
+    shared = [*sets.values()]
+    # Of the largest sets: the default's (taking the smallest seeds first made a lever at seeds 42 and 43 "best"
+    # over a default at 43 and 44 it was never compared with), then the one most candidates share, then the
+    # smallest seeds (the choice does not depend on the candidates' order).
+    seeds = max(shared, key=lambda s: (len(s), s == sets.get("default"), shared.count(s), [-x for x in s]))
+    eligible = {key: c for key, c in measured.items() if sets[key] == seeds}
     key = max(eligible, key=lambda k: eligible[k]["mean"])
     return {**eligible[key], "recipe": key, "chosen_from": sorted(eligible)}
 

@@ -252,12 +252,26 @@ def test_best_compares_means_over_the_same_seeds(bench):
     """Two candidates on two seeds each were compared by count alone: a lever measured at seeds 43 and 44 outranked
     a default measured at 42 and 43 on seed luck (seed 42 scores high for every recipe here)."""
     default = {**summary([0.915, 0.905]), "seeds": [42, 43]}
-    lever = {**summary([0.906, 0.912]), "seeds": [44, 43]}  # the same two seeds as the default, listed otherwise
-    other = {**summary([0.908, 0.913]), "seeds": [43, 44]}  # another pair: not comparable with the default's
+    lever = {**summary([0.906, 0.912]), "seeds": [44, 43]}  # another pair, listed unsorted: the same as other's
+    other = {**summary([0.908, 0.913]), "seeds": [43, 44]}  # not comparable with the default's
     best = bench.best_lorafit_recipe(default, {"b": lever, "c": other})
     assert best["chosen_from"] == ["default"] and best["recipe"] == "default"
     best = bench.best_lorafit_recipe({**default, "seeds": [43, 44]}, {"b": lever, "c": other})
     assert best["chosen_from"] == ["default", "levers.b", "levers.c"] and best["recipe"] == "levers.c"
+
+
+def test_best_of_equally_large_seed_sets_takes_the_defaults(bench):
+    """Of two-seed sets, the one with the smallest seeds was taken: a lever at seeds 42 and 43 became best, alone,
+    over a default at 43 and 44 that it was never compared with (seed 42 scoring high for every recipe)."""
+    default = {**summary([0.905, 0.906]), "seeds": [43, 44]}
+    lucky = {**summary([0.915, 0.906]), "seeds": [42, 43]}
+    best = bench.best_lorafit_recipe(default, {"lucky": lucky})
+    assert best["recipe"] == "default" and best["chosen_from"] == ["default"]
+    # the default pending: the set most levers share, whatever its seeds
+    levers = {"a": lucky, "b": {**summary([0.904, 0.907]), "seeds": [44, 43]},
+              "c": {**summary([0.903, 0.909]), "seeds": [43, 44]}}
+    best = bench.best_lorafit_recipe(summary([]), levers)
+    assert best["chosen_from"] == ["levers.b", "levers.c"] and best["recipe"] == "levers.c"
 
 
 def test_best_without_levers_is_the_default(bench):
@@ -356,4 +370,3 @@ def test_two_lever_files_of_one_name_are_refused(bench, tmp_path, monkeypatch):
         bench.lever_files("minilm")
     (folder / "minilm-lever-x_y.yaml").unlink()
     assert list(bench.lever_files("minilm")) == ["x_y", "z"]
-
