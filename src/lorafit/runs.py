@@ -102,22 +102,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         _fsync_dir(path.parent)
 
 
-def remove_interrupted_writes(path: str | Path) -> None:
-    """Remove the temporary files a killed atomic_write_bytes of path left beside it (.{name}.XXXXXXXX.tmp, a whole
-    copy each). Only the folder's lock holder may call this: it is path's only writer, so no such file belongs to a
-    live one."""
-    path = Path(path)
-    _remove_temporary_copies(path.parent, [path.name])
-
-
-def remove_interrupted_run_writes(run_dir: str | Path) -> None:
-    """remove_interrupted_writes for every file of LOCKED_FILES at the top of run_dir, in one pass. Only the
-    folder's lock holder may call this, at the start of its writes (see train.open_run_dir)."""
-    _remove_temporary_copies(Path(run_dir), LOCKED_FILES)
-
-
-def _remove_temporary_copies(folder: Path, names) -> None:
-    """Remove folder's .{name}.XXXXXXXX.tmp files (atomic_write_bytes's, named by mkstemp) of these names."""
+def remove_interrupted_writes(folder: str | Path, names) -> None:
+    """Remove the temporary files killed atomic_write_bytes calls of these file names left in folder
+    (.{name}.XXXXXXXX.tmp, mkstemp's, a whole copy each). Only the folder's lock holder may call this, and only for
+    names no one else writes (runs.LOCKED_FILES, the teacher caches): then no such file belongs to a live writer."""
+    folder = Path(folder)
     pattern = re.compile(rf"\.({'|'.join(map(re.escape, names))})\.{_TEMP_NAME}\.tmp")
     for leftover in folder.iterdir():
         match = pattern.fullmatch(leftover.name)

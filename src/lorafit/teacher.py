@@ -244,8 +244,8 @@ def cached_log_probs(run_dirs: list[Path], texts: list[str], run_dir: Path, name
             log.warning("%s was made by other teacher weights or for other texts; recomputing it", array_path)
     if not write:
         raise RuntimeError(f"{array_path} should have been written by the main process")
-    for path in (array_path, meta_path):  # a killed save's temporary copies: only this lock holder writes here
-        runs.remove_interrupted_writes(path)
+    # a killed save's temporary copies: only this lock holder writes here
+    runs.remove_interrupted_writes(run_dir, [array_path.name, meta_path.name])
     values = _sibling_cache(run_dir, name, key)
     if values is None:
         values = predict_log_probs(run_dirs, texts)

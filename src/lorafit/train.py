@@ -295,7 +295,7 @@ def open_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> tuple[Path, O
         # lock, and it writes under evaluation/ and adapter/ only), so none of them is writing now. The one unlocked
         # write of these names (a sweep marking its trial pruned) follows a completed result.json, and a completed
         # run was refused above (--overwrite cleared the folder instead). Other names stay (runs.LOCKED_FILES).
-        runs.remove_interrupted_run_writes(run_dir)
+        runs.remove_interrupted_writes(run_dir, runs.LOCKED_FILES)
         runs.atomic_write_text(run_dir / runs.CONFIG, cfg.to_yaml())
     return run_dir, checkpoint
 
