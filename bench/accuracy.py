@@ -611,8 +611,10 @@ def emit(report: dict, out, markdown: bool = False) -> dict:
     given: one bench run gives both the committed JSON and the README's table."""
     text = json.dumps(report, indent=2)
     print(markdown_table(report) if markdown else text)
-    if out:
-        Path(out).write_text(text + "\n")
+    if out:  # atomically: a bench killed while writing leaves the last committed JSON, never half of one
+        from lorafit import runs
+
+        runs.atomic_write_text(Path(out), text + "\n")
     return report
 
 

@@ -358,6 +358,24 @@ def test_markdown_with_out_writes_the_json_too(bench, tmp_path, capsys):
     assert json.loads(out.read_text()) == report
 
 
+def test_a_bench_killed_while_writing_out_leaves_the_last_json_whole(bench, tmp_path, monkeypatch):
+    """--out was written in place: a bench killed mid-write left a cut accuracy.json behind."""
+    import os
+
+    from lorafit import runs
+
+    out = tmp_path / "accuracy.json"
+    out.write_text('{"last": "run"}\n')
+
+    def killed(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs.os, "fsync", killed)
+    with pytest.raises(KeyboardInterrupt):
+        bench.emit({"results": {"minilm": {"default": summary([0.9])}}}, str(out))
+    assert out.read_text() == '{"last": "run"}\n' and os.listdir(tmp_path) == ["accuracy.json"]
+
+
 def test_two_lever_files_of_one_name_are_refused(bench, tmp_path, monkeypatch):
     """lever-x-y.yaml and lever-x_y.yaml both became levers.x_y: one silently replaced the other in the report and
     both trained into one run folder."""

@@ -30,12 +30,13 @@ def test_fit_finds_the_largest_rank(roberta_dir):
     assert not budget_report(_cfg(roberta_dir, r=12, target_modules=["query", "value"])).fits
 
 
-def test_meta_count_equals_the_real_models_count(tiny_roberta):
+@pytest.mark.parametrize("use_dora", [False, True])  # DoRA adds a trained magnitude per output feature
+def test_meta_count_equals_the_real_models_count(tiny_roberta, use_dora):
     """The number budget prints is the number training trains: build both and compare."""
     from lorafit.model import load_model_config, load_pretrained_model, wrap_with_lora
 
     cfg = config_from_dict({"model": {"name_or_path": str(tiny_roberta)},
-                            "lora": {"r": 3, "target_modules": ["query", "key", "dense"]}})
+                            "lora": {"r": 3, "target_modules": ["query", "key", "dense"], "use_dora": use_dora}})
     real = wrap_with_lora(load_pretrained_model(cfg.model, load_model_config(cfg.model)), cfg.lora, 3, "full")
     lora, head, other = count_trainable(real)
     assert sum(lora.values()) + head + other == budget_report(cfg).total

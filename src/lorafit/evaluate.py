@@ -155,6 +155,10 @@ def evaluate_run(run_dir: str | Path, data_spec: str, model_path: Optional[str] 
     # a folder retrained meanwhile (train --overwrite). Another evaluation writing its scores is waited for.
     with locks.RunLock(run.run_dir, wait_s=EVALUATION_LOCK_WAIT_S, scores_only=True):
         runs.confirm_unchanged(run.checked, locked=True)
+        # What killed evaluations left (.test.json.XXXXXXXX.tmp, a copy of the card): every file of evaluation/, and
+        # the adapter's card, is written under this lock only, so no such file belongs to a live writer
+        runs.remove_interrupted_writes(out_dir)
+        runs.remove_interrupted_writes(run.run_dir / runs.ADAPTER, [card.CARD])
         name = _unclaimed_name(out_dir, name, metrics["source"])
         # The chart first: its JSON (what the card and report read) never stands without it
         plot_confusion(metrics, out_dir / f"{name}-confusion.png", f"{run.run_dir.name} on {name}")

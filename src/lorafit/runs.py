@@ -102,12 +102,16 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         _fsync_dir(path.parent)
 
 
-def remove_interrupted_writes(folder: str | Path, names) -> None:
+def remove_interrupted_writes(folder: str | Path, names=None) -> None:
     """Remove the temporary files killed atomic_write_bytes calls of these file names left in folder
     (.{name}.XXXXXXXX.tmp, mkstemp's, a whole copy each). Only the folder's lock holder may call this, and only for
-    names no one else writes (runs.LOCKED_FILES, the teacher caches): then no such file belongs to a live writer."""
+    names no one else writes (runs.LOCKED_FILES, the teacher caches): then no such file belongs to a live writer.
+    names None: any name, for a folder whose every file only a lock holder writes (a run's evaluation/)."""
     folder = Path(folder)
-    pattern = re.compile(rf"\.({'|'.join(map(re.escape, names))})\.{_TEMP_NAME}\.tmp")
+    if not folder.is_dir():
+        return
+    name = ".+" if names is None else "|".join(map(re.escape, names))
+    pattern = re.compile(rf"\.({name})\.{_TEMP_NAME}\.tmp")
     for leftover in folder.iterdir():
         match = pattern.fullmatch(leftover.name)
         if match and leftover.is_file():
