@@ -279,6 +279,8 @@ def open_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> tuple[Path, O
         checkpoint = last_complete_checkpoint(run_dir / runs.CHECKPOINTS)
         if checkpoint is None and resume:
             raise UserError(f"{run_dir} has no complete checkpoint to resume from; drop --resume to train it from the start")
+        if checkpoint is not None:
+            _refuse_other_process_count(run_dir, Path(checkpoint))
         if is_main_process():
             resume_step = _checkpoint_step(checkpoint) if checkpoint else 0
             _discard_checkpoints_after(run_dir / runs.CHECKPOINTS, resume_step)
@@ -298,6 +300,18 @@ def open_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> tuple[Path, O
         runs.remove_interrupted_writes(run_dir, runs.LOCKED_FILES)
         runs.atomic_write_text(run_dir / runs.CONFIG, cfg.to_yaml())
     return run_dir, checkpoint
+
+
+def _refuse_other_process_count(run_dir: Path, checkpoint: Path) -> None:
+    """A checkpoint resumes only under the process count that saved it: the Trainer takes its step as a place in
+    epochs of the new count's global batches, so another count skips to other rows, trains another batch per step,
+    and result.json's examples_seen and epochs count every step at the new batch."""
+    saved = len(rng_state_files(checkpoint))  # rng_state.pth alone, or one rng_state_<rank>.pth per process
+    if saved == world_size():
+        return
+    how = "in one process (no torchrun)" if saved == 1 else f"with {saved} processes (torchrun's world size)"
+    raise UserError(f"{run_dir}'s {checkpoint.name} was saved by {saved} training process{'es' * (saved > 1)} and "
+                    f"this run has {world_size()}: resume it {how}, or use --overwrite to start over")
 
 
 def _saved_values(saved: Path, cfg: RunConfig) -> Any:
@@ -918,6 +932,8 @@ def run_training(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     """The whole `lorafit train`: returns result.json's content. Raises UserError for user mistakes.
     The run folder is locked from before anything is written to it to the end: a second writer is refused."""
     started = time.time()
+    if resume and overwrite:  # --overwrite would delete the checkpoint --resume asks for
+        raise UserError("--resume continues the run folder's checkpoint and --overwrite deletes it; give one of them")
     prepared = prepared or prepare(cfg)
     with run_folder_lock(prepared.cfg.run_dir):
         return _train_in_locked_folder(prepared, resume, overwrite, extra_callbacks, started)
