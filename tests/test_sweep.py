@@ -173,6 +173,34 @@ def test_search_sweep_runs_n_trials_fits_rank_and_resumes(tmp_path, tiny_roberta
     assert again.ran == {} and len(load_study(out / "search", "search").trials) == 2
 
 
+def test_a_signal_in_a_trials_last_step_completes_it_and_starts_no_other(tmp_path, tiny_roberta, small_agnews,
+                                                                          monkeypatch):
+    """Ctrl-C (or a scheduler's SIGTERM) during a trial's last step: the trial rightly completes, but the signal
+    was then forgotten and the sweep started the next trial, as if no stop had been asked for."""
+    from conftest import signal_at_step
+    from lorafit.sweep import runner
+
+    class SignalInFirstTrialsLastStep(runner.OptunaReportCallback):
+        signalled = False
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if not SignalInFirstTrialsLastStep.signalled and state.global_step == FAST_TRAIN["max_steps"] - 1:
+                SignalInFirstTrialsLastStep.signalled = True
+                signal_at_step(state.global_step).on_step_begin(args, state, control)
+
+    monkeypatch.setattr(runner, "OptunaReportCallback", SignalInFirstTrialsLastStep)
+    sweep = write_sweep(tmp_path, "stop", base_config(tiny_roberta, small_agnews),
+                        grid={"mode": "one_at_a_time", "axes": {"lora.dropout": [0.0]}})
+    out = tmp_path / "runs"
+    first = run_sweep(sweep, output_dir=str(out))
+    assert (first.exit_code, first.ran) == (128 + signal.SIGINT, {"completed": 1})
+    assert runs.read_json(out / "stop" / "base" / runs.RESULT)["status"] == "completed"
+    assert not (out / "stop" / "lora.dropout=0.0").exists(), "no trial starts after the stop"
+
+    again = run_sweep(sweep, output_dir=str(out))  # the same command goes on with the trial not run
+    assert (again.exit_code, again.ran) == (0, {"completed": 1})
+
+
 def test_sweep_file_mistakes_are_one_line_user_errors(tmp_path, tiny_roberta, small_agnews, cli):
     base = base_config(tiny_roberta, small_agnews)
     typo = write_sweep(tmp_path, "typo", base, grdi={"axes": {"lora.r": [2]}})

@@ -993,6 +993,10 @@ def _train_in_locked_folder(prepared: Prepared, resume: bool, overwrite: bool, e
         # non-zero, which would cut rank 0's writes short (a second signal exits at once).
         _wait_for_every_rank()
         result["exit_code"] = 128 + interrupt.stop_signal
+    elif interrupt.signal_received:
+        # It came in the last step, the final evaluation or save: the run is complete, but the stop was asked for
+        # all the same. Not in result.json: a caller that would go on (a sweep's next trial) stops instead.
+        result["stop_exit_code"] = 128 + interrupt.signal_received
     return result
 
 

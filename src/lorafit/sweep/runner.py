@@ -67,9 +67,10 @@ class TrialOutcome:
 
 
 class SweepInterrupted(Exception):
-    def __init__(self, exit_code: int):
+    def __init__(self, exit_code: int, trial_cut_short: bool = True):
         super().__init__(exit_code)
         self.exit_code = exit_code
+        self.trial_cut_short = trial_cut_short  # False: the signal came as a trial ended, and it was recorded whole
 
 
 def _worker_id() -> str:
@@ -142,6 +143,7 @@ class SweepRunner:
         self.study_id = storage.get_study_id_from_name(study.study_name)
         self.worker = _worker_id()
         self.tally: dict[str, int] = {}  # status -> trials this worker ran
+        self.stop_exit_code: Optional[int] = None  # a signal came as the last trial ended: run no other
         self._said_waits: set = set()  # (why, trial number) of queued waits this worker has logged
         self._prepared: dict[str, Any] = {}  # data key -> tokenized data of the last trial
 
@@ -350,6 +352,8 @@ class SweepRunner:
         if "exit_code" in result:
             self._finish(trial, TrialOutcome(INTERRUPTED, note=f"interrupted at step {result['global_step']}"))
             raise SweepInterrupted(result["exit_code"])
+        # A signal in the trial's last step: the trial is complete and recorded as such; no next trial starts
+        self.stop_exit_code = result.get("stop_exit_code")
         if reporter.pruned_at is not None:
             result.update(status="pruned", pruned_at_step=reporter.pruned_at)
             runs.atomic_write_json(run_dir / runs.RESULT, result)
@@ -482,6 +486,8 @@ class SweepRunner:
             with heartbeat(self.storage, trial_id):
                 outcome = self._run_guarded(trial, trial_id)
             self.tally[outcome.status] = self.tally.get(outcome.status, 0) + 1
+            if self.stop_exit_code:
+                raise SweepInterrupted(self.stop_exit_code, trial_cut_short=False)
         return self.tally
 
 
@@ -578,7 +584,8 @@ def run_sweep(path: str | Path, storage: Optional[str] = None, n_trials: Optiona
         ran = runner.run(n_trials, timeout if timeout is not None else (spec.search.timeout if spec.search else None))
     except SweepInterrupted as stop:
         ran, exit_code = runner.tally, stop.exit_code
-        ran[INTERRUPTED] = ran.get(INTERRUPTED, 0) + 1
+        if stop.trial_cut_short:
+            ran[INTERRUPTED] = ran.get(INTERRUPTED, 0) + 1
         _log("sweep interrupted; rerun the same command to resume (finished trials are kept)")
     if exit_code == 0 and ran.get(FAILED):
         exit_code = 1
