@@ -248,6 +248,25 @@ def test_evaluate_removes_the_temporary_copies_killed_evaluations_left(cli, run,
     assert (scores / "texts.json").is_file() and (card_dir / "README.md").is_file()
 
 
+def test_overwrite_refuses_a_folder_that_holds_no_run_and_deletes_nothing(tiny_roberta, small_agnews, tmp_path,
+                                                                           cli):
+    """--overwrite emptied whatever folder --output-dir and --name named: a user's own folder lost its files."""
+    config = tiny_run_config(tmp_path, small_agnews, model=tiny_roberta, max_steps=2)
+    theirs = tmp_path / "runs" / "tiny"
+    (theirs / "photos").mkdir(parents=True)
+    (theirs / "notes.txt").write_text("the user's")
+    one_line_error(cli("train", config, "--overwrite"), "holds no lorafit run (notes.txt, photos)", "--name")
+    assert (theirs / "notes.txt").read_text() == "the user's" and (theirs / "photos").is_dir()
+
+    (theirs / "notes.txt").unlink()
+    (theirs / "photos").rmdir()
+    assert cli("train", config).code == 0
+    (theirs / "notes.txt").write_text("beside a run")  # a run's folder, with a note added: --overwrite replaces it
+    result = cli("train", config, "--overwrite")
+    assert result.code == 0, result.err
+    assert not (theirs / "notes.txt").exists() and runs.read_json(theirs / runs.RESULT)["status"] == "completed"
+
+
 _HELD_BY_OTHERS: list[int] = []  # flocked descriptors standing for other processes, closed at the end of the file
 
 

@@ -682,8 +682,26 @@ def run_content(run_dir: Path) -> list[Path]:
     return [p for p in Path(run_dir).iterdir() if p.name != LOCK] if Path(run_dir).is_dir() else []
 
 
+# What marks a folder as a lorafit run's: the first file a run or a sweep trial writes there, or what comes later
+RUN_MARKERS = (CONFIG, SWEEP_INFO, MANIFEST, RESULT, ADAPTER, CHECKPOINTS)
+
+
+def check_is_run_folder(run_dir: Path) -> None:
+    """--overwrite empties the folder: refuse one that holds something, none of it a run's (a mistyped --name or
+    --output-dir naming a user's own folder), rather than delete its files. Killed writes' copies of a run's files
+    (.config.yaml.XXXXXXXX.tmp) count as a run's."""
+    content = run_content(run_dir)
+    leftover = re.compile(rf"\.({'|'.join(map(re.escape, RUN_MARKERS))})\.{_TEMP_NAME}\.tmp")
+    if not content or any(p.name in RUN_MARKERS or leftover.fullmatch(p.name) for p in content):
+        return
+    names = ", ".join(sorted(p.name for p in content)[:3]) + (", ..." if len(content) > 3 else "")
+    raise UserError(f"{run_dir} holds no lorafit run ({names}), and --overwrite would delete it; "
+                    "choose another --name or --output-dir")
+
+
 def clear_run_dir(run_dir: Path) -> None:
     """--overwrite: remove the run's files, keeping the lock file this process holds."""
+    check_is_run_folder(run_dir)
     for path in run_content(run_dir):
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)

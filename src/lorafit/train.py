@@ -265,6 +265,7 @@ def open_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> tuple[Path, O
     run_dir = cfg.run_dir
     checkpoint = None
     if run_dir.exists() and overwrite:
+        runs.check_is_run_folder(run_dir)  # on every rank: all refuse together
         if is_main_process():
             runs.clear_run_dir(run_dir)  # not the folder itself: it holds this run's lock
     elif runs.run_content(run_dir):
