@@ -210,6 +210,8 @@ class TrainConfig:
     precision: str = _field("auto", "auto (bf16 where the hardware runs it fast), fp32, or bf16.")
     logging_steps: int = _field(50, "Log the training loss every N steps.")
     save_total_limit: int = _field(2, "Checkpoints kept on disk (the best one is always kept).")
+    # Measured on MiniLM (configs/accuracy/minilm-lever-mean-lr5e-4-random-batches.yaml): random batches trained
+    # 1.9x slower for the same accuracy (0.9138 against 0.9132 over 3 seeds)
     group_by_length: bool = _field(True, "Batch texts of similar length together to cut padding.")
     report_to: list = _field(
         ["auto"],
