@@ -267,6 +267,28 @@ def test_overwrite_refuses_a_folder_that_holds_no_run_and_deletes_nothing(tiny_r
     assert not (theirs / "notes.txt").exists() and runs.read_json(theirs / runs.RESULT)["status"] == "completed"
 
 
+def test_a_clear_killed_halfway_leaves_a_folder_that_is_still_a_runs(tmp_path, monkeypatch):
+    """--overwrite removed entries in listing order: killed after config.yaml and result.json went, it left
+    eval_curve.jsonl and labels.json, a folder every later --overwrite (and sweep trial) refused as no run's."""
+    run = tmp_path / "run"
+    (run / "tensorboard").mkdir(parents=True)
+    for name in (runs.RESULT, runs.EVAL_CURVE, runs.MANIFEST, runs.LABELS, "notes.txt", runs.CONFIG):
+        (run / name).write_text("{}")
+    removed = []
+    real_unlink = Path.unlink
+
+    def unlink(path, *args, **kwargs):
+        removed.append(path.name)
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    runs.clear_run_dir(run)
+    markers = [i for i, name in enumerate(removed) if name in runs.RUN_MARKERS]
+    others = [i for i, name in enumerate(removed) if name not in runs.RUN_MARKERS]
+    assert max(others) < min(markers) and removed[-1] == runs.CONFIG, removed
+    assert runs.run_content(run) == []
+
+
 _HELD_BY_OTHERS: list[int] = []  # flocked descriptors standing for other processes, closed at the end of the file
 
 

@@ -201,6 +201,30 @@ def test_a_signal_in_a_trials_last_step_completes_it_and_starts_no_other(tmp_pat
     assert (again.exit_code, again.ran) == (0, {"completed": 1})
 
 
+def test_a_signal_as_a_trial_is_pruned_stops_the_sweep_and_stays_out_of_its_result(tmp_path, tiny_roberta,
+                                                                                  small_agnews, monkeypatch):
+    """The stop request of a signal in the last step went into a pruned trial's result.json (stop_exit_code)."""
+    from conftest import signal_at_step
+    from lorafit.sweep import runner
+
+    class SignalThenPrune(runner.OptunaReportCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == FAST_TRAIN["max_steps"] - 1:
+                signal_at_step(state.global_step).on_step_begin(args, state, control)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.pruned_at = state.global_step  # as if the pruner fired at the last evaluation
+
+    monkeypatch.setattr(runner, "OptunaReportCallback", SignalThenPrune)
+    sweep = write_sweep(tmp_path, "prune", base_config(tiny_roberta, small_agnews),
+                        grid={"mode": "one_at_a_time", "axes": {"lora.dropout": [0.0]}})
+    out = tmp_path / "runs"
+    first = run_sweep(sweep, output_dir=str(out))
+    assert (first.exit_code, first.ran) == (128 + signal.SIGINT, {"pruned": 1})
+    result = runs.read_json(out / "prune" / "base" / runs.RESULT)
+    assert result["status"] == "pruned" and "stop_exit_code" not in result
+
+
 def test_sweep_file_mistakes_are_one_line_user_errors(tmp_path, tiny_roberta, small_agnews, cli):
     base = base_config(tiny_roberta, small_agnews)
     typo = write_sweep(tmp_path, "typo", base, grdi={"axes": {"lora.r": [2]}})

@@ -58,3 +58,18 @@ def test_resume_with_overwrite_is_refused_and_keeps_the_checkpoint(tmp_path, tin
     one_line_error(cli("train", config, "--resume", "--overwrite"), "--resume", "--overwrite")
     assert checkpoint.is_dir()
     assert runs.read_json(checkpoint.parent.parent / runs.RESULT)["status"] == "interrupted"
+
+
+def test_a_two_process_checkpoint_missing_a_ranks_rng_state_is_half_written(finished_tiny, tmp_path):
+    """A 2-process job killed after rank 0 wrote rng_state_0.pth and before rank 1 wrote rng_state_1.pth left a
+    checkpoint taken as complete and as saved by one process: resuming it "in one process", as the refusal said,
+    was the very mix of process counts the refusal is there to prevent."""
+    from lorafit.train import checkpoint_problem
+
+    saved = sorted((finished_tiny / runs.CHECKPOINTS).glob("checkpoint-*"))[-1]
+    checkpoint = shutil.copytree(saved, tmp_path / saved.name)
+    assert checkpoint_problem(checkpoint) is None
+    (checkpoint / "rng_state.pth").rename(checkpoint / "rng_state_0.pth")
+    assert checkpoint_problem(checkpoint) == "half-written (rng_state_1.pth missing)"
+    shutil.copy(checkpoint / "rng_state_0.pth", checkpoint / "rng_state_1.pth")
+    assert checkpoint_problem(checkpoint) is None

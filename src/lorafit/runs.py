@@ -690,7 +690,7 @@ def check_is_run_folder(run_dir: Path) -> None:
     """--overwrite empties the folder: refuse one that holds something, none of it a run's (a mistyped --name or
     --output-dir naming a user's own folder), rather than delete its files. Killed writes' copies of a run's files
     (.config.yaml.XXXXXXXX.tmp) count as a run's."""
-    content = run_content(run_dir)
+    content = [p for p in run_content(run_dir) if not p.name.startswith(f"{LOCK}.")]  # a killed unlock's copy
     leftover = re.compile(rf"\.({'|'.join(map(re.escape, RUN_MARKERS))})\.{_TEMP_NAME}\.tmp")
     if not content or any(p.name in RUN_MARKERS or leftover.fullmatch(p.name) for p in content):
         return
@@ -700,9 +700,10 @@ def check_is_run_folder(run_dir: Path) -> None:
 
 
 def clear_run_dir(run_dir: Path) -> None:
-    """--overwrite: remove the run's files, keeping the lock file this process holds."""
-    check_is_run_folder(run_dir)
-    for path in run_content(run_dir):
+    """--overwrite: remove the run's files, keeping the lock file this process holds (train checks first that the
+    folder is a run's: check_is_run_folder; a sweep clears only its own trial folders). The marks of a run go last,
+    config.yaml the very last: a clear killed halfway leaves a folder check_is_run_folder still takes for a run's."""
+    for path in sorted(run_content(run_dir), key=lambda p: (p.name in RUN_MARKERS, p.name == CONFIG)):
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:

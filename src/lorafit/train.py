@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -265,7 +266,7 @@ def open_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> tuple[Path, O
     run_dir = cfg.run_dir
     checkpoint = None
     if run_dir.exists() and overwrite:
-        runs.check_is_run_folder(run_dir)  # on every rank: all refuse together
+        runs.check_is_run_folder(run_dir)  # a folder --name / --output-dir named by mistake: delete nothing
         if is_main_process():
             runs.clear_run_dir(run_dir)  # not the folder itself: it holds this run's lock
     elif runs.run_content(run_dir):
@@ -418,6 +419,9 @@ def checkpoint_problem(folder: Path) -> Optional[str]:
     rng_states = rng_state_files(folder)
     if missing or not rng_states:
         return f"half-written ({missing[0] if missing else 'rng_state.pth'} missing)"
+    ranks = sorted(int(m.group(1)) for p in rng_states if (m := re.fullmatch(r"rng_state_(\d+)\.pth", p.name)))
+    if ranks and ranks != list(range(max(len(ranks), 2))):  # per-rank files come from 2 processes or more
+        return f"half-written (rng_state_{min(set(range(max(ranks) + 2)) - set(ranks))}.pth missing)"
     for name in ("trainer_state.json", "adapter_config.json"):
         try:
             if not isinstance(runs.read_json(folder / name), dict):

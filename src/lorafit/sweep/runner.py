@@ -353,7 +353,7 @@ class SweepRunner:
             self._finish(trial, TrialOutcome(INTERRUPTED, note=f"interrupted at step {result['global_step']}"))
             raise SweepInterrupted(result["exit_code"])
         # A signal in the trial's last step: the trial is complete and recorded as such; no next trial starts
-        self.stop_exit_code = result.get("stop_exit_code")
+        self.stop_exit_code = result.pop("stop_exit_code", None)  # not into a pruned trial's result.json below
         if reporter.pruned_at is not None:
             result.update(status="pruned", pruned_at_step=reporter.pruned_at)
             runs.atomic_write_json(run_dir / runs.RESULT, result)
