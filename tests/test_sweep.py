@@ -173,10 +173,10 @@ def test_search_sweep_runs_n_trials_fits_rank_and_resumes(tmp_path, tiny_roberta
     assert again.ran == {} and len(load_study(out / "search", "search").trials) == 2
 
 
-def test_a_signal_in_a_trials_last_step_completes_it_and_starts_no_other(tmp_path, tiny_roberta, small_agnews,
-                                                                          monkeypatch):
-    """Ctrl-C (or a scheduler's SIGTERM) during a trial's last step: the trial rightly completes, but the signal
-    was then forgotten and the sweep started the next trial, as if no stop had been asked for."""
+def _sweep_signalled_in_its_first_trials_last_step(root: Path, tiny_roberta, small_agnews, monkeypatch, name: str,
+                                                   pruned: bool = False):
+    """A two-trial grid sweep whose first trial gets Ctrl-C as its last step begins (and, pruned: is pruned at its
+    last evaluation, as if the pruner fired there): (the sweep's outcome, its sweep file, the output folder)."""
     from conftest import signal_at_step
     from lorafit.sweep import runner
 
@@ -188,11 +188,23 @@ def test_a_signal_in_a_trials_last_step_completes_it_and_starts_no_other(tmp_pat
                 SignalInFirstTrialsLastStep.signalled = True
                 signal_at_step(state.global_step).on_step_begin(args, state, control)
 
+        def on_train_end(self, args, state, control, **kwargs):
+            if pruned:
+                self.pruned_at = state.global_step
+
     monkeypatch.setattr(runner, "OptunaReportCallback", SignalInFirstTrialsLastStep)
-    sweep = write_sweep(tmp_path, "stop", base_config(tiny_roberta, small_agnews),
+    sweep = write_sweep(root, name, base_config(tiny_roberta, small_agnews),
                         grid={"mode": "one_at_a_time", "axes": {"lora.dropout": [0.0]}})
-    out = tmp_path / "runs"
-    first = run_sweep(sweep, output_dir=str(out))
+    out = root / "runs"
+    return run_sweep(sweep, output_dir=str(out)), sweep, out
+
+
+def test_a_signal_in_a_trials_last_step_completes_it_and_starts_no_other(tmp_path, tiny_roberta, small_agnews,
+                                                                          monkeypatch):
+    """Ctrl-C (or a scheduler's SIGTERM) during a trial's last step: the trial rightly completes, but the signal
+    was then forgotten and the sweep started the next trial, as if no stop had been asked for."""
+    first, sweep, out = _sweep_signalled_in_its_first_trials_last_step(tmp_path, tiny_roberta, small_agnews,
+                                                                        monkeypatch, "stop")
     assert (first.exit_code, first.ran) == (128 + signal.SIGINT, {"completed": 1})
     assert runs.read_json(out / "stop" / "base" / runs.RESULT)["status"] == "completed"
     assert not (out / "stop" / "lora.dropout=0.0").exists(), "no trial starts after the stop"
@@ -204,22 +216,8 @@ def test_a_signal_in_a_trials_last_step_completes_it_and_starts_no_other(tmp_pat
 def test_a_signal_as_a_trial_is_pruned_stops_the_sweep_and_stays_out_of_its_result(tmp_path, tiny_roberta,
                                                                                   small_agnews, monkeypatch):
     """The stop request of a signal in the last step went into a pruned trial's result.json (stop_exit_code)."""
-    from conftest import signal_at_step
-    from lorafit.sweep import runner
-
-    class SignalThenPrune(runner.OptunaReportCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            if state.global_step == FAST_TRAIN["max_steps"] - 1:
-                signal_at_step(state.global_step).on_step_begin(args, state, control)
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self.pruned_at = state.global_step  # as if the pruner fired at the last evaluation
-
-    monkeypatch.setattr(runner, "OptunaReportCallback", SignalThenPrune)
-    sweep = write_sweep(tmp_path, "prune", base_config(tiny_roberta, small_agnews),
-                        grid={"mode": "one_at_a_time", "axes": {"lora.dropout": [0.0]}})
-    out = tmp_path / "runs"
-    first = run_sweep(sweep, output_dir=str(out))
+    first, _, out = _sweep_signalled_in_its_first_trials_last_step(tmp_path, tiny_roberta, small_agnews,
+                                                                    monkeypatch, "prune", pruned=True)
     assert (first.exit_code, first.ran) == (128 + signal.SIGINT, {"pruned": 1})
     result = runs.read_json(out / "prune" / "base" / runs.RESULT)
     assert result["status"] == "pruned" and "stop_exit_code" not in result
