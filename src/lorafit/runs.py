@@ -110,13 +110,19 @@ def remove_interrupted_writes(folder: str | Path, names=None) -> None:
     folder = Path(folder)
     if not folder.is_dir():
         return
-    name = ".+" if names is None else "|".join(map(re.escape, names))
-    pattern = re.compile(rf"\.({name})\.{_TEMP_NAME}\.tmp")
+    pattern = _interrupted_write_name(names)
     for leftover in folder.iterdir():
         match = pattern.fullmatch(leftover.name)
         if match and leftover.is_file():
             log.warning("removing %s, left by an interrupted write of %s", leftover, folder / match.group(1))
             leftover.unlink(missing_ok=True)
+
+
+def _interrupted_write_name(names=None) -> re.Pattern:
+    """The name atomic_write_bytes gives its temporary copy of a file of these names (any name: None), the name in
+    group 1."""
+    name = ".+" if names is None else "|".join(map(re.escape, names))
+    return re.compile(rf"\.({name})\.{_TEMP_NAME}\.tmp")
 
 
 def _umask() -> int:
@@ -691,7 +697,7 @@ def check_is_run_folder(run_dir: Path) -> None:
     --output-dir naming a user's own folder), rather than delete its files. Killed writes' copies of a run's files
     (.config.yaml.XXXXXXXX.tmp) count as a run's."""
     content = [p for p in run_content(run_dir) if not p.name.startswith(f"{LOCK}.")]  # a killed unlock's copy
-    leftover = re.compile(rf"\.({'|'.join(map(re.escape, RUN_MARKERS))})\.{_TEMP_NAME}\.tmp")
+    leftover = _interrupted_write_name(RUN_MARKERS)
     if not content or any(p.name in RUN_MARKERS or leftover.fullmatch(p.name) for p in content):
         return
     names = ", ".join(sorted(p.name for p in content)[:3]) + (", ..." if len(content) > 3 else "")

@@ -419,9 +419,11 @@ def checkpoint_problem(folder: Path) -> Optional[str]:
     rng_states = rng_state_files(folder)
     if missing or not rng_states:
         return f"half-written ({missing[0] if missing else 'rng_state.pth'} missing)"
-    ranks = sorted(int(m.group(1)) for p in rng_states if (m := re.fullmatch(r"rng_state_(\d+)\.pth", p.name)))
-    if ranks and ranks != list(range(max(len(ranks), 2))):  # per-rank files come from 2 processes or more
-        return f"half-written (rng_state_{min(set(range(max(ranks) + 2)) - set(ranks))}.pth missing)"
+    ranks = {int(m.group(1)) for p in rng_states if (m := re.fullmatch(r"rng_state_(\d+)\.pth", p.name))}
+    if ranks:  # per-rank files: 2 processes or more, each rank up to the highest one
+        absent = [rank for rank in range(max(max(ranks) + 1, 2)) if rank not in ranks]
+        if absent:
+            return f"half-written (rng_state_{absent[0]}.pth missing)"
     for name in ("trainer_state.json", "adapter_config.json"):
         try:
             if not isinstance(runs.read_json(folder / name), dict):
