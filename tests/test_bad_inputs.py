@@ -213,6 +213,7 @@ CASES = [
     Case("remote-code-not-trusted", _remote_code_model, ["contains custom code"]),
     # --- accuracy levers: pooling, distillation, self-training, LoRA+ ----------------------------------------------
     Case("pooling-unknown", lambda e: e.train(model={"pooling": "max"}), ["model.pooling is 'max'", "cls, mean"]),
+    Case("encoder-dropout-above-1", lambda e: e.train(model={"dropout": 1.5}), ["model.dropout is 1.5", "[0, 1)"]),
     Case("distill-weight-above-1", lambda e: e.train(train={"teacher": str(e.trained_run), "distill_weight": 2}),
          ["train.distill_weight is 2.0", "in [0, 1]"]),
     Case("distill-temperature-zero",
@@ -241,6 +242,9 @@ CASES = [
          ["pickle", "runs any code", "--trust-pickle"]),
     Case("loraplus-ratio-below-1", lambda e: e.train(lora={"loraplus_lr_ratio": 0.5}),
          ["lora.loraplus_lr_ratio is 0.5", "at least 1"]),
+    # pissa rewrites the base weights: its adapter would not load onto the published model
+    Case("lora-init-unknown", lambda e: e.train(lora={"init": "pissa"}),
+         ["lora.init is 'pissa'", "default, gaussian, eva"]),
     Case("auto-rank-without-budget", lambda e: e.train(budget=None, lora={"r": "auto"}),
          ["lora.r is 'auto' but budget is null", "give a rank"]),
     # --- predict ------------------------------------------------------------------------------------------------

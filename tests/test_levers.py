@@ -1,11 +1,12 @@
 """The accuracy levers of issue 10 on tiny models: mean pooling, distillation from teacher runs, self-training on
-unlabelled text and LoRA+. Their bad values are cases in tests/test_bad_inputs.py's table."""
+unlabelled text, LoRA+ and EVA initialisation. Their bad values are cases in tests/test_bad_inputs.py's table."""
 
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import logged_warnings, write_config
 from lorafit import teacher
-from lorafit.budget import budget_report
+from lorafit.budget import budget_report, count_trainable
 from lorafit.config import config_from_dict, load_config
 from lorafit.errors import UserError
 from lorafit.model import load_model_config, load_pretrained_model, load_tokenizer, wrap_with_lora
@@ -73,6 +74,44 @@ def _probabilities(run_dir: Path, texts: list[str]) -> np.ndarray:
     loaded = load_run(run_dir)
     return predict_probabilities(loaded.model, loaded.tokenizer, texts, loaded.cfg.data.max_length, 64,
                                  bf16=loaded.bf16).astype(np.float64)
+
+
+# --- the encoder's dropout ----------------------------------------------------------------------------------------
+
+def test_encoder_dropout_setting_turns_the_checkpoints_dropout_off_in_training(minilm_dir):
+    """model.dropout 0: in training mode (LoRA dropout 0 too) two passes over a batch agree, where the checkpoint's
+    0.1 makes them differ; evaluation is unchanged, as dropout never acts there."""
+    tokenizer = load_tokenizer(str(minilm_dir))
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+
+    def two_training_passes(dropout):
+        cfg = config_from_dict({"model": {"name_or_path": str(minilm_dir), "head": "linear", "dropout": dropout},
+                                "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["query", "value"]}})
+        torch.manual_seed(0)
+        model = wrap_with_lora(load_pretrained_model(cfg.model, load_model_config(cfg.model)), cfg.lora, 4, "linear")
+        with torch.no_grad():
+            passes = [model.train()(**batch).logits for _ in range(2)]
+            return passes, model.eval()(**batch).logits
+
+    (first, second), evaluated = two_training_passes(0.0)
+    torch.testing.assert_close(first, second)
+    (first, second), kept = two_training_passes(None)
+    assert not torch.allclose(first, second)
+    torch.testing.assert_close(evaluated, kept)
+
+
+def test_encoder_dropout_names_each_architectures_settings():
+    from transformers import DistilBertConfig, GPT2Config, RobertaConfig
+
+    from lorafit.model import set_encoder_dropout
+
+    roberta, distilbert = RobertaConfig(), DistilBertConfig()
+    set_encoder_dropout(roberta, 0.0)
+    set_encoder_dropout(distilbert, 0.05)
+    assert (roberta.hidden_dropout_prob, roberta.attention_probs_dropout_prob) == (0.0, 0.0)
+    assert (distilbert.dropout, distilbert.attention_dropout) == (0.05, 0.05)
+    with pytest.raises(UserError, match="the gpt2 config names none of .*leave model.dropout unset"):
+        set_encoder_dropout(GPT2Config(), 0.0)
 
 
 # --- pooling ------------------------------------------------------------------------------------------------------
@@ -420,11 +459,86 @@ def test_loraplus_trains_b_matrices_at_ratio_times_the_learning_rate(tiny_robert
     assert {lr for lr, _ in plain.values()} == {1e-3}
 
 
-def test_run_with_levers_resumes_to_the_same_adapter(teacher_run, tiny_roberta, small_agnews, tmp_path):
-    """LoRA+ optimizer state, the teacher-target column and its cache through a kill after step 2 of 4."""
-    config = _student(tmp_path, "resumed", tiny_roberta, small_agnews, lora={"loraplus_lr_ratio": 8},
+def _eva_started(config: Path):
+    """(the model as EVA starts it, its training rows tokenized) for a config with lora.init eva."""
+    from lorafit.model import initialize_lora_from_inputs
+    from lorafit.train import eva_batches, prepare
+
+    prepared = prepare(load_config(config))
+    cfg = prepared.cfg
+    model = wrap_with_lora(load_pretrained_model(cfg.model, load_model_config(cfg.model)), cfg.lora, 4, cfg.model.head)
+    initialize_lora_from_inputs(model, eva_batches(prepared))
+    return model.eval(), prepared
+
+
+def _padded_rows(prepared, rows: Optional[int] = None) -> dict:
+    """The first `rows` training rows (all by default), padded into one batch of model inputs."""
+    from transformers import DataCollatorWithPadding
+
+    columns = [c for c in ("input_ids", "attention_mask") if c in prepared.train_ds.column_names]
+    return dict(DataCollatorWithPadding(prepared.tokenizer)(list(prepared.train_ds.select_columns(columns))[:rows]))
+
+
+def _principal_directions(model, prepared, layer: str, k: int) -> torch.Tensor:
+    """The top-k principal directions (rows) of what `layer` reads on every non-padding token of the training rows,
+    computed here in one SVD of all of them (EVA reads batches until its estimate settles)."""
+    module, seen = model.get_submodule(layer), []
+    handle = module.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    batch = _padded_rows(prepared)
+    try:
+        with torch.no_grad():
+            model(**batch)
+    finally:
+        handle.remove()
+    tokens = seen[0][batch["attention_mask"].bool()]
+    return torch.linalg.svd(tokens - tokens.mean(0), full_matrices=False).Vh[:k]
+
+
+def test_eva_starts_each_a_on_its_layers_input_directions_and_the_model_as_published(tiny_roberta, small_agnews,
+                                                                                     tmp_path):
+    """lora.init eva: an A's rows lie mostly in the top-r principal directions of its layer's inputs, where a random
+    A lies mostly outside them, and B stays zero, so the model starts as the base model."""
+    common = dict(max_train_samples=64, max_length=32)
+    eva, prepared = _eva_started(_student(tmp_path, "eva", tiny_roberta, small_agnews, data=common,
+                                          lora={"init": "eva"}))
+    plain = wrap_with_lora(load_pretrained_model(prepared.cfg.model, load_model_config(prepared.cfg.model)),
+                           prepared.cfg.lora, 4, prepared.cfg.model.head).eval()
+    query = next(n for n, m in eva.named_modules() if n.endswith("layer.0.attention.self.query"))
+    top = _principal_directions(eva, prepared, f"{query}.base_layer", 4)
+
+    def share_in_top(a: torch.Tensor) -> float:  # how much of A's row space lies in the top directions (0..1)
+        rows = torch.linalg.qr(a.detach().T).Q  # orthonormal basis of A's rows
+        return float((top @ rows).pow(2).sum() / rows.shape[1])
+
+    a_eva, a_plain = (m.get_submodule(query).lora_A["default"].weight for m in (eva, plain))
+    # head: linear's frozen identity layer stays frozen (peft's EVA marked it trainable: over the budget)
+    lora, head, other = count_trainable(eva)
+    assert sum(lora.values()) + head + other == budget_report(prepared.cfg).total
+    # measured: 0.75 against 0.09 (a random 4-dimensional row space holds 4/32 of the top directions on average);
+    # EVA estimates the directions from batches with a randomised low-rank SVD, so not all of it
+    assert share_in_top(a_eva) > 0.6 > 0.3 > share_in_top(a_plain)
+    for name, param in eva.named_parameters():
+        if "lora_B" in name:
+            assert not param.any(), name
+    batch = _padded_rows(prepared, 8)
+    with torch.no_grad():
+        started = eva(**batch).logits
+        with eva.disable_adapter():
+            assert torch.allclose(started, eva(**batch).logits, atol=1e-6)
+
+
+def test_run_with_levers_resumes_to_the_same_adapter(teacher_run, tiny_roberta, small_agnews, tmp_path, monkeypatch):
+    """LoRA+ optimizer state, EVA's start, the teacher-target column and its cache through a kill after step 2 of 4.
+    EVA runs once: the resumed run takes A and B from the checkpoint."""
+    from lorafit import train
+
+    eva_runs = []
+    initialize = train.initialize_lora_from_inputs
+    monkeypatch.setattr(train, "initialize_lora_from_inputs", lambda *a: (eva_runs.append(1), initialize(*a)))
+    config = _student(tmp_path, "resumed", tiny_roberta, small_agnews, lora={"loraplus_lr_ratio": 8, "init": "eva"},
                       max_steps=4, eval_steps=2, teacher=str(teacher_run), distill_weight=0.5)
     _train(config)
+    assert eva_runs == [1]
     run = tmp_path / "runs" / "resumed"
     unbroken = load_file(run / "adapter" / "adapter_model.safetensors")
     cache_written = (run / "teacher_logits.npy").stat().st_mtime_ns
@@ -443,3 +557,4 @@ def test_run_with_levers_resumes_to_the_same_adapter(teacher_run, tiny_roberta, 
     for name in unbroken:
         assert torch.equal(unbroken[name], resumed[name]), name
     assert (run / "teacher_logits.npy").stat().st_mtime_ns == cache_written  # the teacher did not run again
+    assert eva_runs == [1]

@@ -232,12 +232,14 @@ def test_training_removes_the_temporary_copies_killed_writes_left_and_nothing_el
 def test_evaluate_removes_the_temporary_copies_killed_evaluations_left(cli, run, texts):
     """An evaluation killed mid-write leaves .{name}.XXXXXXXX.tmp in evaluation/ (scores, chart) or beside the card;
     the next evaluation, holding the folder's lock that every writer of those files holds, removes them. Before,
-    they stayed for good (a whole chart each). The adapter's own files and a user's file stay."""
+    they stayed for good (a whole chart each). The adapter's own files and a user's files stay, the temporary copy
+    of a `lorafit predict --output` aimed at evaluation/ (written without the lock) too."""
     scores, card_dir = run / "evaluation", run / runs.ADAPTER
     scores.mkdir()
     leftovers = [scores / ".test.json.abcd1234.tmp", scores / ".test-confusion.png.k1ll_3d0.tmp",
                  card_dir / ".README.md.x2y4z6w8.tmp"]
-    kept = [scores / "notes.txt", card_dir / ".adapter_config.json.abcd1234.tmp"]
+    kept = [scores / "notes.txt", scores / ".submission.csv.abcd1234.tmp",
+            card_dir / ".adapter_config.json.abcd1234.tmp"]
     for path in leftovers + kept:
         path.write_text("half a file")
 

@@ -130,6 +130,26 @@ def test_cli_shortcuts_and_dotted_overrides(cli, tiny_config, tmp_path, small_ag
     assert again.code == 2 and "already holds a finished run" in again.err
 
 
+def test_run_folder_mistakes_are_said_before_the_model_loads(cli, tiny_config, tmp_path, monkeypatch):
+    """A finished run, another config, nothing to resume: said before the model loads (before, after it: a
+    download and a minute of waiting on roberta-base for a one-line mistake)."""
+    from lorafit import train
+
+    assert cli("train", tiny_config, "--train.max_steps", "2", "--train.eval_steps", "2").code == 0
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model loaded")
+
+    monkeypatch.setattr(train, "load_pretrained_model", no_loading)
+    again = cli("train", tiny_config, "--train.max_steps", "2", "--train.eval_steps", "2")
+    assert again.code == 2 and "already holds a finished run" in again.err
+    other = cli("train", tiny_config, "--train.max_steps", "3")
+    assert other.code == 2 and "holds a run with a different config" in other.err
+    nothing = cli("train", tiny_config, "--name", "never-trained", "--resume")
+    assert nothing.code == 2 and "nothing to resume" in nothing.err
+    assert not (tmp_path / "runs" / "never-trained").exists()
+
+
 def test_python_dash_m_entry_point(tmp_path):
     from conftest import run_subprocess
 

@@ -28,6 +28,9 @@ BIAS_CHOICES = ("none", "all", "lora_only")
 PRECISION_CHOICES = ("auto", "fp32", "bf16")
 COMPILE_CHOICES = ("auto", "on", "off")  # YAML reads on / off as true / false: both are taken
 POOLING_CHOICES = ("cls", "mean")
+# peft's init_lora_weights, limited to those that leave the base weights as published (pissa, olora and corda rewrite
+# them, so a saved adapter would no longer load onto the Hub's model unchanged)
+LORA_INIT_CHOICES = ("default", "gaussian", "eva")
 QUANTIZE_CHOICES = ("none", "int8")  # inference only: lorafit predict / evaluate --quantize
 
 
@@ -58,11 +61,22 @@ class ModelConfig:
         "all-MiniLM-L6-v2 were trained for; on BERT-style models it replaces the pooler output). No parameters.",
     )
 
+    dropout: Optional[float] = _field(
+        None,
+        "The encoder's own dropout while training, on hidden states and attention probabilities (config.json's "
+        "hidden_dropout_prob and attention_probs_dropout_prob, or their names in other architectures); the head's "
+        "dropout follows it unless the checkpoint sets its own. Unset keeps the checkpoint's (0.1 for BERT, "
+        "RoBERTa, MPNet). LoRA's own dropout is lora.dropout.",
+    )
+
     def validate(self) -> None:
         _check_choice("model.head", self.head, HEAD_CHOICES)
         _check_choice("model.pooling", self.pooling, POOLING_CHOICES)
         if self.num_labels < 2:
             raise UserError(f"model.num_labels is {self.num_labels}; a classifier needs at least 2 classes")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise UserError(f"model.dropout is {self.dropout}; it must be in [0, 1), e.g. 0.1, or unset to keep the "
+                            "checkpoint's")
 
 
 @dataclass
@@ -83,6 +97,12 @@ class LoraSpec:
     bias: str = _field("none", "Which biases train: none, all, lora_only (peft's 'bias').")
     use_dora: bool = _field(False, "Weight-decomposed LoRA (peft use_dora).")
     use_rslora: bool = _field(False, "Rank-stabilised scaling alpha / sqrt(r) (peft use_rslora).")
+    init: str = _field(
+        "default",
+        "How LoRA's A and B start (peft init_lora_weights; B starts at zero, so the model starts as published): "
+        "default (Kaiming-uniform A), gaussian, or eva: A from the principal directions of each "
+        "layer's inputs on training batches (peft's EVA, every layer keeping rank r), computed before step one.",
+    )
     loraplus_lr_ratio: Optional[float] = _field(
         None,
         "LoRA+: the B matrices learn at this multiple of train.learning_rate (peft's create_loraplus_optimizer; "
@@ -104,6 +124,7 @@ class LoraSpec:
         if not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
             raise UserError("lora.target_modules must be a non-empty list of module names, e.g. [query, value]")
         _check_choice("lora.bias", self.bias, BIAS_CHOICES)
+        _check_choice("lora.init", self.init, LORA_INIT_CHOICES)
         if self.loraplus_lr_ratio is not None and self.loraplus_lr_ratio < 1:
             raise UserError(f"lora.loraplus_lr_ratio is {self.loraplus_lr_ratio}; LoRA+ needs a ratio of at least 1 "
                             "(e.g. 16), or leave it unset for plain LoRA")

@@ -135,6 +135,7 @@ def _unclaimed_name(out_dir: Path, name: str, source: str) -> str:
     return f"{name}-{hashlib.sha256(source.encode('utf-8')).hexdigest()[:8]}"
 
 
+EVALUATION_FILES = r".+(\.json|-confusion\.png)"  # what evaluate writes in evaluation/: NAME.json, its chart
 EVALUATION_LOCK_WAIT_S = 30  # another evaluation's writes take well under a second; a training run is refused after
 
 
@@ -155,9 +156,10 @@ def evaluate_run(run_dir: str | Path, data_spec: str, model_path: Optional[str] 
     # a folder retrained meanwhile (train --overwrite). Another evaluation writing its scores is waited for.
     with locks.RunLock(run.run_dir, wait_s=EVALUATION_LOCK_WAIT_S, scores_only=True):
         runs.confirm_unchanged(run.checked, locked=True)
-        # What killed evaluations left (.test.json.XXXXXXXX.tmp, a copy of the card): every file of evaluation/, and
-        # the adapter's card, is written under this lock only, so no such file belongs to a live writer
-        runs.remove_interrupted_writes(out_dir)
+        # What killed evaluations left (.test.json.XXXXXXXX.tmp, a copy of the card): evaluate's files in
+        # evaluation/ (NAME.json, NAME-confusion.png), and the adapter's card, are written under this lock only, so
+        # no such file belongs to a live writer. Other names may: `lorafit predict --output` (a .csv) aimed here.
+        runs.remove_interrupted_writes(out_dir, name_pattern=EVALUATION_FILES)
         runs.remove_interrupted_writes(run.run_dir / runs.ADAPTER, [card.CARD])
         name = _unclaimed_name(out_dir, name, metrics["source"])
         # The chart first: its JSON (what the card and report read) never stands without it

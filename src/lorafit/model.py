@@ -9,11 +9,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Optional
 
 import torch
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft import EvaConfig, LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig
 
 from lorafit.config import LoraSpec, ModelConfig
@@ -144,7 +145,7 @@ def load_model_config(model_cfg: ModelConfig, label_names: Optional[list[str]] =
     """The model's config with the classification labels set; downloads only config.json when on the Hub."""
     labels = label_names or [str(i) for i in range(model_cfg.num_labels)]
     try:
-        return AutoConfig.from_pretrained(
+        config = AutoConfig.from_pretrained(
             model_cfg.name_or_path,
             revision=model_cfg.revision,
             trust_remote_code=model_cfg.trust_remote_code,
@@ -154,6 +155,24 @@ def load_model_config(model_cfg: ModelConfig, label_names: Optional[list[str]] =
         )
     except (OSError, ValueError) as exc:
         raise _hub_error("model config", model_cfg.name_or_path, exc, model_cfg.revision) from None
+    if model_cfg.dropout is not None:
+        set_encoder_dropout(config, model_cfg.dropout)
+    return config
+
+
+# The encoder's dropout probabilities by config name: BERT, RoBERTa, MPNet, ELECTRA (hidden_dropout_prob,
+# attention_probs_dropout_prob); DistilBERT (dropout, attention_dropout); DeBERTa-v2 shares BERT's names.
+ENCODER_DROPOUT_NAMES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
+
+
+def set_encoder_dropout(config: PretrainedConfig, p: float) -> None:
+    """model.dropout: every dropout probability the encoder's config names, set to p."""
+    names = [name for name in ENCODER_DROPOUT_NAMES if isinstance(getattr(config, name, None), (int, float))]
+    if not names:
+        raise UserError(f"model.dropout: the {config.model_type} config names none of "
+                        f"{', '.join(ENCODER_DROPOUT_NAMES)}; leave model.dropout unset for this model")
+    for name in names:
+        setattr(config, name, p)
 
 
 def load_tokenizer(name_or_path: str, revision: Optional[str] = None, trust_remote_code: bool = False):
@@ -417,7 +436,16 @@ def build_lora_config(model: torch.nn.Module, spec: LoraSpec, r: int, head: str)
         use_dora=spec.use_dora,
         use_rslora=spec.use_rslora,
         modules_to_save=to_save or None,
+        **lora_init_settings(spec.init),
     )
+
+
+def lora_init_settings(init: str) -> dict:
+    """peft's init_lora_weights for lora.init. EVA keeps rank r in every layer (rho 1: the budget was counted at r)
+    and reads every non-padding token (use_label_mask off: a classifier's labels are one per text, not per token)."""
+    if init == "eva":
+        return {"init_lora_weights": "eva", "eva_config": EvaConfig(rho=1.0, use_label_mask=False)}
+    return {"init_lora_weights": True if init == "default" else init}
 
 
 def prepare_head(model: torch.nn.Module, head: str) -> None:
@@ -498,10 +526,31 @@ def wrap_with_lora(model: torch.nn.Module, spec: LoraSpec, r: int, head: str) ->
     prepare_head(model, head)
     # The base model's revision goes into adapter_config.json: plain peft loads the base at it, not at `main`.
     revision = getattr(model, "lorafit_revision", None)
-    peft_model = get_peft_model(model, build_lora_config(model, spec, r, head), revision=revision)
+    with warnings.catch_warnings():  # peft's advice for EVA on models too large to hold twice: noise for encoders
+        warnings.filterwarnings("ignore", message="lora with eva initialization used with low_cpu_mem_usage")
+        peft_model = get_peft_model(model, build_lora_config(model, spec, r, head), revision=revision)
+    peft_model.lorafit_frozen = (head, dense)  # what initialize_lora_from_inputs must freeze again
     freeze_head_hidden_layers(peft_model, head, dense)
     freeze_replaced_pooler(peft_model)
     return peft_model
+
+
+def initialize_lora_from_inputs(peft_model: PeftModel, batches) -> None:
+    """lora.init eva: peft's EVA sets each A to the top-r principal directions of its layer's inputs, read from
+    `batches` (dicts of model inputs) until they settle. peft marks every modules_to_save parameter trainable again
+    as it loads them, the frozen identity layers of head: linear included (found on the tests' tiny RoBERTa: 1,056
+    parameters over the budget), so what wrap_with_lora froze is frozen again."""
+    from peft import initialize_lora_eva_weights
+
+    was_training = peft_model.training
+    peft_model.eval()  # no dropout in the inputs EVA reads
+    with torch.no_grad():
+        initialize_lora_eva_weights(peft_model, dataloader=batches, gather_distributed_inputs=False,
+                                    show_progress_bar=False)
+    peft_model.train(was_training)
+    head, dense = peft_model.lorafit_frozen
+    freeze_head_hidden_layers(peft_model, head, dense)
+    freeze_replaced_pooler(peft_model)
 
 
 def frozen_linear_weights_to_bf16(model: torch.nn.Module) -> int:

@@ -102,15 +102,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         _fsync_dir(path.parent)
 
 
-def remove_interrupted_writes(folder: str | Path, names=None) -> None:
+def remove_interrupted_writes(folder: str | Path, names=None, name_pattern: str = ".+") -> None:
     """Remove the temporary files killed atomic_write_bytes calls of these file names left in folder
     (.{name}.XXXXXXXX.tmp, mkstemp's, a whole copy each). Only the folder's lock holder may call this, and only for
     names no one else writes (runs.LOCKED_FILES, the teacher caches): then no such file belongs to a live writer.
-    names None: any name, for a folder whose every file only a lock holder writes (a run's evaluation/)."""
+    names None: any name that fully matches the regular expression name_pattern (evaluate's files in evaluation/)."""
     folder = Path(folder)
     if not folder.is_dir():
         return
-    pattern = _interrupted_write_name(names)
+    pattern = _interrupted_write_name(names, name_pattern)
     for leftover in folder.iterdir():
         match = pattern.fullmatch(leftover.name)
         if match and leftover.is_file():
@@ -118,10 +118,10 @@ def remove_interrupted_writes(folder: str | Path, names=None) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def _interrupted_write_name(names=None) -> re.Pattern:
-    """The name atomic_write_bytes gives its temporary copy of a file of these names (any name: None), the name in
-    group 1."""
-    name = ".+" if names is None else "|".join(map(re.escape, names))
+def _interrupted_write_name(names=None, name_pattern: str = ".+") -> re.Pattern:
+    """The name atomic_write_bytes gives its temporary copy of a file of these names (None: of a name matching
+    name_pattern), the name in group 1."""
+    name = name_pattern if names is None else "|".join(map(re.escape, names))
     return re.compile(rf"\.({name})\.{_TEMP_NAME}\.tmp")
 
 

@@ -50,6 +50,7 @@ from lorafit.errors import UserError
 from lorafit.model import (
     attention_without_cudnn,
     frozen_linear_weights_to_bf16,
+    initialize_lora_from_inputs,
     load_model_config,
     load_pretrained_model,
     load_tokenizer,
@@ -261,36 +262,47 @@ def run_folder_lock(run_dir: Path):
             lock.release()
 
 
+def check_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Optional[str]:
+    """What open_run_dir refuses, checked without writing anything: a finished run, another config, nothing to
+    resume. Returns the checkpoint to resume from (None: start from step 0). Training calls it before the model
+    loads as well, so such a mistake is said at once, not after a download."""
+    run_dir = cfg.run_dir
+    if run_dir.exists() and overwrite:
+        runs.check_is_run_folder(run_dir)  # a folder --name / --output-dir named by mistake: delete nothing
+        return None
+    if not runs.run_content(run_dir):
+        if resume:
+            raise UserError(f"nothing to resume: no run in {run_dir}; drop --resume to start a new run")
+        return None
+    saved = run_dir / runs.CONFIG
+    if saved.exists() and not _same_saved_config(saved, cfg):
+        raise UserError(f"{run_dir} holds a run with a different config{_config_differences(saved, cfg)}; "
+                        "use another --name, or --overwrite to replace it")
+    if (_resumable_json(run_dir, runs.RESULT) or {}).get("status") == "completed":
+        raise UserError(f"{run_dir} already holds a finished run; use another --name, or --overwrite to replace it")
+    _resumable_json(run_dir, runs.MANIFEST)
+    _resumable_curve(run_dir)
+    checkpoint = last_complete_checkpoint(run_dir / runs.CHECKPOINTS)
+    if checkpoint is None and resume:
+        raise UserError(f"{run_dir} has no complete checkpoint to resume from; drop --resume to train it from the start")
+    if checkpoint is not None:
+        _refuse_other_process_count(run_dir, Path(checkpoint))
+    return checkpoint
+
+
 def open_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> tuple[Path, Optional[str]]:
     """Create the run folder, or pick up the checkpoint of an unfinished run with the same config."""
     run_dir = cfg.run_dir
-    checkpoint = None
+    checkpoint = check_run_dir(cfg, resume, overwrite)
     if run_dir.exists() and overwrite:
-        runs.check_is_run_folder(run_dir)  # a folder --name / --output-dir named by mistake: delete nothing
         if is_main_process():
             runs.clear_run_dir(run_dir)  # not the folder itself: it holds this run's lock
-    elif runs.run_content(run_dir):
-        saved = run_dir / runs.CONFIG
-        if saved.exists() and not _same_saved_config(saved, cfg):
-            raise UserError(f"{run_dir} holds a run with a different config{_config_differences(saved, cfg)}; "
-                            "use another --name, or --overwrite to replace it")
-        if (_resumable_json(run_dir, runs.RESULT) or {}).get("status") == "completed":
-            raise UserError(f"{run_dir} already holds a finished run; use another --name, or --overwrite to replace it")
-        _resumable_json(run_dir, runs.MANIFEST)
-        _resumable_curve(run_dir)
-        checkpoint = last_complete_checkpoint(run_dir / runs.CHECKPOINTS)
-        if checkpoint is None and resume:
-            raise UserError(f"{run_dir} has no complete checkpoint to resume from; drop --resume to train it from the start")
+    elif runs.run_content(run_dir) and is_main_process():
+        resume_step = _checkpoint_step(checkpoint) if checkpoint else 0
+        _discard_checkpoints_after(run_dir / runs.CHECKPOINTS, resume_step)
+        _trim_eval_curve(run_dir, resume_step)
         if checkpoint is not None:
-            _refuse_other_process_count(run_dir, Path(checkpoint))
-        if is_main_process():
-            resume_step = _checkpoint_step(checkpoint) if checkpoint else 0
-            _discard_checkpoints_after(run_dir / runs.CHECKPOINTS, resume_step)
-            _trim_eval_curve(run_dir, resume_step)
-        if checkpoint is not None and is_main_process():
             print(f"lorafit: resuming {run_dir} from step {resume_step} ({Path(checkpoint).name})", file=sys.stderr, flush=True)
-    elif resume:
-        raise UserError(f"nothing to resume: no run in {run_dir}; drop --resume to start a new run")
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         # The hidden copies a killed write of result.json, manifest.json... left (.result.json.XXXXXXXX.tmp). Safe:
@@ -934,6 +946,17 @@ def save_adapter(model, tokenizer, label_names: list[str], run_dir: Path) -> Non
     runs.atomic_replace_dir(build, run_dir / runs.ADAPTER, locked_by_caller=True)  # under the run folder's lock
 
 
+def eva_batches(prepared: Prepared):
+    """The training rows EVA reads (lora.init eva), in a seeded order: every process computes the same start."""
+    train_ds = prepared.train_ds
+    inputs = train_ds.select_columns([c for c in ("input_ids", "attention_mask", "token_type_ids")
+                                      if c in train_ds.column_names])
+    pad = DataCollatorWithPadding(prepared.tokenizer)
+    order = torch.Generator().manual_seed(prepared.cfg.train.seed)
+    return torch.utils.data.DataLoader(inputs, batch_size=prepared.cfg.train.batch_size, shuffle=True,
+                                       generator=order, collate_fn=lambda rows: dict(pad(rows)))  # peft: a dict
+
+
 def run_training(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
                  prepared: Optional[Prepared] = None, extra_callbacks: Optional[list] = None) -> dict:
     """The whole `lorafit train`: returns result.json's content. Raises UserError for user mistakes.
@@ -949,19 +972,23 @@ def run_training(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
 def _train_in_locked_folder(prepared: Prepared, resume: bool, overwrite: bool, extra_callbacks: Optional[list],
                             started: float) -> dict:
     cfg = prepared.cfg
+    with main_process_first():  # a mistake is said before the model loads, on every rank as rank 0 found it
+        check_run_dir(cfg, resume, overwrite)
+    _wait_for_every_rank()  # every rank has read the folder before rank 0 changes it (open_run_dir)
     torch.manual_seed(cfg.train.seed)  # LoRA init is drawn here: same seed, same starting point
     model_config = load_model_config(cfg.model, prepared.train_data.label_names)
     say(f"loading {cfg.model.name_or_path} ...")
     model = wrap_with_lora(load_pretrained_model(cfg.model, model_config), cfg.lora, int(cfg.lora.r), cfg.model.head)
-    lora, head, other = count_trainable(model)
-    trainable = sum(lora.values()) + head + other
-    if trainable != prepared.budget.total:  # the meta count is the contract; never train something else
-        raise RuntimeError(f"trainable parameters {trainable} differ from the budget count {prepared.budget.total}")
-    if use_bf16(cfg.train.precision):  # after wrapping: LoRA and the head stay fp32 (frozen_linear_weights_to_bf16)
-        frozen_linear_weights_to_bf16(model)
+    trainable = _trainable_as_budgeted(model, prepared)
 
     with main_process_first():
         run_dir, checkpoint = open_run_dir(cfg, resume, overwrite)  # the first thing written
+    if cfg.lora.init == "eva" and checkpoint is None:  # a checkpoint holds the trained A and B already
+        say("initializing LoRA from the training inputs (EVA) ...")
+        initialize_lora_from_inputs(model, eva_batches(prepared))
+        _trainable_as_budgeted(model, prepared)
+    if use_bf16(cfg.train.precision):  # after wrapping: LoRA and the head stay fp32 (frozen_linear_weights_to_bf16)
+        frozen_linear_weights_to_bf16(model)
     with main_process_first():  # rank 0 runs the teachers and caches their predictions; the others read them
         prepared = add_teacher_targets(prepared, run_dir, write=is_main_process())
     if is_main_process():
@@ -1005,6 +1032,15 @@ def _train_in_locked_folder(prepared: Prepared, resume: bool, overwrite: bool, e
         # all the same. Not in result.json: a caller that would go on (a sweep's next trial) stops instead.
         result["stop_exit_code"] = 128 + interrupt.signal_received
     return result
+
+
+def _trainable_as_budgeted(model, prepared: Prepared) -> int:
+    """The model's trainable parameter count, which must be the budget's: the meta count is the contract."""
+    lora, head, other = count_trainable(model)
+    trainable = sum(lora.values()) + head + other
+    if trainable != prepared.budget.total:  # never train something else
+        raise RuntimeError(f"trainable parameters {trainable} differ from the budget count {prepared.budget.total}")
+    return trainable
 
 
 def _in_process_group() -> bool:
