@@ -73,3 +73,34 @@ def test_tracker_mistakes_are_one_line_errors_before_anything_is_written(cli, ti
     swept = cli("sweep", sweep, "--output-dir", tmp_path / "sweeps")
     assert swept.code == 2 and "which is not installed" in swept.err
     assert not (tmp_path / "sweeps").exists()
+
+
+def test_a_resumed_runs_tensorboard_shows_each_step_once(cli, tmp_path, tiny_roberta, small_agnews):
+    """A hard kill after step 4's logs but before its checkpoint was kept: the resumed run logs steps 3-4 again.
+    Its writer marks the resume step (purge_step), so TensorBoard shows each step once, the resumed run's values."""
+    pytest.importorskip("tensorboard", reason="pip install tensorboard (lorafit's tensorboard extra)")
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from conftest import tiny_run_config
+
+    config = tiny_run_config(tmp_path, small_agnews, model=tiny_roberta, logging_steps=1, report_to=["tensorboard"])
+    assert cli("train", config).code == 0
+    run_dir = tmp_path / "runs" / "tiny"
+    # what a SIGKILL in step 4's save leaves: steps 1-4 logged, the checkpoint of step 2 the last whole one
+    shutil.rmtree(run_dir / "checkpoints" / "checkpoint-4")
+    shutil.rmtree(run_dir / "adapter")
+    (run_dir / "result.json").unlink()
+    resumed = cli("train", config)
+    assert resumed.code == 0, resumed.err
+    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 2
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    for tag in ("train/loss", "eval/accuracy"):
+        steps = [event.step for event in events.Scalars(tag)]
+        assert steps == sorted(set(steps)), (tag, steps)
+    assert [event.step for event in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    final = json.loads((run_dir / "result.json").read_text())["final_eval_accuracy"]
+    assert events.Scalars("eval/accuracy")[-1].value == pytest.approx(final)

@@ -73,3 +73,24 @@ def test_a_two_process_checkpoint_missing_a_ranks_rng_state_is_half_written(fini
     assert checkpoint_problem(checkpoint) == "half-written (rng_state_1.pth missing)"
     shutil.copy(checkpoint / "rng_state_0.pth", checkpoint / "rng_state_1.pth")
     assert checkpoint_problem(checkpoint) is None
+
+
+def test_a_checkpoint_missing_only_the_last_ranks_rng_state_is_half_written(finished_tiny, tmp_path):
+    """A 3-process job killed before rank 2 wrote rng_state_2.pth left ranks 0 and 1's: read alone, that is a
+    complete 2-process checkpoint. The run's manifest says 3 processes trained it, so it is half-written, and the
+    run resumes from the checkpoint before it."""
+    from lorafit.train import last_complete_checkpoint
+
+    run = shutil.copytree(finished_tiny, tmp_path / "run")
+    manifest = runs.read_json(run / runs.MANIFEST)
+    runs.atomic_write_json(run / runs.MANIFEST, {**manifest, "world_size": 3})
+    checkpoints = sorted((run / runs.CHECKPOINTS).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert len(checkpoints) >= 2
+    for checkpoint in checkpoints:
+        state = checkpoint / "rng_state.pth"
+        for rank in (0, 1, 2):
+            shutil.copy(state, checkpoint / f"rng_state_{rank}.pth")
+        state.unlink()
+    assert last_complete_checkpoint(run / runs.CHECKPOINTS) == str(checkpoints[-1])
+    (checkpoints[-1] / "rng_state_2.pth").unlink()
+    assert last_complete_checkpoint(run / runs.CHECKPOINTS) == str(checkpoints[-2])

@@ -423,17 +423,18 @@ def rng_state_files(folder: Path) -> list[Path]:
     return [single] if single.is_file() else sorted(folder.glob("rng_state_*.pth"))
 
 
-def checkpoint_problem(folder: Path) -> Optional[str]:
-    """Why a checkpoint cannot be resumed from, or None. Checks what is cheap and sure: every file there, the JSON
-    files parse, the adapter's safetensors header matches its size, the torch archives pass their zip checksums
-    (nothing is unpickled)."""
+def checkpoint_problem(folder: Path, processes: Optional[int] = None) -> Optional[str]:
+    """Why a checkpoint cannot be resumed from, or None. Checks what is cheap and sure: every file there (one
+    rng_state_<rank>.pth per process when `processes`, the run's process count, is known), the JSON files parse, the
+    adapter's safetensors header matches its size, the torch archives pass their zip checksums (nothing is
+    unpickled)."""
     missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
     rng_states = rng_state_files(folder)
     if missing or not rng_states:
         return f"half-written ({missing[0] if missing else 'rng_state.pth'} missing)"
     ranks = {int(m.group(1)) for p in rng_states if (m := re.fullmatch(r"rng_state_(\d+)\.pth", p.name))}
-    if ranks:  # per-rank files: 2 processes or more, each rank up to the highest one
-        absent = [rank for rank in range(max(max(ranks) + 1, 2)) if rank not in ranks]
+    if ranks or (processes or 1) > 1:  # per-rank files: 2 processes or more, each rank up to the highest one
+        absent = [rank for rank in range(max(max(ranks, default=0) + 1, processes or 2)) if rank not in ranks]
         if absent:
             return f"half-written (rng_state_{absent[0]}.pth missing)"
     for name in ("trainer_state.json", "adapter_config.json"):
@@ -464,10 +465,22 @@ def _numbered_checkpoints(checkpoints: Path) -> list[Path]:
     return sorted(found, key=lambda p: _checkpoint_step(p.name))
 
 
+def _saved_process_count(run_dir: Path) -> Optional[int]:
+    """How many processes trained the run, from its manifest (every session of a run has the same count:
+    _refuse_other_process_count); None where it does not say. Without it, a 3-process checkpoint whose rank 2 was
+    killed before writing rng_state_2.pth read as a complete 2-process one."""
+    try:
+        count = runs.read_json(run_dir / runs.MANIFEST).get("world_size")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return count if isinstance(count, int) and count >= 1 else None
+
+
 def last_complete_checkpoint(checkpoints: Path) -> Optional[str]:
     """The newest checkpoint that can be resumed from; damaged ones are skipped with a warning."""
+    processes = _saved_process_count(checkpoints.parent)
     for folder in reversed(_numbered_checkpoints(checkpoints)):
-        problem = checkpoint_problem(folder) or _best_checkpoint_problem(folder)
+        problem = checkpoint_problem(folder, processes) or _best_checkpoint_problem(folder, processes)
         if problem is None:
             return str(folder)
         if is_main_process():
@@ -475,13 +488,13 @@ def last_complete_checkpoint(checkpoints: Path) -> Optional[str]:
     return None
 
 
-def _best_checkpoint_problem(folder: Path) -> Optional[str]:
+def _best_checkpoint_problem(folder: Path, processes: Optional[int] = None) -> Optional[str]:
     """The run ends by loading its best checkpoint; resuming towards a damaged best one would fail at the end."""
     best = runs.read_json(folder / "trainer_state.json").get("best_model_checkpoint")
     best_folder = folder.parent / Path(str(best)).name if best else None
     if best_folder is None or best_folder == folder or not best_folder.exists():
         return None
-    problem = checkpoint_problem(best_folder)
+    problem = checkpoint_problem(best_folder, processes)
     return f"its best checkpoint {best_folder.name} is damaged ({problem})" if problem else None
 
 
@@ -774,7 +787,10 @@ def trackers(report_to: list) -> list[str]:
     return names
 
 
-def tensorboard_callbacks(run_dir: Path, cfg: Optional[RunConfig] = None) -> list:
+def tensorboard_callbacks(run_dir: Path, cfg: Optional[RunConfig] = None, resumed_from_step: int = 0) -> list:
+    """The Trainer's TensorBoard callback, writing to run_dir/tensorboard. A resumed run's writer marks where it
+    starts (SummaryWriter's purge_step): TensorBoard hides what the earlier session logged past the checkpoint, which
+    a hard kill between a checkpoint and the next left in its events file and the resumed run logs again."""
     if not is_main_process():
         return []
     try:
@@ -782,7 +798,8 @@ def tensorboard_callbacks(run_dir: Path, cfg: Optional[RunConfig] = None) -> lis
         from transformers.integrations import TensorBoardCallback
     except ImportError:  # tensorboard is optional
         return []
-    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+    purge_step = resumed_from_step + 1 if resumed_from_step else None  # the checkpoint's own step stays
+    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge_step)
     if cfg is not None:  # TensorBoard has no run parameters; the resolved config goes beside the Trainer's args
         writer.add_text("lorafit_config", f"```yaml\n{cfg.to_yaml()}```")
     return [TensorBoardCallback(tb_writer=writer)]
@@ -824,12 +841,13 @@ def training_collator(tokenizer, cfg: RunConfig) -> DataCollatorWithPadding:
     return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple if multiple > 1 else None)
 
 
-def build_trainer(prepared: Prepared, model, run_dir: Path, interrupt: GracefulInterrupt) -> Trainer:
+def build_trainer(prepared: Prepared, model, run_dir: Path, interrupt: GracefulInterrupt,
+                  resumed_from_step: int = 0) -> Trainer:
     cfg = prepared.cfg
     callbacks = [EvalCurveCallback(run_dir / runs.EVAL_CURVE), FinalEvaluationCallback(), interrupt]
     names = trackers(cfg.train.report_to)
     if "tensorboard" in names:
-        callbacks += tensorboard_callbacks(run_dir, cfg)
+        callbacks += tensorboard_callbacks(run_dir, cfg, resumed_from_step)
     if names:
         callbacks.append(TrackerConfigCallback(cfg, names))
     if cfg.train.early_stopping_patience:
@@ -995,7 +1013,7 @@ def _train_in_locked_folder(prepared: Prepared, resume: bool, overwrite: bool, e
         write_manifest(prepared, run_dir, started, None)
 
     interrupt = GracefulInterrupt()
-    trainer = build_trainer(prepared, model, run_dir, interrupt)
+    trainer = build_trainer(prepared, model, run_dir, interrupt, _checkpoint_step(checkpoint) if checkpoint else 0)
     for callback in extra_callbacks or []:
         trainer.add_callback(callback)
     interrupt.install()
