@@ -101,7 +101,8 @@ class LoraSpec:
         "default",
         "How LoRA's A and B start (peft init_lora_weights; B starts at zero, so the model starts as published): "
         "default (Kaiming-uniform A), gaussian, or eva: A from the principal directions of each "
-        "layer's inputs on training batches (peft's EVA, every layer keeping rank r), computed before step one.",
+        "layer's inputs on training batches (peft's EVA, every layer keeping rank r; not with model.head lora), "
+        "computed before step one.",
     )
     loraplus_lr_ratio: Optional[float] = _field(
         None,
@@ -307,6 +308,10 @@ class RunConfig:
             section.validate()
         if self.budget is None and self.lora.r == "auto":
             raise UserError("lora.r is 'auto' but budget is null (unlimited); give a rank, e.g. lora.r: 16, or a budget")
+        if self.lora.init == "eva" and self.model.head == "lora":
+            # peft's EVA reads every adapted layer's inputs per token; the head's dense layer reads one vector per text
+            raise UserError("lora.init eva cannot start model.head lora's LoRA on the head's dense layer (it reads one "
+                            "vector per text, not tokens); use model.head linear or full, or lora.init default")
         if self.data.unlabelled_file and not (self.data.pseudo_label_teacher or self.train.teacher):
             raise UserError("data.unlabelled_file needs a teacher run to label it; set data.pseudo_label_teacher "
                             "(or train.teacher) to a finished run folder")

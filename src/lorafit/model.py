@@ -539,14 +539,18 @@ def initialize_lora_from_inputs(peft_model: PeftModel, batches) -> None:
     """lora.init eva: peft's EVA sets each A to the top-r principal directions of its layer's inputs, read from
     `batches` (dicts of model inputs) until they settle. peft marks every modules_to_save parameter trainable again
     as it loads them, the frozen identity layers of head: linear included (found on the tests' tiny RoBERTa: 1,056
-    parameters over the budget), so what wrap_with_lora froze is frozen again."""
+    parameters over the budget), so what wrap_with_lora froze is frozen again. peft also rewrites the adapter's
+    target_modules as each adapted layer's full path (under 20 layers): the config's names are put back, as every
+    layer kept rank r, so adapter_config.json names what lora.target_modules does (runs.check_run_folder)."""
     from peft import initialize_lora_eva_weights
 
     was_training = peft_model.training
+    targets = peft_model.peft_config["default"].target_modules
     peft_model.eval()  # no dropout in the inputs EVA reads
     with torch.no_grad():
         initialize_lora_eva_weights(peft_model, dataloader=batches, gather_distributed_inputs=False,
                                     show_progress_bar=False)
+    peft_model.peft_config["default"].target_modules = targets
     peft_model.train(was_training)
     head, dense = peft_model.lorafit_frozen
     freeze_head_hidden_layers(peft_model, head, dense)

@@ -262,10 +262,11 @@ def run_folder_lock(run_dir: Path):
             lock.release()
 
 
-def check_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Optional[str]:
+def check_run_dir(cfg: RunConfig, resume: bool, overwrite: bool, warn: bool = True) -> Optional[str]:
     """What open_run_dir refuses, checked without writing anything: a finished run, another config, nothing to
     resume. Returns the checkpoint to resume from (None: start from step 0). Training calls it before the model
-    loads as well, so such a mistake is said at once, not after a download."""
+    loads as well, so such a mistake is said at once, not after a download. warn: say which damaged checkpoints
+    are skipped (once: the second call of a training run does not)."""
     run_dir = cfg.run_dir
     if run_dir.exists() and overwrite:
         runs.check_is_run_folder(run_dir)  # a folder --name / --output-dir named by mistake: delete nothing
@@ -282,7 +283,7 @@ def check_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Optional[str
         raise UserError(f"{run_dir} already holds a finished run; use another --name, or --overwrite to replace it")
     _resumable_json(run_dir, runs.MANIFEST)
     _resumable_curve(run_dir)
-    checkpoint = last_complete_checkpoint(run_dir / runs.CHECKPOINTS)
+    checkpoint = last_complete_checkpoint(run_dir / runs.CHECKPOINTS, warn)
     if checkpoint is None and resume:
         raise UserError(f"{run_dir} has no complete checkpoint to resume from; drop --resume to train it from the start")
     if checkpoint is not None:
@@ -290,10 +291,10 @@ def check_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Optional[str
     return checkpoint
 
 
-def open_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> tuple[Path, Optional[str]]:
+def open_run_dir(cfg: RunConfig, resume: bool, overwrite: bool, warn: bool = True) -> tuple[Path, Optional[str]]:
     """Create the run folder, or pick up the checkpoint of an unfinished run with the same config."""
     run_dir = cfg.run_dir
-    checkpoint = check_run_dir(cfg, resume, overwrite)
+    checkpoint = check_run_dir(cfg, resume, overwrite, warn)
     if run_dir.exists() and overwrite:
         if is_main_process():
             runs.clear_run_dir(run_dir)  # not the folder itself: it holds this run's lock
@@ -476,14 +477,14 @@ def _saved_process_count(run_dir: Path) -> Optional[int]:
     return count if isinstance(count, int) and count >= 1 else None
 
 
-def last_complete_checkpoint(checkpoints: Path) -> Optional[str]:
-    """The newest checkpoint that can be resumed from; damaged ones are skipped with a warning."""
+def last_complete_checkpoint(checkpoints: Path, warn: bool = True) -> Optional[str]:
+    """The newest checkpoint that can be resumed from; damaged ones are skipped with a warning (unless not warn)."""
     processes = _saved_process_count(checkpoints.parent)
     for folder in reversed(_numbered_checkpoints(checkpoints)):
         problem = checkpoint_problem(folder, processes) or _best_checkpoint_problem(folder, processes)
         if problem is None:
             return str(folder)
-        if is_main_process():
+        if warn and is_main_process():
             log.warning("skipping %s: %s; resuming from an earlier checkpoint", folder.name, problem)
     return None
 
@@ -788,9 +789,10 @@ def trackers(report_to: list) -> list[str]:
 
 
 def tensorboard_callbacks(run_dir: Path, cfg: Optional[RunConfig] = None, resumed_from_step: int = 0) -> list:
-    """The Trainer's TensorBoard callback, writing to run_dir/tensorboard. A resumed run's writer marks where it
-    starts (SummaryWriter's purge_step): TensorBoard hides what the earlier session logged past the checkpoint, which
-    a hard kill between a checkpoint and the next left in its events file and the resumed run logs again."""
+    """The Trainer's TensorBoard callback, writing to run_dir/tensorboard. The writer marks where the run starts
+    (SummaryWriter's purge_step): TensorBoard hides what an earlier session logged past the checkpoint, which a hard
+    kill between a checkpoint and the next left in its events file and the resumed run logs again; past step 0 for
+    a run killed before its first checkpoint and started again in the same folder."""
     if not is_main_process():
         return []
     try:
@@ -798,7 +800,7 @@ def tensorboard_callbacks(run_dir: Path, cfg: Optional[RunConfig] = None, resume
         from transformers.integrations import TensorBoardCallback
     except ImportError:  # tensorboard is optional
         return []
-    purge_step = resumed_from_step + 1 if resumed_from_step else None  # the checkpoint's own step stays
+    purge_step = resumed_from_step + 1  # the checkpoint's own step stays
     writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge_step)
     if cfg is not None:  # TensorBoard has no run parameters; the resolved config goes beside the Trainer's args
         writer.add_text("lorafit_config", f"```yaml\n{cfg.to_yaml()}```")
@@ -965,13 +967,17 @@ def save_adapter(model, tokenizer, label_names: list[str], run_dir: Path) -> Non
 
 
 def eva_batches(prepared: Prepared):
-    """The training rows EVA reads (lora.init eva), in a seeded order: every process computes the same start."""
+    """The training rows EVA reads (lora.init eva), in a seeded order: every process computes the same start.
+    At least r rows a batch, and no shorter last batch: peft's EVA skips a batch of fewer tokens than r (printing
+    so on stdout) and cycles over the batches until each layer's estimate settles, which it never did where every
+    batch was skipped (train.batch_size 1 with short texts)."""
     train_ds = prepared.train_ds
     inputs = train_ds.select_columns([c for c in ("input_ids", "attention_mask", "token_type_ids")
                                       if c in train_ds.column_names])
     pad = DataCollatorWithPadding(prepared.tokenizer)
     order = torch.Generator().manual_seed(prepared.cfg.train.seed)
-    return torch.utils.data.DataLoader(inputs, batch_size=prepared.cfg.train.batch_size, shuffle=True,
+    batch_size = max(prepared.cfg.train.batch_size, int(prepared.cfg.lora.r))
+    return torch.utils.data.DataLoader(inputs, batch_size=batch_size, shuffle=True, drop_last=len(inputs) > batch_size,
                                        generator=order, collate_fn=lambda rows: dict(pad(rows)))  # peft: a dict
 
 
@@ -1000,7 +1006,8 @@ def _train_in_locked_folder(prepared: Prepared, resume: bool, overwrite: bool, e
     trainable = _trainable_as_budgeted(model, prepared)
 
     with main_process_first():
-        run_dir, checkpoint = open_run_dir(cfg, resume, overwrite)  # the first thing written
+        # the first thing written; a damaged checkpoint was said by check_run_dir above
+        run_dir, checkpoint = open_run_dir(cfg, resume, overwrite, warn=False)
     if cfg.lora.init == "eva" and checkpoint is None:  # a checkpoint holds the trained A and B already
         say("initializing LoRA from the training inputs (EVA) ...")
         initialize_lora_from_inputs(model, eva_batches(prepared))
