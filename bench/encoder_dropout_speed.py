@@ -32,8 +32,9 @@ def build(cfg, dropout: float, bf16: bool):
 
     model_cfg = dataclasses.replace(cfg.model, dropout=dropout)
     torch.manual_seed(0)  # the same LoRA start for both
-    model = wrap_with_lora(load_pretrained_model(model_cfg, load_model_config(model_cfg)), cfg.lora,
-                           resolve_rank(cfg, load_model_config(model_cfg)), model_cfg.head)
+    model_config = load_model_config(model_cfg)
+    model = wrap_with_lora(load_pretrained_model(model_cfg, model_config), cfg.lora, resolve_rank(cfg, model_config),
+                           model_cfg.head)
     if bf16:
         frozen_linear_weights_to_bf16(model)
     model.train()

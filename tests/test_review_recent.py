@@ -41,7 +41,7 @@ def test_a_saved_config_with_a_key_that_is_no_string_is_refused_in_one_line(tmp_
                             "model": {"name_or_path": "roberta-base"}})
     cfg.run_dir.mkdir(parents=True)
     (cfg.run_dir / runs.CONFIG).write_text(cfg.to_yaml() + "on: true\n")
-    message = _refusal(lambda: train.open_run_dir(cfg, resume=False, overwrite=False))
+    message = _refusal(lambda: train.check_run_dir(cfg, resume=False, overwrite=False))
     assert "different config (True: True there, None here)" in message and "\n" not in message
 
 
@@ -103,7 +103,7 @@ def test_a_run_folder_whose_config_yaml_is_a_folder_is_refused_as_damaged(tmp_pa
     cfg = config_from_dict({"name": "x", "output_dir": str(tmp_path / "runs"),
                             "model": {"name_or_path": "roberta-base"}})
     (cfg.run_dir / runs.CONFIG).mkdir(parents=True)
-    message = _refusal(lambda: train.open_run_dir(cfg, resume=False, overwrite=False))
+    message = _refusal(lambda: train.check_run_dir(cfg, resume=False, overwrite=False))
     assert message.startswith(f"run folder {cfg.run_dir} is damaged: config.yaml cannot be read")
     assert message.endswith("start the run over with --overwrite") and "\n" not in message
 

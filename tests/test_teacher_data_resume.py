@@ -193,7 +193,8 @@ def test_an_old_run_whose_config_lacks_a_newer_field_resumes(old_run, cli):
     (run_dir / runs.CONFIG).write_text(yaml.safe_dump(saved, sort_keys=False))
     one_line_error(cli("train", config, "--model", "models/roberta", "--resume"), "no complete checkpoint")
     cfg = load_config(config, {"model.name_or_path": str(run_dir.parents[1] / "models/roberta")})
-    assert train.open_run_dir(cfg, resume=False, overwrite=False) == (run_dir, None)
+    assert train.check_run_dir(cfg, resume=False, overwrite=False) is None
+    assert train.open_run_dir(cfg, overwrite=False, checkpoint=None) == run_dir
     assert yaml.safe_load((run_dir / runs.CONFIG).read_text())["model"]["pooling"] == "cls", "saved in today's form"
 
 
@@ -203,7 +204,8 @@ def test_a_relative_model_path_is_also_read_from_the_run_folders_parent(old_run,
     shutil.copytree(run_dir.parents[1] / "models", run_dir.parent / "models")
     monkeypatch.chdir(tmp_path)
     cfg = load_config(config, {"model.name_or_path": str(run_dir.parent / "models" / "roberta")})
-    assert train.open_run_dir(cfg, resume=False, overwrite=False) == (run_dir, None)
+    assert train.check_run_dir(cfg, resume=False, overwrite=False) is None
+    assert train.open_run_dir(cfg, overwrite=False, checkpoint=None) == run_dir
     saved = yaml.safe_load((run_dir / runs.CONFIG).read_text())
     assert saved["model"]["name_or_path"] == cfg.model.name_or_path, "the config is saved absolute from now on"
 
@@ -214,7 +216,7 @@ def test_a_relative_model_path_to_another_folder_is_still_refused(old_run, tiny_
     shutil.copytree(tiny_roberta, other)
     cfg = load_config(config, {"model.name_or_path": str(other)})
     with pytest.raises(UserError) as refused:
-        train.open_run_dir(cfg, resume=True, overwrite=False)
+        train.check_run_dir(cfg, resume=True, overwrite=False)
     message = str(refused.value)
     assert "different config" in message and "model.name_or_path: 'models/roberta' there" in message
     assert "\n" not in message

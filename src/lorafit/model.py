@@ -529,7 +529,6 @@ def wrap_with_lora(model: torch.nn.Module, spec: LoraSpec, r: int, head: str) ->
     with warnings.catch_warnings():  # peft's advice for EVA on models too large to hold twice: noise for encoders
         warnings.filterwarnings("ignore", message="lora with eva initialization used with low_cpu_mem_usage")
         peft_model = get_peft_model(model, build_lora_config(model, spec, r, head), revision=revision)
-    peft_model.lorafit_frozen = (head, dense)  # what initialize_lora_from_inputs must freeze again
     freeze_head_hidden_layers(peft_model, head, dense)
     freeze_replaced_pooler(peft_model)
     return peft_model
@@ -537,24 +536,24 @@ def wrap_with_lora(model: torch.nn.Module, spec: LoraSpec, r: int, head: str) ->
 
 def initialize_lora_from_inputs(peft_model: PeftModel, batches) -> None:
     """lora.init eva: peft's EVA sets each A to the top-r principal directions of its layer's inputs, read from
-    `batches` (dicts of model inputs) until they settle. peft marks every modules_to_save parameter trainable again
-    as it loads them, the frozen identity layers of head: linear included (found on the tests' tiny RoBERTa: 1,056
-    parameters over the budget), so what wrap_with_lora froze is frozen again. peft also rewrites the adapter's
-    target_modules as each adapted layer's full path (under 20 layers): the config's names are put back, as every
-    layer kept rank r, so adapter_config.json names what lora.target_modules does (runs.check_run_folder)."""
+    `batches` (dicts of model inputs) until they settle. It changes nothing else: peft marks every modules_to_save
+    parameter trainable again as it loads them (the frozen identity layers of head: linear: 1,056 parameters over
+    the budget on the tests' tiny RoBERTa), so what trained before trains after, and no more; and it rewrites the
+    adapter's target_modules as each adapted layer's full path (under 20 layers), so the config's names are put
+    back (every layer kept rank r): adapter_config.json names what lora.target_modules does (runs.check_run_folder)."""
     from peft import initialize_lora_eva_weights
 
     was_training = peft_model.training
     targets = peft_model.peft_config["default"].target_modules
+    trained = {name for name, param in peft_model.named_parameters() if param.requires_grad}
     peft_model.eval()  # no dropout in the inputs EVA reads
     with torch.no_grad():
         initialize_lora_eva_weights(peft_model, dataloader=batches, gather_distributed_inputs=False,
                                     show_progress_bar=False)
     peft_model.peft_config["default"].target_modules = targets
     peft_model.train(was_training)
-    head, dense = peft_model.lorafit_frozen
-    freeze_head_hidden_layers(peft_model, head, dense)
-    freeze_replaced_pooler(peft_model)
+    for name, param in peft_model.named_parameters():
+        param.requires_grad_(name in trained)
 
 
 def frozen_linear_weights_to_bf16(model: torch.nn.Module) -> int:

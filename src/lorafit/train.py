@@ -262,11 +262,10 @@ def run_folder_lock(run_dir: Path):
             lock.release()
 
 
-def check_run_dir(cfg: RunConfig, resume: bool, overwrite: bool, warn: bool = True) -> Optional[str]:
-    """What open_run_dir refuses, checked without writing anything: a finished run, another config, nothing to
-    resume. Returns the checkpoint to resume from (None: start from step 0). Training calls it before the model
-    loads as well, so such a mistake is said at once, not after a download. warn: say which damaged checkpoints
-    are skipped (once: the second call of a training run does not)."""
+def check_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Optional[str]:
+    """What a run folder refuses, checked without writing anything and before the model loads (so a mistake is said
+    at once, not after a download): a finished run, another config, nothing to resume. Returns the checkpoint to
+    resume from (None: start from step 0), which open_run_dir then prepares."""
     run_dir = cfg.run_dir
     if run_dir.exists() and overwrite:
         runs.check_is_run_folder(run_dir)  # a folder --name / --output-dir named by mistake: delete nothing
@@ -283,7 +282,7 @@ def check_run_dir(cfg: RunConfig, resume: bool, overwrite: bool, warn: bool = Tr
         raise UserError(f"{run_dir} already holds a finished run; use another --name, or --overwrite to replace it")
     _resumable_json(run_dir, runs.MANIFEST)
     _resumable_curve(run_dir)
-    checkpoint = last_complete_checkpoint(run_dir / runs.CHECKPOINTS, warn)
+    checkpoint = last_complete_checkpoint(run_dir / runs.CHECKPOINTS)
     if checkpoint is None and resume:
         raise UserError(f"{run_dir} has no complete checkpoint to resume from; drop --resume to train it from the start")
     if checkpoint is not None:
@@ -291,10 +290,10 @@ def check_run_dir(cfg: RunConfig, resume: bool, overwrite: bool, warn: bool = Tr
     return checkpoint
 
 
-def open_run_dir(cfg: RunConfig, resume: bool, overwrite: bool, warn: bool = True) -> tuple[Path, Optional[str]]:
-    """Create the run folder, or pick up the checkpoint of an unfinished run with the same config."""
+def open_run_dir(cfg: RunConfig, overwrite: bool, checkpoint: Optional[str]) -> Path:
+    """Create the run folder, or prepare an unfinished run's to continue from `checkpoint` (check_run_dir's: the
+    folder's lock has been held since it was found)."""
     run_dir = cfg.run_dir
-    checkpoint = check_run_dir(cfg, resume, overwrite, warn)
     if run_dir.exists() and overwrite:
         if is_main_process():
             runs.clear_run_dir(run_dir)  # not the folder itself: it holds this run's lock
@@ -314,7 +313,7 @@ def open_run_dir(cfg: RunConfig, resume: bool, overwrite: bool, warn: bool = Tru
         # run was refused above (--overwrite cleared the folder instead). Other names stay (runs.LOCKED_FILES).
         runs.remove_interrupted_writes(run_dir, runs.LOCKED_FILES)
         runs.atomic_write_text(run_dir / runs.CONFIG, cfg.to_yaml())
-    return run_dir, checkpoint
+    return run_dir
 
 
 def _refuse_other_process_count(run_dir: Path, checkpoint: Path) -> None:
@@ -477,14 +476,14 @@ def _saved_process_count(run_dir: Path) -> Optional[int]:
     return count if isinstance(count, int) and count >= 1 else None
 
 
-def last_complete_checkpoint(checkpoints: Path, warn: bool = True) -> Optional[str]:
-    """The newest checkpoint that can be resumed from; damaged ones are skipped with a warning (unless not warn)."""
+def last_complete_checkpoint(checkpoints: Path) -> Optional[str]:
+    """The newest checkpoint that can be resumed from; damaged ones are skipped with a warning."""
     processes = _saved_process_count(checkpoints.parent)
     for folder in reversed(_numbered_checkpoints(checkpoints)):
         problem = checkpoint_problem(folder, processes) or _best_checkpoint_problem(folder, processes)
         if problem is None:
             return str(folder)
-        if warn and is_main_process():
+        if is_main_process():
             log.warning("skipping %s: %s; resuming from an earlier checkpoint", folder.name, problem)
     return None
 
@@ -974,7 +973,7 @@ def eva_batches(prepared: Prepared):
     train_ds = prepared.train_ds
     inputs = train_ds.select_columns([c for c in ("input_ids", "attention_mask", "token_type_ids")
                                       if c in train_ds.column_names])
-    pad = DataCollatorWithPadding(prepared.tokenizer)
+    pad = training_collator(prepared.tokenizer, prepared.cfg)
     order = torch.Generator().manual_seed(prepared.cfg.train.seed)
     batch_size = max(prepared.cfg.train.batch_size, int(prepared.cfg.lora.r))
     return torch.utils.data.DataLoader(inputs, batch_size=batch_size, shuffle=True, drop_last=len(inputs) > batch_size,
@@ -997,7 +996,7 @@ def _train_in_locked_folder(prepared: Prepared, resume: bool, overwrite: bool, e
                             started: float) -> dict:
     cfg = prepared.cfg
     with main_process_first():  # a mistake is said before the model loads, on every rank as rank 0 found it
-        check_run_dir(cfg, resume, overwrite)
+        checkpoint = check_run_dir(cfg, resume, overwrite)
     _wait_for_every_rank()  # every rank has read the folder before rank 0 changes it (open_run_dir)
     torch.manual_seed(cfg.train.seed)  # LoRA init is drawn here: same seed, same starting point
     model_config = load_model_config(cfg.model, prepared.train_data.label_names)
@@ -1006,8 +1005,7 @@ def _train_in_locked_folder(prepared: Prepared, resume: bool, overwrite: bool, e
     trainable = _trainable_as_budgeted(model, prepared)
 
     with main_process_first():
-        # the first thing written; a damaged checkpoint was said by check_run_dir above
-        run_dir, checkpoint = open_run_dir(cfg, resume, overwrite, warn=False)
+        run_dir = open_run_dir(cfg, overwrite, checkpoint)  # the first thing written
     if cfg.lora.init == "eva" and checkpoint is None:  # a checkpoint holds the trained A and B already
         say("initializing LoRA from the training inputs (EVA) ...")
         initialize_lora_from_inputs(model, eva_batches(prepared))
