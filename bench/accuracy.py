@@ -39,8 +39,11 @@ pseudo-labelled by a teacher trained on the same 4,000 rows: the labelled-only r
 (results.self_training.with_unlabelled), or with mpnet one MPNet run of lorafit's default (seed 42:
 with_unlabelled_mpnet_teacher; --only minilm:self_training_mpnet_teacher), or that MPNet run as teacher of both the
 labels and soft targets for every training row, at threshold 0.7 (with_unlabelled_mpnet_teacher_distilled; --only
-minilm:self_training_mpnet_distilled). A student whose teacher has only its committed small files on this machine
-trains the teacher again first (it needs its weights).
+minilm:self_training_mpnet_distilled). The MPNet-teacher comparison runs again with lorafit's MiniLM default of today
+as the recipe of both the students and the labelled-only runs (default_labelled_only and
+default_with_unlabelled_mpnet_teacher; --only minilm:default_self_training and
+minilm:default_self_training_mpnet_teacher). A student whose teacher has only its committed small files on this
+machine trains the teacher again first (it needs its weights).
 
 Prints one JSON object: results.<model>.<recipe> with `accuracy` (one value per seed), `mean`, `std`,
 `trainable_params`, `examples_seen`, `wall_seconds` (of each run's last session; `resumed_from_step` says whether it
@@ -426,18 +429,42 @@ class SelfTrainingArm:
     run_suffix: str              # students' runs: minilm-selftrain4000<suffix>-seed<seed>
     threshold: float = 0.9       # data.pseudo_label_threshold
     distill: bool = False        # the teacher also gives soft targets for every training row (train.teacher)
+    student_recipe: str = "self_training"  # the students' MiniLM recipe, and that of the labelled-only runs
+    with_own_labelled_only: bool = False  # the labelled-only run of the student's recipe and seed teaches too
 
-    def student_settings(self, unlabelled: Path, teacher_dir: Path) -> dict:
-        data = {"unlabelled_file": str(unlabelled), "pseudo_label_teacher": str(teacher_dir),
+    @property
+    def prefix(self) -> str:
+        """Run-name prefix of this arm's MiniLM runs (the first recipe's names are kept, so its runs are reused)."""
+        return run_prefix(self.student_recipe)
+
+    def student_settings(self, unlabelled: Path, teacher_dirs: list[Path]) -> dict:
+        teachers = str(teacher_dirs[0]) if len(teacher_dirs) == 1 else [str(d) for d in teacher_dirs]
+        data = {"unlabelled_file": str(unlabelled), "pseudo_label_teacher": teachers,
                 "pseudo_label_threshold": self.threshold}
         # the distillation lever's weight and temperature (configs/accuracy/minilm-lever-distill-mpnet.yaml)
-        train = {"teacher": str(teacher_dir), "distill_weight": 0.5, "distill_temperature": 2.0} if self.distill else {}
+        train = {"teacher": teachers, "distill_weight": 0.5, "distill_temperature": 2.0} if self.distill else {}
         return {"data": data, "train": train}  # by config section, as run_values takes them
 
 
-# The MiniLM recipe of the self-training comparison (students and the labelled-only runs): lorafit's MiniLM default
-# as it was when the comparison was measured, kept in its own file so that those runs stay reproducible
+# The MiniLM recipe of the first self-training comparison (students and the labelled-only runs): lorafit's MiniLM
+# default as it was when the comparison was measured, kept in its own file so that those runs stay reproducible
 SELF_TRAINING_RECIPE = "self_training"
+
+
+def run_prefix(student_recipe: str) -> str:
+    return "minilm" if student_recipe == SELF_TRAINING_RECIPE else f"minilm-{student_recipe.replace('_', '-')}"
+
+
+def baseline_only_recipe(student_recipe: str) -> str:
+    """--only minilm:<this> runs the labelled-only runs of a students' recipe."""
+    return "self_training" if student_recipe == SELF_TRAINING_RECIPE else f"{student_recipe}_self_training"
+
+
+def baseline_key(student_recipe: str) -> str:
+    """The report's key of the labelled-only runs of a students' recipe."""
+    return "labelled_only" if student_recipe == SELF_TRAINING_RECIPE else f"{student_recipe}_labelled_only"
+
+
 SELF_TRAINING_ARMS = {
     "with_unlabelled": SelfTrainingArm("minilm", SELF_TRAINING_RECIPE, None, "self_training", ""),
     # a stronger teacher trained on the same 4,000 labelled rows (never on the unlabelled rows' labels); one seed
@@ -448,6 +475,13 @@ SELF_TRAINING_ARMS = {
     "with_unlabelled_mpnet_teacher_distilled": SelfTrainingArm("mpnet", "default", 42,
                                                                "self_training_mpnet_distilled",
                                                                "-mpnet-distilled", threshold=0.7, distill=True),
+    # the same MPNet teacher, with lorafit's MiniLM default of today as the students' and labelled-only runs' recipe
+    "default_with_unlabelled_mpnet_teacher": SelfTrainingArm("mpnet", "default", 42, "default_self_training_mpnet_teacher",
+                                                             "-mpnet-teacher", student_recipe="default"),
+    # that MPNet teacher and the labelled-only MiniLM run of the student's seed together, probabilities averaged
+    "default_with_unlabelled_two_teachers": SelfTrainingArm("mpnet", "default", 42, "default_self_training_two_teachers",
+                                                            "-two-teachers", student_recipe="default",
+                                                            with_own_labelled_only=True),
 }
 
 
@@ -455,7 +489,8 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
     """Label-scarce: 4,000 labelled rows of the training part alone, vs the same rows plus the rest of the training
     part as unlabelled text pseudo-labelled by a teacher run trained on the 4,000 rows only (validation texts never
     join): the labelled-only MiniLM run of the same seed, or (with mpnet) one MPNet run of lorafit's default.
-    Every student is MiniLM with SELF_TRAINING_RECIPE and sees the same number of examples as the rows alone.
+    Every student is MiniLM with its arm's recipe, compared with the labelled-only runs of that recipe, and sees the
+    same number of examples as the rows alone.
     """
     import pandas as pd
 
@@ -468,40 +503,57 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
     # atomically, as the split: every bench invocation writes them again, maybe while another one's run reads them
     runs.atomic_write_text(labelled, train_rows.iloc[:4000].to_csv(index=False))
     runs.atomic_write_text(unlabelled, train_rows.iloc[4000:][["text"]].to_csv(index=False))
-    config = recipe_file("minilm", SELF_TRAINING_RECIPE)
 
     def labelled_only(model: str, recipe: str, seed: int) -> dict:
-        return run_values(recipe_file(model, recipe), f"{model}-labelled4000-seed{seed}", dirs[model], labelled,
+        prefix = run_prefix(recipe) if model == "minilm" else model
+        return run_values(recipe_file(model, recipe), f"{prefix}-labelled4000-seed{seed}", dirs[model], labelled,
                           split[1], seed, runs_dir)
 
     seeds = SEEDS["minilm"]["default"]
-    rows = {"labelled_only": [], **{variant: [] for variant in SELF_TRAINING_ARMS}}
+    # one labelled-only baseline per students' recipe: `labelled_only` for the first, `<recipe>_labelled_only` after
+    baselines = {arm.student_recipe: baseline_key(arm.student_recipe)
+                 for arm in SELF_TRAINING_ARMS.values() if arm.teacher_model in dirs}
+    rows = {baseline: [] for baseline in baselines.values()}
+    configs = {baseline: recipe_file("minilm", recipe) for recipe, baseline in baselines.items()}
+    last_values = {}
     for variant, arm in SELF_TRAINING_ARMS.items():
         if arm.teacher_model not in dirs:
-            del rows[variant]
             continue
+        rows[variant], configs[variant] = [], recipe_file("minilm", arm.student_recipe)
         for seed in seeds:
-            teacher_values = labelled_only(arm.teacher_model, arm.teacher_recipe, arm.teacher_seed or seed)
-            student = run_values(config, f"minilm-selftrain4000{arm.run_suffix}-seed{seed}", dirs["minilm"],
-                                 labelled, split[1], seed, runs_dir,
-                                 arm.student_settings(unlabelled, runs_dir / teacher_values["name"]))
+            teachers = [labelled_only(arm.teacher_model, arm.teacher_recipe, arm.teacher_seed or seed)]
+            if arm.with_own_labelled_only:  # probabilities averaged (data.pseudo_label_teacher as a list)
+                teachers.append(labelled_only("minilm", arm.student_recipe, seed))
+            student = run_values(configs[variant], f"{arm.prefix}-selftrain4000{arm.run_suffix}-seed{seed}",
+                                 dirs["minilm"], labelled, split[1], seed, runs_dir,
+                                 arm.student_settings(unlabelled, [runs_dir / t["name"] for t in teachers]))
+            last_values[variant] = student
             allowed = selected(only, "minilm", arm.only_recipe, seed)
             result = run_or_reuse(student, False, args.threads)
             if result is None and allowed:  # the student reads its teacher's weights: train the teacher first
-                run_or_reuse(teacher_values, True, args.threads, weights=True)
+                for teacher_values in teachers:
+                    run_or_reuse(teacher_values, True, args.threads, weights=True)
                 result = run_or_reuse(student, True, args.threads)
             if result is None:
                 pending.append(student["name"])
             else:
                 rows[variant].append((seed, result))
-    for seed in seeds:  # after any teacher was trained again, so the figures are those of the teachers used
-        values = labelled_only("minilm", SELF_TRAINING_RECIPE, seed)
-        result = run_or_reuse(values, selected(only, "minilm", "self_training", seed), args.threads)
-        if result is None:
-            pending.append(values["name"])
-        else:
-            rows["labelled_only"].append((seed, result))
-    out = {variant: {"model": "minilm", **summarize(found, config, values, seeds)} for variant, found in rows.items()}
+    for recipe, baseline in baselines.items():  # after any teacher trained again: the figures of the teachers used
+        for seed in seeds:
+            values = last_values[baseline] = labelled_only("minilm", recipe, seed)
+            result = run_or_reuse(values, selected(only, "minilm", baseline_only_recipe(recipe), seed), args.threads)
+            if result is None:
+                pending.append(values["name"])
+            else:
+                rows[baseline].append((seed, result))
+    # each recipe's labelled-only runs, then its students
+    order = [key for recipe, baseline in baselines.items()
+             for key in (baseline, *(v for v, arm in SELF_TRAINING_ARMS.items() if arm.student_recipe == recipe))]
+    out = {variant: {"model": "minilm", **summarize(rows[variant], configs[variant], last_values[variant], seeds)}
+           for variant in order if variant in rows}
+    for variant, arm in SELF_TRAINING_ARMS.items():
+        if variant in out:
+            out[variant]["gain_over_labelled_only"] = gain(out[variant], out[baseline_key(arm.student_recipe)])
     mpnet_arms = [arm for arm in SELF_TRAINING_ARMS.values() if arm.teacher_model == "mpnet"]
     if mpnet_arms and "mpnet" in dirs:  # the stronger teacher's own accuracy on the 4,000 rows (one seed, shared)
         arm = mpnet_arms[0]
@@ -517,6 +569,17 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
     return out
 
 
+def gain(student: dict, baseline: dict) -> Optional[dict]:
+    """A students' arm against the labelled-only runs of its recipe, in points, over the seeds both finished."""
+    pairs = {seed: a for seed, a in zip(student["seeds"], student["accuracy"])}
+    shared = [(pairs[seed], a) for seed, a in zip(baseline["seeds"], baseline["accuracy"]) if seed in pairs]
+    if not shared:
+        return None
+    per_seed = [round(100 * (s - b), 2) for s, b in shared]
+    return {"seeds": [seed for seed in baseline["seeds"] if seed in pairs], "points": per_seed,
+            "mean_points": round(statistics.fmean(per_seed), 2)}
+
+
 def runnable(dirs: dict, self_training: bool) -> dict:
     """{model: {recipe: seeds}}: every run this invocation may train, by the names --only uses."""
     runs = {}
@@ -524,8 +587,9 @@ def runnable(dirs: dict, self_training: bool) -> dict:
         runs[model] = {recipe: SEEDS[model][recipe] for recipe in RECIPES}
         runs[model].update({f"lever_{name}": SEEDS[model]["default"] for name in lever_files(model)})
     if self_training and "minilm" in dirs:  # students are MiniLM runs, and an arm needs its teacher's model
-        runs["minilm"].update({arm.only_recipe: SEEDS["minilm"]["default"]
-                               for arm in SELF_TRAINING_ARMS.values() if arm.teacher_model in dirs})
+        arms = [arm for arm in SELF_TRAINING_ARMS.values() if arm.teacher_model in dirs]
+        for name in [*(arm.only_recipe for arm in arms), *(baseline_only_recipe(arm.student_recipe) for arm in arms)]:
+            runs["minilm"][name] = SEEDS["minilm"]["default"]
     return runs
 
 

@@ -231,6 +231,54 @@ def test_self_training_lists_missing_mpnet_teacher_as_pending(bench, committed, 
         assert out[variant]["accuracy"] == [] and out[variant]["mean"] is None
         # its own recipe file, not the MiniLM default's: a new default does not turn the comparison's runs pending
         assert out[variant]["config"] == "configs/accuracy/minilm-self-training.yaml"
+    # the comparison again with today's default: its own labelled-only runs, under names of their own
+    for variant in ("default_labelled_only", "default_with_unlabelled_mpnet_teacher"):
+        assert out[variant]["config"] == "configs/agnews-minilm-proxy.yaml" and out[variant]["accuracy"] == []
+    assert "minilm-default-labelled4000-seed43" in pending and "minilm-labelled4000-seed43" in pending
+    assert "minilm-default-selftrain4000-mpnet-teacher-seed44" in pending
+    assert "minilm-default-selftrain4000-two-teachers-seed42" in pending
+    keys = [k for k in out if isinstance(out[k], dict)]
+    assert keys.index("default_labelled_only") == keys.index("default_with_unlabelled_mpnet_teacher") - 1
+
+
+def test_two_teacher_arm_averages_the_mpnet_teacher_and_its_own_labelled_only_run(bench):
+    arm = bench.SELF_TRAINING_ARMS["default_with_unlabelled_two_teachers"]
+    settings = arm.student_settings(Path("u.csv"), [Path("runs/mpnet-labelled4000-seed42"),
+                                                    Path("runs/minilm-default-labelled4000-seed43")])
+    assert settings["data"]["pseudo_label_teacher"] == ["runs/mpnet-labelled4000-seed42",
+                                                        "runs/minilm-default-labelled4000-seed43"]
+    assert settings["train"] == {}  # labels only, no soft targets
+    one = bench.SELF_TRAINING_ARMS["default_with_unlabelled_mpnet_teacher"]
+    assert one.student_settings(Path("u.csv"), [Path("t")])["data"]["pseudo_label_teacher"] == "t"
+
+
+def test_self_training_arms_reuse_their_recipes_runs(bench, committed, tmp_path):
+    """Each students' recipe is compared with its own labelled-only runs: a finished run of the first recipe is not
+    reported as one of today's default, nor the other way round."""
+    train, validation = split(tmp_path)
+    dirs = {"minilm": "/models/minilm", "mpnet": "/models/mpnet"}
+    (tmp_path / "runs" / "accuracy" / "data").mkdir(parents=True)
+    labelled = tmp_path / "runs" / "accuracy" / "data" / "labelled4000.csv"
+    for seed, accuracy in ((42, 0.90), (43, 0.89), (44, 0.88)):
+        for config, name in ((DEFAULT, f"minilm-default-labelled4000-seed{seed}"),
+                             (ROOT / "configs/accuracy/minilm-self-training.yaml", f"minilm-labelled4000-seed{seed}")):
+            values = bench.run_values(config, name, "/models/minilm", labelled, validation, seed,
+                                      tmp_path / "runs" / "accuracy")
+            finish(bench, committed, values, accuracy if config == DEFAULT else accuracy - 0.01)
+    for seed, accuracy in ((42, 0.91), (44, 0.9)):  # one students' arm, two of its seeds finished
+        student = bench.run_values(DEFAULT, f"minilm-default-selftrain4000-mpnet-teacher-seed{seed}", "/models/minilm",
+                                   labelled, validation, seed, tmp_path / "runs" / "accuracy",
+                                   bench.SELF_TRAINING_ARMS["default_with_unlabelled_mpnet_teacher"].student_settings(
+                                       tmp_path / "runs" / "accuracy" / "data" / "unlabelled.csv",
+                                       [tmp_path / "runs" / "accuracy" / "mpnet-labelled4000-seed42"]))
+        finish(bench, committed, student, accuracy)
+    out = bench.self_training(dirs, (train, validation), args_for(tmp_path), [("none",)], [])
+    assert out["default_labelled_only"]["accuracy"] == [0.90, 0.89, 0.88]
+    assert out["labelled_only"]["accuracy"] == [0.89, 0.88, 0.87]
+    # the gain is taken against its own recipe's runs, seed by seed, over the seeds both finished
+    assert out["default_with_unlabelled_mpnet_teacher"]["gain_over_labelled_only"] == {
+        "seeds": [42, 44], "points": [1.0, 2.0], "mean_points": 1.5}
+    assert out["with_unlabelled_mpnet_teacher"]["gain_over_labelled_only"] is None
 
 
 # --- best ------------------------------------------------------------------------------------------------------
@@ -302,6 +350,7 @@ MINILM, BOTH = {"minilm": "/m"}, {"minilm": "/m", "mpnet": "/p"}
     ("minilm:self_training", MINILM, False),  # no --self-training: nothing would run
     ("mpnet:self_training", BOTH, True),      # students are MiniLM runs
     ("minilm:self_training_mpnet_teacher", MINILM, True),  # its teacher is MPNet, not among --models here
+    ("minilm:default_self_training", BOTH, False),
     ("minilm:peer_a:", MINILM, False),
     ("minilm:peer_a:42:1", MINILM, False),
     ("minilm:peer-a", MINILM, False),
@@ -317,7 +366,8 @@ def test_only_refuses_an_entry_that_names_no_run(bench, text, dirs, self_trainin
 def test_only_accepts_every_run_it_names(bench):
     dirs = BOTH
     only = bench.parse_only("minilm:peer_a:43, mpnet:seed:42,mpnet:default:43,minilm:lever_mean:44,mpnet,"
-                            "minilm:self_training:44,minilm:self_training_mpnet_distilled", dirs, True)
+                            "minilm:self_training:44,minilm:self_training_mpnet_distilled,"
+                            "minilm:default_self_training:43,minilm:default_self_training_mpnet_teacher:44", dirs, True)
     assert only[0] == ("minilm", "peer_a", "43") and only[4] == ("mpnet",)
     assert bench.selected(only, "mpnet", "default", 43) and bench.selected(only, "minilm", "peer_a", 43)
     assert not bench.selected(only, "minilm", "peer_a", 42) and not bench.selected(only, "minilm", "default", 42)

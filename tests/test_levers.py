@@ -101,17 +101,26 @@ def test_encoder_dropout_setting_turns_the_checkpoints_dropout_off_in_training(m
 
 
 def test_encoder_dropout_names_each_architectures_settings():
-    from transformers import DistilBertConfig, GPT2Config, RobertaConfig
+    """Every dropout of the encoder is set, the heads' own are not: a fixed list of BERT's and DistilBERT's names
+    left ModernBERT's embedding and MLP dropout and GPT-2's at the checkpoint's value."""
+    from transformers import DistilBertConfig, ElectraConfig, GPT2Config, ModernBertConfig, PretrainedConfig, RobertaConfig
 
     from lorafit.model import set_encoder_dropout
 
-    roberta, distilbert = RobertaConfig(), DistilBertConfig()
-    set_encoder_dropout(roberta, 0.0)
-    set_encoder_dropout(distilbert, 0.05)
-    assert (roberta.hidden_dropout_prob, roberta.attention_probs_dropout_prob) == (0.0, 0.0)
+    roberta, distilbert, modernbert = RobertaConfig(), DistilBertConfig(), ModernBertConfig(mlp_dropout=0.2)
+    electra, gpt2 = ElectraConfig(), GPT2Config()
+    for config in (roberta, distilbert, modernbert, electra, gpt2):
+        set_encoder_dropout(config, 0.05)
+    assert (roberta.hidden_dropout_prob, roberta.attention_probs_dropout_prob) == (0.05, 0.05)
     assert (distilbert.dropout, distilbert.attention_dropout) == (0.05, 0.05)
-    with pytest.raises(UserError, match="the gpt2 config names none of .*leave model.dropout unset"):
-        set_encoder_dropout(GPT2Config(), 0.0)
+    assert (modernbert.embedding_dropout, modernbert.attention_dropout, modernbert.mlp_dropout) == (0.05,) * 3
+    assert (gpt2.resid_pdrop, gpt2.embd_pdrop, gpt2.attn_pdrop) == (0.05,) * 3
+    # the heads' dropout stays the checkpoint's
+    assert (distilbert.seq_classif_dropout, distilbert.qa_dropout) == (0.2, 0.1)
+    assert (modernbert.classifier_dropout, electra.summary_last_dropout, gpt2.summary_first_dropout) == (0.0, 0.1, 0.1)
+    assert roberta.classifier_dropout is None
+    with pytest.raises(UserError, match="has no dropout probability of its encoder; leave model.dropout unset"):
+        set_encoder_dropout(PretrainedConfig(), 0.0)
 
 
 # --- pooling ------------------------------------------------------------------------------------------------------
@@ -527,6 +536,20 @@ def test_eva_starts_each_a_on_its_layers_input_directions_and_the_model_as_publi
             assert torch.allclose(started, eva(**batch).logits, atol=1e-6)
 
 
+def test_training_device_is_the_trainers(monkeypatch):
+    """EVA runs where the Trainer will train: this process's GPU under torchrun (LOCAL_RANK), else the CPU. It ran
+    on the CPU before the Trainer moved the model, minutes of encoder passes a GPU run did not need to wait for."""
+    from lorafit import train
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert train.training_device() == torch.device("cuda", 1)
+    monkeypatch.delenv("LOCAL_RANK")
+    assert train.training_device() == torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train.training_device() == torch.device("cpu")
+
+
 def test_run_with_levers_resumes_to_the_same_adapter(teacher_run, tiny_roberta, small_agnews, tmp_path, monkeypatch):
     """LoRA+ optimizer state, EVA's start, the teacher-target column and its cache through a kill after step 2 of 4.
     EVA runs once: the resumed run takes A and B from the checkpoint."""
@@ -534,11 +557,12 @@ def test_run_with_levers_resumes_to_the_same_adapter(teacher_run, tiny_roberta, 
 
     eva_runs = []
     initialize = train.initialize_lora_from_inputs
-    monkeypatch.setattr(train, "initialize_lora_from_inputs", lambda *a: (eva_runs.append(1), initialize(*a)))
+    monkeypatch.setattr(train, "initialize_lora_from_inputs",
+                        lambda *a: (eva_runs.append(next(a[0].parameters()).device), initialize(*a)))
     config = _student(tmp_path, "resumed", tiny_roberta, small_agnews, lora={"loraplus_lr_ratio": 8, "init": "eva"},
                       max_steps=4, eval_steps=2, teacher=str(teacher_run), distill_weight=0.5)
     _train(config)
-    assert eva_runs == [1]
+    assert eva_runs == [train.training_device()]  # on the Trainer's device, before the Trainer moves it there
     run = tmp_path / "runs" / "resumed"
     unbroken = load_file(run / "adapter" / "adapter_model.safetensors")
     cache_written = (run / "teacher_logits.npy").stat().st_mtime_ns
@@ -557,4 +581,4 @@ def test_run_with_levers_resumes_to_the_same_adapter(teacher_run, tiny_roberta, 
     for name in unbroken:
         assert torch.equal(unbroken[name], resumed[name]), name
     assert (run / "teacher_logits.npy").stat().st_mtime_ns == cache_written  # the teacher did not run again
-    assert eva_runs == [1]
+    assert len(eva_runs) == 1  # EVA did not run again

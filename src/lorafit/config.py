@@ -63,9 +63,10 @@ class ModelConfig:
 
     dropout: Optional[float] = _field(
         None,
-        "The encoder's own dropout while training, on hidden states and attention probabilities (config.json's "
-        "hidden_dropout_prob and attention_probs_dropout_prob, or their names in other architectures); the head's "
-        "dropout follows it unless the checkpoint sets its own. Unset keeps the checkpoint's (0.1 for BERT, "
+        "The encoder's own dropout while training, on hidden states and attention probabilities: every dropout "
+        "probability in config.json but the classification head's (hidden_dropout_prob and "
+        "attention_probs_dropout_prob for BERT; other names in other architectures); the head's dropout follows it "
+        "unless the checkpoint sets its own. Unset keeps the checkpoint's (0.1 for BERT, "
         "RoBERTa, MPNet). LoRA's own dropout is lora.dropout.",
     )
 

@@ -160,17 +160,29 @@ def load_model_config(model_cfg: ModelConfig, label_names: Optional[list[str]] =
     return config
 
 
-# The encoder's dropout probabilities by config name: BERT, RoBERTa, MPNet, ELECTRA (hidden_dropout_prob,
-# attention_probs_dropout_prob); DistilBERT (dropout, attention_dropout); DeBERTa-v2 shares BERT's names.
-ENCODER_DROPOUT_NAMES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
+# The classification heads' own dropout probabilities, by config name: model.dropout leaves them as they are. Every
+# other numeric config value named *dropout* or *pdrop* is the encoder's: BERT, RoBERTa, MPNet, ELECTRA, DeBERTa-v2
+# (hidden_dropout_prob, attention_probs_dropout_prob); DistilBERT (dropout, attention_dropout); ModernBERT
+# (embedding_dropout, attention_dropout, mlp_dropout); Funnel and BART also activation_dropout; GPT-2 (resid_pdrop,
+# embd_pdrop, attn_pdrop). (A fixed list of the BERT and DistilBERT names left ModernBERT's embedding and MLP
+# dropout on.)
+HEAD_DROPOUT_NAMES = ("classifier_dropout", "classifier_dropout_prob", "seq_classif_dropout", "qa_dropout",
+                      "summary_first_dropout", "summary_last_dropout", "pooler_dropout")
+
+
+def encoder_dropout_names(config: PretrainedConfig) -> list[str]:
+    """The config's dropout probabilities that act inside the encoder (its layers, embeddings and attention)."""
+    return [name for name, value in config.to_dict().items()
+            if ("dropout" in name or name.endswith("pdrop")) and name not in HEAD_DROPOUT_NAMES
+            and isinstance(value, (int, float)) and not isinstance(value, bool)]
 
 
 def set_encoder_dropout(config: PretrainedConfig, p: float) -> None:
-    """model.dropout: every dropout probability the encoder's config names, set to p."""
-    names = [name for name in ENCODER_DROPOUT_NAMES if isinstance(getattr(config, name, None), (int, float))]
+    """model.dropout: every dropout probability of the encoder's config, set to p."""
+    names = encoder_dropout_names(config)
     if not names:
-        raise UserError(f"model.dropout: the {config.model_type} config names none of "
-                        f"{', '.join(ENCODER_DROPOUT_NAMES)}; leave model.dropout unset for this model")
+        raise UserError(f"model.dropout: the {config.model_type} config has no dropout probability of its encoder; "
+                        f"leave model.dropout unset for this model")
     for name in names:
         setattr(config, name, p)
 

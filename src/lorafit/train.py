@@ -965,6 +965,14 @@ def save_adapter(model, tokenizer, label_names: list[str], run_dir: Path) -> Non
     runs.atomic_replace_dir(build, run_dir / runs.ADAPTER, locked_by_caller=True)  # under the run folder's lock
 
 
+def training_device() -> torch.device:
+    """Where the Trainer puts the model: this process's GPU (LOCAL_RANK under torchrun) when CUDA is there, else the
+    CPU (build_trainer sets use_cpu without CUDA)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
 def eva_batches(prepared: Prepared):
     """The training rows EVA reads (lora.init eva), in a seeded order: every process computes the same start.
     At least r rows a batch, and no shorter last batch: peft's EVA skips a batch of fewer tokens than r (printing
@@ -1008,6 +1016,9 @@ def _train_in_locked_folder(prepared: Prepared, resume: bool, overwrite: bool, e
         run_dir = open_run_dir(cfg, overwrite, checkpoint)  # the first thing written
     if cfg.lora.init == "eva" and checkpoint is None:  # a checkpoint holds the trained A and B already
         say("initializing LoRA from the training inputs (EVA) ...")
+        # on the GPU the Trainer trains on (it leaves a model already there in place): EVA runs the encoder over
+        # batches until every layer's principal directions settle, minutes of a CPU even for MiniLM
+        model.to(training_device())
         initialize_lora_from_inputs(model, eva_batches(prepared))
         _trainable_as_budgeted(model, prepared)
     if use_bf16(cfg.train.precision):  # after wrapping: LoRA and the head stay fp32 (frozen_linear_weights_to_bf16)
