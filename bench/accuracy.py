@@ -451,18 +451,24 @@ class SelfTrainingArm:
 SELF_TRAINING_RECIPE = "self_training"
 
 
+def recipe_tag(student_recipe: str) -> str:
+    """What the names of a students' recipe's runs, --only entries and report keys begin with: nothing for the
+    first recipe (its runs keep the names they were made under, so they are reused), `<recipe>_` after."""
+    return "" if student_recipe == SELF_TRAINING_RECIPE else f"{student_recipe}_"
+
+
 def run_prefix(student_recipe: str) -> str:
-    return "minilm" if student_recipe == SELF_TRAINING_RECIPE else f"minilm-{student_recipe.replace('_', '-')}"
+    return "-".join(["minilm", *filter(None, recipe_tag(student_recipe).split("_"))])
 
 
 def baseline_only_recipe(student_recipe: str) -> str:
     """--only minilm:<this> runs the labelled-only runs of a students' recipe."""
-    return "self_training" if student_recipe == SELF_TRAINING_RECIPE else f"{student_recipe}_self_training"
+    return f"{recipe_tag(student_recipe)}self_training"
 
 
 def baseline_key(student_recipe: str) -> str:
     """The report's key of the labelled-only runs of a students' recipe."""
-    return "labelled_only" if student_recipe == SELF_TRAINING_RECIPE else f"{student_recipe}_labelled_only"
+    return f"{recipe_tag(student_recipe)}labelled_only"
 
 
 SELF_TRAINING_ARMS = {
