@@ -237,6 +237,7 @@ def test_self_training_lists_missing_mpnet_teacher_as_pending(bench, committed, 
     assert "minilm-default-labelled4000-seed43" in pending and "minilm-labelled4000-seed43" in pending
     assert "minilm-default-selftrain4000-mpnet-teacher-seed44" in pending
     assert "minilm-default-selftrain4000-two-teachers-seed42" in pending
+    assert "minilm-default-selftrain4000-mpnet-balanced-seed42" in pending
     keys = [k for k in out if isinstance(out[k], dict)]
     assert keys.index("default_labelled_only") == keys.index("default_with_unlabelled_mpnet_teacher") - 1
 
@@ -250,6 +251,18 @@ def test_two_teacher_arm_averages_the_mpnet_teacher_and_its_own_labelled_only_ru
     assert settings["train"] == {}  # labels only, no soft targets
     one = bench.SELF_TRAINING_ARMS["default_with_unlabelled_mpnet_teacher"]
     assert one.student_settings(Path("u.csv"), [Path("t")])["data"]["pseudo_label_teacher"] == "t"
+
+
+def test_balanced_arm_alone_sets_pseudo_label_balance(bench):
+    """Only the balanced arm names the setting: the other arms' configs stay as their committed runs were made, so
+    those runs are still reused."""
+    arms = bench.SELF_TRAINING_ARMS
+    balanced = arms["default_with_unlabelled_mpnet_teacher_balanced"].student_settings(Path("u.csv"), [Path("t")])
+    assert balanced["data"] == {"unlabelled_file": "u.csv", "pseudo_label_teacher": "t", "pseudo_label_threshold": 0.9,
+                                "pseudo_label_balance": True}
+    others = [name for name, arm in arms.items()
+              if "pseudo_label_balance" in arm.student_settings(Path("u.csv"), [Path("t")])["data"]]
+    assert others == ["default_with_unlabelled_mpnet_teacher_balanced"]
 
 
 def test_self_training_arms_reuse_their_recipes_runs(bench, committed, tmp_path):

@@ -387,6 +387,44 @@ def test_confident_pseudo_labels_join_training_and_validation_texts_never_do(tea
     targets = np.asarray(trained_on.train_ds[teacher.TEACHER_COLUMN][labelled_rows:])
     np.testing.assert_allclose(np.exp(targets[:, 0]), probs[expected], atol=1e-5)
 
+    # data.pseudo_label_balance reaches the selection: on the same cached predictions each predicted class gives the
+    # same share of its rows, its most confident ones, the smallest class share above the threshold (from probs here).
+    balanced = _student(tmp_path, "selftrain", tiny_roberta, small_agnews, max_steps=2, eval_steps=2,
+                        teacher=str(teacher_run), data={"unlabelled_file": str(unlabelled),
+                                                        "pseudo_label_threshold": threshold, "pseudo_label_balance": True})
+    predicted = probs[:len(new)].argmax(axis=1)
+    per_class = {c: [i for i in range(len(new)) if predicted[i] == c] for c in set(predicted.tolist())}
+    share = min(sum(top[i] >= threshold for i in rows) / len(rows) for rows in per_class.values())
+    keep = sorted(i for rows in per_class.values()
+                  for i in sorted(rows, key=lambda i: -top[i])[:int(share * len(rows) + 1e-9)])
+    assert set(keep) <= set(expected)  # (the tiny teacher's classes may be even: the unit test below is uneven)
+    trained_on = add_teacher_targets(prepare(load_config(balanced)), run, write=False)
+    assert trained_on.train_data.texts[labelled_rows:] == [new[i] for i in keep]
+    assert trained_on.teacher_records["pseudo_labels"]["balanced_share"] == round(share, 4)
+
+
+def test_balanced_pseudo_labels_keep_each_classes_share_of_its_most_confident_rows():
+    """Class 0: 8 of its 10 rows above 0.9; class 1: 1 of its 4 (the smallest share, 1/4); class 2 never predicted.
+    Balanced, each class gives a quarter of its rows, its most confident: class 0 two of its eight confident rows."""
+    confident = [0.99, 0.95, 0.97, 0.91, 0.93, 0.96, 0.92, 0.94]
+    rows = [(0, p) for p in confident] + [(0, 0.6), (0, 0.5)] + [(1, 0.95), (1, 0.8), (1, 0.7), (1, 0.4)]
+    order = [3, 12, 0, 7, 13, 5, 1, 10, 8, 2, 11, 4, 9, 6]  # interleaved, so positions are checked too
+    rows = [rows[i] for i in order]
+    probabilities = np.array([[p if c == k else (1 - p) / 3 for k in range(4)] for c, p in rows])
+    unlabelled = teacher.Unlabelled("u.csv", [f"row {i}" for i in range(len(rows))], len(rows), 0, 0)
+    log_probs = np.log(probabilities)[None]
+    names = ["a", "b", "c", "d"]
+
+    plain, record, chosen = teacher.select_pseudo_labels(unlabelled, log_probs, 0.9, names)
+    assert record["joined_per_class"] == {"a": 8, "b": 1, "c": 0, "d": 0} and "balanced_share" not in record
+
+    data, record, chosen = teacher.select_pseudo_labels(unlabelled, log_probs, 0.9, names, balance=True)
+    assert record["balanced_share"] == 0.25 and record["joined"] == 3
+    assert record["joined_per_class"] == {"a": 2, "b": 1, "c": 0, "d": 0}
+    assert sorted(rows[i] for i in chosen) == [(0, 0.97), (0, 0.99), (1, 0.95)]
+    assert chosen.tolist() == sorted(chosen.tolist()) and data.texts == [f"row {i}" for i in chosen]
+    assert data.labels.tolist() == [rows[i][0] for i in chosen]
+
 
 def test_a_threshold_above_the_teachers_smoothing_target_is_warned_about(tiny_roberta, small_agnews, agnews_pool,
                                                                          tmp_path, capsys):

@@ -8,11 +8,14 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pandas as pd
 import yaml
 
-from conftest import one_line_error, tiny_run_config, train_finished_tiny_run
+from conftest import logged_warnings, one_line_error, tiny_run_config, train_finished_tiny_run
 from lorafit import runs, teacher
+from lorafit.config import DataConfig
+from lorafit.errors import UserError
 
 
 def _student(tmp_path, small_agnews, tiny_roberta, teacher_dir, **train):
@@ -87,3 +90,62 @@ def test_an_offline_hub_teacher_cached_without_weights_is_refused_before_the_run
 
     shutil.copy(tiny_roberta / "model.safetensors", snapshot / "model.safetensors")
     assert teacher.check_teachers(str(finished_copy), ["0", "1", "2", "3"], "train.teacher") == [finished_copy]
+
+
+def test_a_teacher_inside_the_students_run_folder_is_refused_before_overwrite_clears_it(tmp_path, tiny_roberta,
+                                                                                         small_agnews, finished_tiny,
+                                                                                         cli):
+    """A finished teacher kept inside the student's run folder (runs/student/teacher) passed the own-folder check,
+    which compared the folders only for equality; `train --overwrite` then emptied the student's folder, the teacher
+    with it, and only then found the teacher missing. The finished teacher was lost."""
+    run = shutil.copytree(finished_tiny, tmp_path / "runs" / "student", ignore=shutil.ignore_patterns("checkpoints"))
+    nested = shutil.copytree(finished_tiny, run / "teacher", ignore=shutil.ignore_patterns("checkpoints"))
+    kept = {p: p.read_bytes() for p in nested.rglob("*") if p.is_file()}
+
+    one_line_error(cli("train", _student(tmp_path, small_agnews, tiny_roberta, nested), "--overwrite"),
+                   "train.teacher", str(nested), "inside this run's own run folder")
+    assert {p: p.read_bytes() for p in nested.rglob("*") if p.is_file()} == kept, "the teacher was deleted"
+
+
+def test_an_unlabelled_file_with_no_row_to_label_is_refused_before_the_run_folder(finished_tiny, tiny_roberta,
+                                                                                  small_agnews, tmp_path, cli):
+    """Every row empty (or the text of a validation row): nothing to label, yet the run loaded the teacher, said
+    "0 of 0 unlabelled rows joined" (on a terminal only) and trained without self-training, exit 0."""
+    unlabelled = tmp_path / "unlabelled.csv"
+    unlabelled.write_text('text\n""\n"   "\n')
+    config = _student(tmp_path, small_agnews, tiny_roberta, finished_tiny)
+    one_line_error(cli("train", config, "--data.unlabelled_file", unlabelled),
+                   "data.unlabelled_file", str(unlabelled), "2 rows", "2 empty")
+    assert not (tmp_path / "runs" / "student").exists()
+
+    leaked = tmp_path / "leaked.csv"
+    pd.DataFrame({"text": ["a validation text", "another one", ""]}).to_csv(leaked, index=False)
+    cfg = DataConfig(train_file=str(small_agnews), unlabelled_file=str(leaked))
+    try:
+        teacher.read_unlabelled(cfg, ["a validation text", " another one "])
+    except UserError as exc:
+        assert "1 empty" in str(exc) and "2 are validation texts" in str(exc), exc
+    else:
+        raise AssertionError("an unlabelled file of validation texts only was accepted")
+
+
+def test_unlabelled_rows_skipped_as_empty_or_validation_texts_are_warned_about(tmp_path, small_agnews):
+    """Empty rows and rows whose text is a validation text are not labelled: the count was written to the manifest
+    only, and the run's one line (on a terminal) counted the rows left, so a file that lost most of its rows read
+    as if it had never held them."""
+    unlabelled = tmp_path / "unlabelled.csv"
+    pd.DataFrame({"text": ["news one", "", "held out", "news two"]}).to_csv(unlabelled, index=False)
+    cfg = DataConfig(train_file=str(small_agnews), unlabelled_file=str(unlabelled))
+    rows = teacher.read_unlabelled(cfg, ["held out"])
+    assert rows.texts == ["news one", "news two"]
+    log_probs = np.log(np.array([[[0.97, 0.01, 0.01, 0.01], [0.4, 0.3, 0.2, 0.1]]]))
+    _, record, chosen = teacher.select_pseudo_labels(rows, log_probs, 0.9, ["0", "1", "2", "3"])
+    assert chosen.tolist() == [0]
+    with logged_warnings("lorafit.teacher") as warnings:
+        teacher.report_pseudo_labels(record, None)
+    assert len(warnings) == 1 and str(unlabelled) in warnings[0], warnings
+    assert "2 of its 4 rows" in warnings[0] and "1 empty" in warnings[0] and "1 the text of a validation row" in \
+        warnings[0], warnings[0]
+    with logged_warnings("lorafit.teacher") as warnings:  # nothing skipped: nothing to say
+        teacher.report_pseudo_labels({**record, "empty_rows_skipped": 0, "validation_overlap_dropped": 0}, None)
+    assert warnings == []

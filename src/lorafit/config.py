@@ -169,6 +169,11 @@ class DataConfig:
     pseudo_label_teacher: Optional[Union[str, list]] = _field(
         None, "Self-training: run folder(s) that label data.unlabelled_file; unset = train.teacher.", path=True,
     )
+    pseudo_label_balance: bool = _field(
+        False, "Self-training: join the same share of each class's predicted rows (its most confident ones; the share "
+               "of the class with the fewest above the threshold), so the joined rows keep the teachers' class mix "
+               "instead of over-weighting the classes they are surest of (class-balanced self-training).",
+    )
 
     def validate(self) -> None:
         if self.validation_size < 1:
@@ -320,6 +325,9 @@ class RunConfig:
             # Without texts to label the teacher would be ignored: the user expects self-training that never happens.
             raise UserError("data.pseudo_label_teacher is set but data.unlabelled_file is not; set data.unlabelled_file "
                             "to the texts it should label, or remove data.pseudo_label_teacher")
+        if self.data.pseudo_label_balance and not self.data.unlabelled_file:
+            raise UserError("data.pseudo_label_balance is set but data.unlabelled_file is not; set data.unlabelled_file "
+                            "to the texts to label, or remove data.pseudo_label_balance")
         return self
 
     @property

@@ -355,16 +355,23 @@ def read_unlabelled(cfg: DataConfig, validation_texts: list[str]) -> Unlabelled:
             overlap += 1
         else:
             kept.append(text)
+    if not kept:  # nothing to label: the run would load the teachers and train without self-training
+        raise UserError(f"data.unlabelled_file {source} has no text to label: of its {len(texts)} rows, {empty} empty "
+                        f"and {overlap} are validation texts; give a file of other texts, or remove "
+                        "data.unlabelled_file")
     return Unlabelled(source, kept, len(texts), empty, overlap)
 
 
 def select_pseudo_labels(unlabelled: Unlabelled, log_probs: np.ndarray, threshold: float,
-                         label_names: list[str]) -> tuple[LabelledData, dict, np.ndarray]:
-    """Rows whose averaged top-class probability is at least `threshold`, labelled with that class; the manifest's
-    account of them; and their positions in unlabelled.texts."""
+                         label_names: list[str], balance: bool = False) -> tuple[LabelledData, dict, np.ndarray]:
+    """Rows whose averaged top-class probability is at least `threshold`, labelled with that class (with `balance`,
+    the same share of each class's rows: see balanced_share); the manifest's account of them; and their positions in
+    unlabelled.texts."""
     probabilities = averaged_probabilities(log_probs)
-    chosen = np.flatnonzero(probabilities.max(axis=1) >= threshold)
-    labels = probabilities.argmax(axis=1)[chosen].astype(np.int64)
+    confidence, predicted = probabilities.max(axis=1), probabilities.argmax(axis=1)
+    share = balanced_share(confidence, predicted, threshold) if balance else None
+    chosen = _most_confident_share(confidence, predicted, share) if balance else np.flatnonzero(confidence >= threshold)
+    labels = predicted[chosen].astype(np.int64)
     data = LabelledData([unlabelled.texts[i] for i in chosen], labels, list(label_names), f"pseudo:{unlabelled.source}")
     per_class = np.bincount(labels, minlength=len(label_names))
     record = {
@@ -378,7 +385,28 @@ def select_pseudo_labels(unlabelled: Unlabelled, log_probs: np.ndarray, threshol
         "joined_per_class": {str(name): int(n) for name, n in zip(label_names, per_class)},
         "cache": f"{PSEUDO_CACHE}.npy",
     }
+    if balance:
+        record["balanced_share"] = round(share, 4)  # of each class's predicted rows
     return data, record, chosen
+
+
+def balanced_share(confidence: np.ndarray, predicted: np.ndarray, threshold: float) -> float:
+    """The share of its predicted rows that every class can give at or above the threshold: the smallest class's
+    share. Measured on AG News (MPNet teacher on 4,000 rows, 12,772 unlabelled rows): at 0.9, 87% of the rows it
+    calls World passed but 61% of those it calls Business, so the joined rows held 16% Business against 20% in the
+    text, and a student (seed 43) called 55 Business rows Sci/Tech where its labelled-only run called 41."""
+    shares = [np.mean(confidence[predicted == c] >= threshold) for c in np.unique(predicted)]
+    return float(min(shares)) if shares else 0.0
+
+
+def _most_confident_share(confidence: np.ndarray, predicted: np.ndarray, share: float) -> np.ndarray:
+    """Positions (in row order) of each predicted class's most confident rows, `share` of that class's rows."""
+    chosen = []
+    for c in np.unique(predicted):
+        rows = np.flatnonzero(predicted == c)
+        count = int(np.floor(share * len(rows) + 1e-9))  # the smallest class: exactly its rows above the threshold
+        chosen.append(rows[np.argsort(-confidence[rows], kind="stable")[:count]])
+    return np.sort(np.concatenate(chosen)) if chosen else np.array([], dtype=np.int64)
 
 
 def smoothing_target(run_dirs: list[Path], num_classes: int) -> Optional[float]:
@@ -396,11 +424,17 @@ def smoothing_target(run_dirs: list[Path], num_classes: int) -> Optional[float]:
 
 
 def report_pseudo_labels(record: dict, ceiling: Optional[float]) -> None:
-    """How many unlabelled rows joined; a warning when the threshold sits at or above the teachers' smoothing
-    target, where the count says more about label smoothing than about the teachers' doubt."""
+    """How many unlabelled rows joined; a warning for rows skipped as empty or validation texts, and one when the
+    threshold sits at or above the teachers' smoothing target, where the count says more about label smoothing than
+    about the teachers' doubt."""
     per_class = ", ".join(f"{name} {count:,}" for name, count in record["joined_per_class"].items())
     joined, offered, threshold = record["joined"], record["rows_labelled_by_teacher"], record["threshold"]
     say(f"self-training: {joined:,} of {offered:,} unlabelled rows joined at probability >= {threshold:g} ({per_class})")
+    empty, overlap = record.get("empty_rows_skipped", 0), record.get("validation_overlap_dropped", 0)
+    if empty or overlap:  # not labelled at all: said, not only counted in the manifest
+        log.warning("data.unlabelled_file %s: %d of its %d rows were not labelled (%d empty, %d the text of a "
+                    "validation row, which would leak it into training)", record["source"], empty + overlap,
+                    record["rows_read"], empty, overlap)
     if ceiling is not None and threshold >= ceiling:
         # 0.15 under the ceiling (0.7 for its usual 0.925), not below 0.5, and never one that is not lower
         lower = max(0.5, np.floor((ceiling - 0.15) * 10) / 10)

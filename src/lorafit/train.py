@@ -121,13 +121,17 @@ def teacher_folders(cfg: RunConfig, label_names: Optional[list[str]]) -> tuple[l
 
 
 def _refuse_own_run_folder(cfg: RunConfig, folders: list[Path], setting: str) -> None:
-    """A teacher that is the run folder this run trains into: --overwrite would clear the finished teacher (its
-    adapter and labels) before it predicts, losing it; refused in prepare, before anything is written."""
+    """A teacher that is the run folder this run trains into, or inside it: --overwrite would clear the finished
+    teacher (its adapter and labels) before it predicts, losing it; refused in prepare, before anything is written."""
     own = Path(cfg.run_dir).resolve()
     for folder in folders:
         if Path(folder).resolve() == own:
             raise UserError(f"{setting}: {folder} is this run's own run folder, which training would replace; "
                             "train the student under another --name")
+        if own in Path(folder).resolve().parents:  # --overwrite empties the run folder, a teacher inside it too
+            raise UserError(f"{setting}: {folder} is inside this run's own run folder {own}, which training with "
+                            "--overwrite empties; move the teacher out of it, or train the student under another "
+                            "--name")
 
 
 def add_teacher_targets(prepared: Prepared, run_dir: Path, write: bool) -> Prepared:
@@ -161,7 +165,8 @@ def _add_pseudo_labels(prepared: Prepared, teachers: list[Path], run_dir: Path, 
     cfg = prepared.cfg
     log_probs = teacher.cached_log_probs(teachers, prepared.unlabelled.texts, run_dir, teacher.PSEUDO_CACHE, write)
     pseudo, record, chosen = teacher.select_pseudo_labels(prepared.unlabelled, log_probs,
-                                                          cfg.data.pseudo_label_threshold, prepared.train_data.label_names)
+                                                          cfg.data.pseudo_label_threshold, prepared.train_data.label_names,
+                                                          balance=cfg.data.pseudo_label_balance)
     records["pseudo_labels"] = {**record, "labelled_rows": len(prepared.train_data),
                                 "teachers": teacher.describe_teachers(teachers)}
     if write:  # the main process says it once; under torchrun the other ranks select the same rows
