@@ -419,11 +419,18 @@ def test_balanced_pseudo_labels_keep_each_classes_share_of_its_most_confident_ro
     assert record["joined_per_class"] == {"a": 8, "b": 1, "c": 0, "d": 0} and "balanced_share" not in record
 
     data, record, chosen = teacher.select_pseudo_labels(unlabelled, log_probs, 0.9, names, balance=True)
-    assert record["balanced_share"] == 0.25 and record["joined"] == 3
+    assert record["balanced_share"] == 0.25 and record["balanced_by"] == "b" and record["joined"] == 3
     assert record["joined_per_class"] == {"a": 2, "b": 1, "c": 0, "d": 0}
     assert sorted(rows[i] for i in chosen) == [(0, 0.97), (0, 0.99), (1, 0.95)]
     assert chosen.tolist() == sorted(chosen.tolist()) and data.texts == [f"row {i}" for i in chosen]
     assert data.labels.tolist() == [rows[i][0] for i in chosen]
+
+    # a class without a confident row lets none join: said, with the class and the fix
+    _, record, chosen = teacher.select_pseudo_labels(unlabelled, log_probs, 0.96, names, balance=True)
+    assert record["balanced_share"] == 0 and record["balanced_by"] == "b" and len(chosen) == 0
+    with logged_warnings("lorafit.teacher") as warnings:
+        teacher.report_pseudo_labels(record, None)
+    assert len(warnings) == 1 and "call b" in warnings[0] and "lower data.pseudo_label_threshold" in warnings[0]
 
 
 def test_a_threshold_above_the_teachers_smoothing_target_is_warned_about(tiny_roberta, small_agnews, agnews_pool,
