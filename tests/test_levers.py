@@ -471,7 +471,8 @@ def test_smoothing_target_averages_the_teachers_and_is_none_without_smoothing(tm
     assert teacher.smoothing_target([tmp_path / "plain"], 4) is None
     assert teacher.smoothing_target([tmp_path / "smooth", tmp_path / "plain"], 4) == pytest.approx((0.925 + 1) / 2)
     assert teacher.smoothing_target([tmp_path / "strong"], 2) == pytest.approx(0.85)
-    record = {"joined": 30, "rows_labelled_by_teacher": 40, "threshold": 0.9, "joined_per_class": {"a": 30}}
+    record = {"joined": 30, "rows_labelled_by_teacher": 40, "threshold": 0.9, "joined_per_class": {"a": 30},
+              "empty_rows_skipped": 0, "validation_overlap_dropped": 0}  # as select_pseudo_labels writes it
     with logged_warnings("lorafit.teacher") as warnings:
         teacher.report_pseudo_labels(record, 0.925)  # below the target: the usual case, no warning
         teacher.report_pseudo_labels(record, None)

@@ -369,8 +369,11 @@ def select_pseudo_labels(unlabelled: Unlabelled, log_probs: np.ndarray, threshol
     unlabelled.texts."""
     probabilities = averaged_probabilities(log_probs)
     confidence, predicted = probabilities.max(axis=1), probabilities.argmax(axis=1)
-    share, limiting = balanced_share(confidence, predicted, threshold) if balance else (None, None)
-    chosen = _most_confident_share(confidence, predicted, share) if balance else np.flatnonzero(confidence >= threshold)
+    if balance:
+        share, limiting = balanced_share(confidence, predicted, threshold)
+        chosen = _most_confident_share(confidence, predicted, share)
+    else:
+        chosen = np.flatnonzero(confidence >= threshold)
     labels = predicted[chosen].astype(np.int64)
     data = LabelledData([unlabelled.texts[i] for i in chosen], labels, list(label_names), f"pseudo:{unlabelled.source}")
     per_class = np.bincount(labels, minlength=len(label_names))
@@ -437,7 +440,7 @@ def report_pseudo_labels(record: dict, ceiling: Optional[float]) -> None:
     balanced = f"; class-balanced, {record['balanced_share']:.1%} of each class's rows" if "balanced_share" in record else ""
     say(f"self-training: {joined:,} of {offered:,} unlabelled rows joined at probability >= {threshold:g} "
         f"({per_class}{balanced})")
-    empty, overlap = record.get("empty_rows_skipped", 0), record.get("validation_overlap_dropped", 0)
+    empty, overlap = record["empty_rows_skipped"], record["validation_overlap_dropped"]
     if empty or overlap:  # not labelled at all: said, not only counted in the manifest
         log.warning("data.unlabelled_file %s: %d of its %d rows were not labelled (%d empty, %d the text of a "
                     "validation row, which would leak it into training)", record["source"], empty + overlap,

@@ -973,7 +973,7 @@ def save_adapter(model, tokenizer, label_names: list[str], run_dir: Path) -> Non
 def training_device() -> torch.device:
     """Where the Trainer puts the model: this process's GPU (LOCAL_RANK under torchrun) when CUDA is there, else the
     CPU (build_trainer sets use_cpu without CUDA)."""
-    if torch.cuda.is_available():
+    if device.on_cuda():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
 
