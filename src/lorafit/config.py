@@ -291,6 +291,17 @@ class TrainConfig:
         if self.distill_temperature <= 0:
             raise UserError(f"train.distill_temperature is {self.distill_temperature}; it must be positive, e.g. 2")
         _check_run_folders("train.teacher", self.teacher)
+        if not self.teacher:
+            self._refuse_distillation_settings_without_teacher()
+
+    def _refuse_distillation_settings_without_teacher(self) -> None:
+        """A distillation setting changed from its default without a teacher would be ignored: the user expects a
+        distillation that never happens. Only a changed value is refused, since a saved config carries every field."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in ("distill_weight", "distill_temperature"):
+            if getattr(self, name) != defaults[name]:
+                raise UserError(f"train.{name} is {getattr(self, name)} but train.teacher is not set, so it would have no "
+                                f"effect; set train.teacher to a finished run folder, or remove train.{name}")
 
 
 @dataclass
