@@ -95,6 +95,34 @@ def test_finished_run_made_elsewhere_is_reused(bench, committed, tmp_path):
     assert result["bf16"] is None  # no manifest kept
 
 
+def test_run_of_the_same_settings_under_another_name_is_reused(bench, committed, tmp_path):
+    """A lever that joins the default is the default's recipe, run name aside: its runs are reused under the default's
+    row (naming the run they came from) instead of being trained again."""
+    lever = values_for(bench, tmp_path, "minilm-lever-x-seed42")
+    finish(bench, committed, lever, 0.92)
+    default = values_for(bench, tmp_path, "minilm-default-seed42")
+    result = bench.run_or_reuse(default, False, 0)
+    assert result is not None and result["best_eval_accuracy"] == 0.92 and result["run"] == "minilm-lever-x-seed42"
+    summary = bench.summarize([(42, result)], DEFAULT, default, [42])
+    assert summary["runs"] == ["minilm-lever-x-seed42"] and summary["accuracy"] == [0.92]
+
+    other_seed = values_for(bench, tmp_path, "minilm-default-seed43", seed=43)
+    assert bench.run_or_reuse(other_seed, False, 0) is None
+    other_settings = values_for(bench, tmp_path, "minilm-default-seed42")
+    other_settings["train"]["learning_rate"] = 2e-3
+    assert bench.run_or_reuse(other_settings, False, 0) is None
+
+
+def test_a_teacher_is_not_taken_from_a_committed_run_under_another_name(bench, committed, tmp_path, monkeypatch):
+    """A teacher about to label text needs its weights: committed small files under another name will not do."""
+    finish(bench, committed, values_for(bench, tmp_path, "minilm-lever-x-seed42"), 0.92)
+    default = values_for(bench, tmp_path, "minilm-default-seed42")
+    trained = []
+    monkeypatch.setattr(bench, "train", lambda cfg, threads: trained.append(cfg.name) or {"run": cfg.name})
+    assert bench.run_or_reuse(default, True, 0, weights=True) == {"run": "minilm-default-seed42"}
+    assert trained == ["minilm-default-seed42"]
+
+
 def test_run_with_another_teacher_is_not_reused(bench, committed, tmp_path):
     """The teacher's path was dropped as machine-specific, so a distillation run taught by one teacher run was
     reused for a config naming another; the folder's name is the bench's own everywhere and is compared."""
