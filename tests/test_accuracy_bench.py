@@ -268,6 +268,12 @@ def test_self_training_lists_missing_mpnet_teacher_as_pending(bench, committed, 
     assert "minilm-default-selftrain4000-mpnet-balanced-seed42" in pending
     keys = [k for k in out if isinstance(out[k], dict)]
     assert keys.index("default_labelled_only") == keys.index("default_with_unlabelled_mpnet_teacher") - 1
+    # each MPNet teacher is a row of its own, from its own recipe file: the first one's stays as it was trained
+    assert out["mpnet_teacher_labelled_only"]["config"] == "configs/accuracy/mpnet-self-training.yaml"
+    dropout0 = out["mpnet_lever_encoder_dropout0_teacher_labelled_only"]
+    assert dropout0["config"] == "configs/accuracy/mpnet-lever-encoder-dropout0.yaml" and dropout0["accuracy"] == []
+    assert "mpnet-lever-encoder-dropout0-labelled4000-seed42" in pending
+    assert "minilm-default-selftrain4000-mpnet-dropout0-teacher-seed43" in pending
 
 
 def test_two_teacher_arm_averages_the_mpnet_teacher_and_its_own_labelled_only_run(bench):
