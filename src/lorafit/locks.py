@@ -31,8 +31,10 @@ LOCK = ".lock"
 log = logging.getLogger(__name__)
 
 
-# Write failures a user fixes by freeing space or choosing another place: one line, not a traceback.
+# Write failures a user fixes by freeing space, making the place writable or choosing another: one line, not a
+# traceback.
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}  # the others: a read-only disk or folder, where space is not the fix
 
 
 @contextlib.contextmanager
@@ -42,7 +44,8 @@ def disk_errors_explained(path: Path):
     except OSError as exc:
         if exc.errno not in _DISK_ERRNOS:
             raise
-        raise UserError(f"cannot write {path}: {exc.strerror}; free some space or write somewhere else "
+        fix = "free some space" if exc.errno in _FULL_ERRNOS else "make it writable"
+        raise UserError(f"cannot write {path}: {exc.strerror}; {fix} or write somewhere else "
                         "(nothing was half-written)") from None
 
 
@@ -172,6 +175,10 @@ class RunLock:
                 fd, created = _open_lock_file(path)
             except FileNotFoundError:
                 continue  # that folder was removed between the two calls
+            except PermissionError:
+                if not path.exists():
+                    raise  # the folder is not writable: disk_errors_explained says so
+                raise self._unreadable(path) from None
             try:
                 if self._lock_fd(fd, created, path):
                     _write_fd(fd, self._holder())
@@ -188,14 +195,23 @@ class RunLock:
 
     def _lock_fd(self, fd: int, created: bool, path: Path) -> bool:
         """Whether fd now holds the lock; False: try again on a fresh lock file."""
-        self._os_locked = False  # None once flock says another process holds it (it opened the file made here)
-        self._os_locked = _flock_past_probes(fd, path)
+        # None while flock has not answered, and once it says another process holds the file (which may be the
+        # one made here): a start interrupted meanwhile must not remove that holder's lock file
+        self._os_locked = None
+        try:
+            self._os_locked = _flock_past_probes(fd, path)
+        except UserError:
+            self._os_locked = False  # flock itself fails here, so no process holds this file
+            raise
         if self._os_locked is None:
             raise self._busy(_read_fd(fd))
         if not _same_file(fd, path):
             return False  # the holder released and removed this file after we opened it
         if self._os_locked:
             self._take_over(_read_fd(fd), path)
+            if _read_only(fd):  # another user's, left by a killed run: removed (its flock is ours), ours made anew
+                path.unlink()
+                return False
             return True
         if self._key() in _HELD_HERE:  # no OS locks: nothing else refuses a second RunLock in this process
             raise self._busy(_read_fd(fd))
@@ -227,6 +243,10 @@ class RunLock:
         return RunFolderBusy(f"{self.run_dir} is locked by {describe_holder(previous)}; if that run is no longer "
                              f"running, delete {path} and try again")
 
+    def _unreadable(self, path: Path) -> "RunFolderBusy":
+        return RunFolderBusy(f"{self.run_dir} is locked by another user's process ({path} cannot be read: "
+                             f"permission denied); if that run is no longer running, delete {path} and try again")
+
     def _remove_stale(self, previous: Optional[dict], fd: int, path: Path) -> None:
         """No OS locks, and another process made the lock file: refuse, unless it names a dead process of this
         machine (or this pid, which then belonged to an earlier process: a container restarted with the same
@@ -251,8 +271,11 @@ class RunLock:
         path = self.run_dir / LOCK
         _HELD_HERE.discard(self._key())
         try:
-            if _same_file(self._fd, path):  # removed first, so a waiter that opened it retries on a fresh file
-                path.unlink()
+            # A folder that cannot be changed (made read-only meanwhile, or another user's with a writable lock
+            # file) keeps the file: its flock goes with the fd, so the next run takes it over; no traceback here
+            with contextlib.suppress(OSError):
+                if _same_file(self._fd, path):  # removed first, so a waiter that opened it retries on a fresh file
+                    path.unlink()
         finally:
             os.close(self._fd)
             self._fd = None
@@ -310,7 +333,15 @@ def _open_lock_file(path: Path) -> tuple[int, bool]:
     try:
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), True
     except FileExistsError:
+        pass
+    try:
         return os.open(path, os.O_RDWR), False
+    except PermissionError:  # another user's lock file: flock needs no write access to say whether it is held
+        return os.open(path, os.O_RDONLY), False
+
+
+def _read_only(fd: int) -> bool:
+    return fcntl is not None and (fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE) == os.O_RDONLY
 
 
 def _remove_lock_file(fd: int, path: Path) -> None:
@@ -328,17 +359,26 @@ def _remove_lock_file(fd: int, path: Path) -> None:
 
 
 def _flock_past_probes(fd: int, path: Path) -> Optional[bool]:
-    """_try_flock, tried again for up to a second while the holder has written no details: a reader's check
-    (writer_of) holds a shared flock for a few microseconds, and must not turn a training run away."""
+    """_try_flock, tried again for up to a second while the holder has written no details or holds only a shared
+    flock: a reader's check (writer_of) holds one for a few microseconds, and must not turn a training run away,
+    even from a killed run's lock file (whose details are still there)."""
     for _ in range(20):
         try:
             state = _try_flock(fd)
+            if state is not None or (_read_fd(fd) and not _readers_only(fd)):
+                return state
         except OSError as exc:  # EIO, EINVAL...: a file system to keep runs off
             raise UserError(f"cannot lock {path}: {exc.strerror or exc}; put output_dir on a local disk") from None
-        if state is not None or _read_fd(fd):
-            return state
         time.sleep(0.05)
     return None
+
+
+def _readers_only(fd: int) -> bool:
+    """Whether the flock that refused an exclusive one is only readers' shared ones (a writer's is exclusive)."""
+    if not _try_flock(fd, shared=True):
+        return False
+    fcntl.flock(fd, fcntl.LOCK_UN)  # a probe only: the exclusive flock is tried again
+    return True
 
 
 def check_job_lock(run_dir: Path, job: Optional[str]) -> None:
@@ -374,7 +414,7 @@ def _may_be_alive(pid: Any) -> bool:
         return True
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: a damaged file's pid, beyond any process's
         return False
     except OSError:
         return True
