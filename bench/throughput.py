@@ -415,6 +415,7 @@ def lorafit_config(args, tmp: Path):
     overrides = {
         "name": "bench", "output_dir": str(tmp), "budget": 1_000_000,
         "model.name_or_path": args.model_dir, "model.num_labels": 4, "model.head": "full",
+        "model.dropout": None,  # the checkpoint's, as the seed's loop trains it: the same work on both sides
         **{f"lora.{k}": v for k, v in LORA.items()},
         "data.train_file": args.data, "data.eval_file": None, "data.text_columns": ["text"],
         "data.label_column": "label", "data.label_names": None, "data.max_train_samples": None,
