@@ -30,8 +30,8 @@ reused too; `runs` names each seed's run folder.
 Levers: each configs/accuracy/<model>-lever-<name>.yaml is a candidate recipe (lorafit's default plus one lever),
 run with the default's seeds and reported under results.<model>.levers.<name>; a lever may train longer, up to 3x
 the recipes' examples (issue 10's bar; e.g. mpnet-lever-3x-examples). results.<model>.best is the lorafit recipe
-(the default or a lever) with the highest mean among those measured on the same seeds (the largest such set), with
-its config.
+(the default or a lever) with the highest mean among those measured on the same seeds (the default's; while it has
+none, the largest set levers share), with its config.
 
 Self-training (--self-training): 4,000 labelled rows of the training part alone (MiniLM, 3 seeds, with the recipe
 in configs/accuracy/minilm-self-training.yaml: lorafit's MiniLM default when it was measured) against MiniLM students
@@ -60,6 +60,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import shutil
 import statistics
 import sys
@@ -204,22 +205,25 @@ def portable(settings: dict) -> dict:
     return settings
 
 
-def with_defaults(settings: dict) -> dict:
-    """Fields added to lorafit after a run was made read as their defaults (which is what the run used)."""
+def with_defaults(settings: dict) -> Optional[dict]:
+    """Fields added to lorafit after a run was made read as their defaults (which is what the run used); None for a
+    config this lorafit cannot read."""
     from lorafit.config import config_from_dict
 
-    try:
-        return portable(config_from_dict(settings).to_dict())
+    try:  # portable too: a damaged file's `model: x`, `train: []` or unquoted date stopped the report with a traceback
+        return portable(config_from_dict(portable(settings)).to_dict())
     except Exception:  # a config this lorafit cannot read is simply not the same
-        return settings
+        return None
 
 
 def same_settings(saved: dict, wanted: dict, ignore_name: bool = False) -> bool:
-    saved, wanted = with_defaults(portable(saved)), portable(wanted)
+    saved, wanted = with_defaults(saved), portable(wanted)
+    if saved is None:
+        return False
     if ignore_name:
         saved.pop("name", None), wanted.pop("name", None)
     if wanted["lora"].get("r") == "auto":  # a run folder holds the rank it resolved to
-        wanted["lora"]["r"] = saved.get("lora", {}).get("r")  # (none in a config.yaml lorafit cannot read)
+        wanted["lora"]["r"] = saved["lora"]["r"]
     return saved == wanted
 
 
@@ -234,12 +238,23 @@ def finished_result(folder: Path, wanted: dict, ignore_name: bool = False):
     data, settings = read_small_file(result, json.loads), read_small_file(config, yaml.safe_load)
     if data is None or settings is None or data.get("status") != "completed":
         return None
-    missing = [key for key in RESULT_FIGURES if not isinstance(data.get(key), (int, float))]
+    missing = [key for key in RESULT_FIGURES if not is_figure(data.get(key))]
     if missing:
         return damaged(result, "no number for " + ", ".join(missing))
     if not same_settings(settings, wanted, ignore_name):
         return None
     return {**with_precision(data, folder), "run": folder.name}
+
+
+def is_figure(value) -> bool:
+    """A number a summary can average and round: NaN made the published mean NaN (and accuracy.json no strict JSON),
+    NaN or Infinity in wall_seconds stopped the report in round(), and `true` read as accuracy 1."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def run_model(name: str) -> str:
+    """The model a bench run was made on: every run name begins with it (minilm-..., mpnet-...)."""
+    return name.split("-", 1)[0]
 
 
 def twin_result(wanted: dict):
@@ -250,7 +265,8 @@ def twin_result(wanted: dict):
     if not COMMITTED.is_dir():
         return None
     for folder in sorted(COMMITTED.iterdir()):
-        if folder.name != wanted["name"]:
+        # the model folder's path is machine-specific, so not compared: a MiniLM run of these settings is no MPNet run
+        if folder.name != wanted["name"] and run_model(folder.name) == run_model(wanted["name"]):
             result = finished_result(folder, wanted, ignore_name=True)
             if result is not None:
                 return result
@@ -428,19 +444,20 @@ def head_to_head(dirs: dict, split: tuple[Path, Path], args, only, pending: list
 
 def best_lorafit_recipe(default: dict, levers: dict) -> dict:
     """lorafit's best recipe found: the default or a lever, by mean accuracy, among the candidates measured on the
-    same seeds, the largest such set (one lucky seed does not outrank a three-seed mean, and a mean over seeds 43
-    and 44 is not compared with one over 42 and 43: seeds differ by more than most levers gain). Of sets equally
-    large, the default's is taken: a lever is best only over the default it was compared with."""
+    same seeds (a mean over seeds 43 and 44 is not compared with one over 42 and 43: seeds differ by more than most
+    levers gain): the default's, since a lever is best only over the default it was compared with; while the default
+    has none, the largest set (one lucky seed does not outrank a three-seed mean)."""
     candidates = {"default": default, **{f"levers.{name}": lever for name, lever in levers.items()}}
     measured = {key: c for key, c in candidates.items() if c["accuracy"]}
     if not measured:
         return {**default, "chosen_from": []}
     sets = {key: tuple(sorted(c["seeds"])) for key, c in measured.items()}
-    shared = [*sets.values()]
-    # Of the largest sets: the default's (taking the smallest seeds first made a lever at seeds 42 and 43 "best"
-    # over a default at 43 and 44 it was never compared with), then the one most candidates share, then the
+    # The default's set whenever it has one: the largest set first made a lever at seeds 42, 43 and 44 "best" alone
+    # over a default at 42 and 43 (44 pending) that beat it at both, and taking the smallest seeds first one at 42
+    # and 43 over a default at 43 and 44. Without it: the largest set, then the one most levers share, then the
     # smallest seeds (the choice does not depend on the candidates' order).
-    seeds = max(shared, key=lambda s: (len(s), s == sets.get("default"), shared.count(s), [-x for x in s]))
+    shared = [sets["default"]] if "default" in sets else [*sets.values()]
+    seeds = max(shared, key=lambda s: (len(s), shared.count(s), [-x for x in s]))
     eligible = {key: c for key, c in measured.items() if sets[key] == seeds}
     key = max(eligible, key=lambda k: eligible[k]["mean"])
     return {**eligible[key], "recipe": key, "chosen_from": sorted(eligible)}
@@ -646,12 +663,12 @@ def parse_only(text: str, dirs: dict, self_training: bool = False) -> list[tuple
         return [("none",)]  # matches no run: everything is reported from disk
     only = [tuple(part.strip().split(":")) for part in text.split(",") if part.strip()]
     runs = runnable(dirs, self_training)
-    for entry in only:
+    for entry in only:  # a seed of decimal digits: isdigit() passed '²', which int() refuses (a traceback)
         model, recipe, seed = (*entry, None, None)[:3]
         recipes = runs.get(model, {})
         seeds = recipes.get(recipe, [])
         if model not in dirs or (recipe is not None and recipe not in recipes) or len(entry) > 3 or \
-                (seed is not None and not (seed.isdigit() and int(seed) in seeds)):
+                (seed is not None and not (seed.isdecimal() and int(seed) in seeds)):
             where = f"; {recipe} runs seeds {', '.join(map(str, seeds))}" if seeds else ""
             hint = "" if self_training else " (self_training* need --self-training)"
             raise SystemExit(f"--only {':'.join(entry)} names no run; use model[:recipe[:seed]] with model in "
