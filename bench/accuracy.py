@@ -60,7 +60,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import shutil
 import statistics
 import sys
@@ -222,7 +221,7 @@ def same_settings(saved: dict, wanted: dict, ignore_name: bool = False) -> bool:
     if saved is None:
         return False
     if ignore_name:
-        saved.pop("name", None), wanted.pop("name", None)
+        del saved["name"], wanted["name"]
     if wanted["lora"].get("r") == "auto":  # a run folder holds the rank it resolved to
         wanted["lora"]["r"] = saved["lora"]["r"]
     return saved == wanted
@@ -233,24 +232,22 @@ def finished_result(folder: Path, wanted: dict, ignore_name: bool = False):
     ignore_name), with `run` naming the folder, else None."""
     import yaml
 
+    from lorafit.report import finite_number
+
     result, config = folder / "result.json", folder / "config.yaml"
     if not (result.exists() and config.exists()):
         return None
     data, settings = read_small_file(result, json.loads), read_small_file(config, yaml.safe_load)
     if data is None or settings is None or data.get("status") != "completed":
         return None
-    missing = [key for key in RESULT_FIGURES if not is_figure(data.get(key))]
+    # a finite number: NaN made the published mean NaN (and accuracy.json no strict JSON), NaN or Infinity in
+    # wall_seconds stopped the report in round(), and `true` read as accuracy 1
+    missing = [key for key in RESULT_FIGURES if finite_number(data.get(key)) is None]
     if missing:
         return damaged(result, "no number for " + ", ".join(missing))
     if not same_settings(settings, wanted, ignore_name):
         return None
     return {**with_precision(data, folder), "run": folder.name}
-
-
-def is_figure(value) -> bool:
-    """A number a summary can average and round: NaN made the published mean NaN (and accuracy.json no strict JSON),
-    NaN or Infinity in wall_seconds stopped the report in round(), and `true` read as accuracy 1."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def run_model(name: str) -> str:
@@ -500,10 +497,11 @@ class SelfTrainingArm:
 SELF_TRAINING_RECIPE = "self_training"
 
 
-def recipe_tag(student_recipe: str) -> str:
-    """What the names of a students' recipe's runs, --only entries and report keys begin with: nothing for the
-    first recipe (its runs keep the names they were made under, so they are reused), `<recipe>_` after."""
-    return "" if student_recipe == SELF_TRAINING_RECIPE else f"{student_recipe}_"
+def recipe_tag(recipe: str) -> str:
+    """What the names of a self-training recipe's runs (students, labelled-only runs and MPNet teachers), --only
+    entries and report keys begin with: nothing for the first recipe (its runs keep the names they were made under,
+    so they are reused), `<recipe>_` after."""
+    return "" if recipe == SELF_TRAINING_RECIPE else f"{recipe}_"
 
 
 def run_prefix(recipe: str, model: str = "minilm") -> str:
@@ -622,7 +620,7 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
             out[variant]["gain_over_labelled_only"] = gain(out[variant], out[baseline_key(arm.student_recipe)])
     mpnet_teachers = dict.fromkeys((arm.teacher_recipe, arm.teacher_seed or seeds[0])
                                    for arm in SELF_TRAINING_ARMS.values() if arm.teacher_model == "mpnet")
-    for recipe, seed in mpnet_teachers if "mpnet" in dirs else ():  # a stronger teacher's own accuracy on the rows
+    for recipe, seed in mpnet_teachers if "mpnet" in dirs else ():  # each teacher's own accuracy on the 4,000 rows
         mpnet_teacher = labelled_only("mpnet", recipe, seed)
         found = run_or_reuse(mpnet_teacher, False, args.threads)
         if not found:  # a row of the report like any other: listed with the runs not done

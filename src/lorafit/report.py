@@ -84,7 +84,7 @@ class RunRecord:
         (or failure) while the curve goes on, so there the curve is the newer account."""
         if self.curve and self.result.get("status") != "completed":
             return None
-        return _number(self.result.get(key))
+        return finite_number(self.result.get(key))
 
     @property
     def peak(self) -> Optional[float]:
@@ -109,15 +109,15 @@ class RunRecord:
 
     @property
     def trainable_params(self) -> Optional[int]:
-        total = _number(self.result.get("trainable_params"))
+        total = finite_number(self.result.get("trainable_params"))
         counts = self.manifest.get("trainable_params")
         if total is None and isinstance(counts, dict):
-            total = _number(counts.get("total"))
+            total = finite_number(counts.get("total"))
         return int(total) if total is not None else None
 
     @property
     def budget(self) -> Optional[int]:
-        return _number(self.config.get("budget"))
+        return finite_number(self.config.get("budget"))
 
     @property
     def settings(self) -> dict:
@@ -157,8 +157,8 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _number(value: Any) -> Optional[float]:
-    """A finite number from a run's files, else None: a hand-edited or damaged field ("0.9", NaN) shows as "–"."""
+def finite_number(value: Any) -> Optional[float]:
+    """A finite number (not true / false) from a run's files, else None: a hand-edited or damaged field ("0.9", NaN) shows as "–"."""
     if not _numeric(value) or (isinstance(value, float) and not math.isfinite(value)):
         return None
     return value
@@ -169,7 +169,7 @@ def _read_sweep(path: Path) -> dict:
     info = _read_json(path / SWEEP_INFO)
     if not isinstance(info.get("sweep"), str) or not isinstance(info.get("settings") or {}, dict):
         return {}
-    return info if _number(info.get("trial_number", 0)) is not None else {}
+    return info if finite_number(info.get("trial_number", 0)) is not None else {}
 
 
 RUN_MARKERS = (runs.CONFIG, runs.RESULT, runs.MANIFEST)  # any one makes a run folder (a damaged one may lack the rest)
@@ -214,7 +214,7 @@ def _read_run(path: Path) -> RunRecord:
         rows, unreadable = runs.read_eval_curve(path), None
     except OSError as exc:  # a folder in its place, no read permission: the run is damaged, not the report
         rows, unreadable = [], runs.RunFolderError(path, runs.EVAL_CURVE, f"cannot be read ({exc.strerror or exc})")
-    curve = [row for row in rows if _number(row.get("accuracy")) is not None and _number(row.get("step")) is not None]
+    curve = [row for row in rows if finite_number(row.get("accuracy")) is not None and finite_number(row.get("step")) is not None]
     result = _read_json(path / runs.RESULT)
     name = _displayable(str(config.get("name") or path.name))  # drawn in plots too: matplotlib refuses surrogates
     return RunRecord(path=path, name=name, config=flatten_config(config),
@@ -562,8 +562,8 @@ def markdown_table(root: Path, records: list[RunRecord], keys: list[str]) -> str
               "step of peak", "wall time", "examples/s", "note"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     for r in records:
-        eps = _number(r.result.get("train_examples_per_second"))
-        wall = _number(r.result.get("wall_seconds")) or _number(r.manifest.get("wall_seconds"))
+        eps = finite_number(r.result.get("train_examples_per_second"))
+        wall = finite_number(r.result.get("wall_seconds")) or finite_number(r.manifest.get("wall_seconds"))
         cells = [_relative(r.path, root), r.status, varied_text(r, keys),
                  f"{r.trainable_params:,}" if r.trainable_params is not None else "–",
                  _fmt_accuracy(r.peak), _fmt_accuracy(r.final), r.peak_step if r.peak_step is not None else "–",

@@ -437,7 +437,8 @@ def report_pseudo_labels(record: dict, ceiling: Optional[float]) -> None:
     about the teachers' doubt."""
     per_class = ", ".join(f"{name} {count:,}" for name, count in record["joined_per_class"].items())
     joined, offered, threshold = record["joined"], record["rows_labelled_by_teacher"], record["threshold"]
-    balanced = f"; class-balanced, {record['balanced_share']:.1%} of each class's rows" if "balanced_share" in record else ""
+    balanced = (f"; class-balanced, {record['balanced_share']:.1%} of each class's rows"
+                if "balanced_share" in record else "")
     say(f"self-training: {joined:,} of {offered:,} unlabelled rows joined at probability >= {threshold:g} "
         f"({per_class}{balanced})")
     empty, overlap = record["empty_rows_skipped"], record["validation_overlap_dropped"]
