@@ -31,7 +31,9 @@ Levers: each configs/accuracy/<model>-lever-<name>.yaml is a candidate recipe (l
 run with the default's seeds and reported under results.<model>.levers.<name>; a lever may train longer, up to 3x
 the recipes' examples (issue 10's bar; e.g. mpnet-lever-3x-examples). results.<model>.best is the lorafit recipe
 (the default or a lever) with the highest mean among those measured on the same seeds (the default's; while it has
-none, the largest set levers share), with its config.
+none, the largest set levers share), with its config. Checks: each configs/accuracy/<model>-check-<name>.yaml is the
+default with one change a user does not pick for accuracy (e.g. check-fp32: the precision of a CPU without fast
+bf16), run the same way and reported under results.<model>.checks.<name>, never as lorafit's best.
 
 Self-training (--self-training): 4,000 labelled rows of the training part alone (MiniLM, 3 seeds, with the recipe
 in configs/accuracy/minilm-self-training.yaml: lorafit's MiniLM default when it was measured) against MiniLM students
@@ -64,6 +66,7 @@ import shutil
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -381,16 +384,21 @@ def summarize(rows: list[tuple[int, dict]], config: Path, values: dict, planned:
     return summary
 
 
-def lever_files(model: str) -> dict:
+VARIANTS = ("lever", "check")  # configs/accuracy/<model>-<kind>-<name>.yaml, reported under results.<model>.<kind>s
+
+
+def lever_files(model: str, kind: str = "lever") -> dict:
     """Lever candidates: configs/accuracy/<model>-lever-<name>.yaml, measured with the default recipe's seeds and
-    reported under results.<model>.levers.<name>."""
-    prefix = f"{model}-lever-"
+    reported under results.<model>.levers.<name>. kind "check": <model>-check-<name>.yaml, the default with a change
+    a user does not choose for accuracy (the precision their hardware runs), measured the same way and reported under
+    results.<model>.checks.<name>; never lorafit's best."""
+    prefix = f"{model}-{kind}-"
     files = {}
     for path in sorted((ROOT / "configs" / "accuracy").glob(prefix + "*.yaml")):
         # lever-distill-mpnet is levers.distill_mpnet and --only minilm:lever_distill_mpnet, as recipes are named
         name = path.stem[len(prefix):].replace("-", "_")
         if name in files:  # x-y.yaml and x_y.yaml: one report key and one run folder for two recipes
-            raise SystemExit(f"{files[name].name} and {path.name} both name lever {name}; rename one of them")
+            raise SystemExit(f"{files[name].name} and {path.name} both name {kind} {name}; rename one of them")
         files[name] = path
     return files
 
@@ -425,18 +433,19 @@ def head_to_head(dirs: dict, split: tuple[Path, Path], args, only, pending: list
             config = recipe_file(model, recipe)
             results[model][recipe] = measure(model, model_dir, recipe, config, SEEDS[model][recipe], split, args,
                                              only, pending)
-        levers = {name: measure(model, model_dir, f"lever_{name}", config, SEEDS[model]["default"], split, args,
-                                only, pending) for name, config in lever_files(model).items()}
         seen = {r["examples_seen"] for r in results[model].values()}
         if len(seen) > 1:
             raise SystemExit(f"{model}: recipes see different numbers of examples {sorted(seen)}; fix max_steps")
-        for name, lever in levers.items():  # issue 10 lets a lever train longer: at most 3x the peers' examples
-            if lever["examples_seen"] > MAX_LEVER_EXAMPLES * min(seen):
-                raise SystemExit(f"{model}: lever {name} sees {lever['examples_seen']:,} examples, more than "
-                                 f"{MAX_LEVER_EXAMPLES}x the recipes' {min(seen):,}; fix its max_steps")
-        if levers:
-            results[model]["levers"] = levers
-        results[model]["best"] = best_lorafit_recipe(results[model]["default"], levers)
+        for kind in VARIANTS:
+            variants = {name: measure(model, model_dir, f"{kind}_{name}", config, SEEDS[model]["default"], split,
+                                      args, only, pending) for name, config in lever_files(model, kind).items()}
+            for name, variant in variants.items():  # issue 10 lets a lever train longer: at most 3x the peers' examples
+                if variant["examples_seen"] > MAX_LEVER_EXAMPLES * min(seen):
+                    raise SystemExit(f"{model}: {kind} {name} sees {variant['examples_seen']:,} examples, more than "
+                                     f"{MAX_LEVER_EXAMPLES}x the recipes' {min(seen):,}; fix its max_steps")
+            if variants:
+                results[model][f"{kind}s"] = variants
+        results[model]["best"] = best_lorafit_recipe(results[model]["default"], results[model].get("levers", {}))
     return results
 
 
@@ -648,7 +657,8 @@ def runnable(dirs: dict, self_training: bool) -> dict:
     runs = {}
     for model in dirs:
         runs[model] = {recipe: SEEDS[model][recipe] for recipe in RECIPES}
-        runs[model].update({f"lever_{name}": SEEDS[model]["default"] for name in lever_files(model)})
+        runs[model].update({f"{kind}_{name}": SEEDS[model]["default"] for kind in VARIANTS
+                            for name in lever_files(model, kind)})
     if self_training and "minilm" in dirs:  # students are MiniLM runs, and an arm needs its teacher's model
         arms = [arm for arm in SELF_TRAINING_ARMS.values() if arm.teacher_model in dirs]
         for name in [*(arm.only_recipe for arm in arms), *(baseline_only_recipe(arm.student_recipe) for arm in arms)]:
@@ -678,6 +688,9 @@ def parse_only(text: str, dirs: dict, self_training: bool = False) -> list[tuple
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    # peft reads transformers' deprecated is_gradient_checkpointing once per model built: 50-odd warnings a run
+    # (every config's budget is counted), which buried the bench's own lines; `lorafit` itself hides them too
+    warnings.filterwarnings("ignore", category=FutureWarning)
     started = time.time()
     dirs = model_dirs(args)
     only = parse_only(args.only, dirs, args.self_training)
@@ -702,10 +715,21 @@ def main(argv=None) -> dict:
 RECIPE_TITLES = {"seed": "seed", "peer_a": "peer A", "peer_b": "peer B", "default": "lorafit default"}
 
 
+def precision_text(summary: dict) -> str:
+    """How the row's runs computed: one word when every seed agrees, else seed by seed. A recipe's figures can move
+    with the machine: lorafit's precision auto trains under bf16 autocast only where bf16 is fast."""
+    names = {True: "bf16", False: "fp32", None: "not recorded"}
+    per_seed = [names.get(bf16, "not recorded") for bf16 in summary.get("bf16") or []]
+    if len(set(per_seed)) <= 1:
+        return per_seed[0] if per_seed else ""
+    return " / ".join(f"{name} ({seed})" for name, seed in zip(per_seed, summary["seeds"]))
+
+
 def markdown_table(report: dict) -> str:
     """The README's table: one row per model and recipe (levers and self-training included), pending runs named."""
-    lines = ["| model | recipe | config | trainable | examples seen | validation accuracy per seed | mean ± std |",
-             "| --- | --- | --- | ---: | ---: | --- | --- |"]
+    lines = ["| model | recipe | config | trainable | examples seen | validation accuracy per seed | mean ± std | "
+             "precision |",
+             "| --- | --- | --- | ---: | ---: | --- | --- | --- |"]
 
     def row(model: str, title: str, summary: dict) -> None:
         if summary["accuracy"]:
@@ -716,13 +740,13 @@ def markdown_table(report: dict) -> str:
             per_seed, mean = "pending", ""
         trainable = f"{summary['trainable_params']:,}" if summary.get("trainable_params") else ""
         lines.append(f"| {model} | {title} | `{summary['config']}` | {trainable} | {summary['examples_seen']:,} | "
-                     f"{per_seed} | {mean} |")
+                     f"{per_seed} | {mean} | {precision_text(summary)} |")
 
     for model, recipes in report["results"].items():
         for recipe, summary in recipes.items():
-            if recipe == "levers":
-                for name, lever in summary.items():
-                    row(model, f"lever: {name}", lever)
+            if recipe in ("levers", "checks"):
+                for name, variant in summary.items():
+                    row(model, f"{recipe[:-1]}: {name}", variant)
             elif recipe == "best":
                 row(model, f"lorafit best ({summary.get('recipe', 'none measured')})", summary)
             else:

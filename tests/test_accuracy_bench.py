@@ -446,6 +446,21 @@ def test_markdown_rows(bench):
     assert "`configs/accuracy/minilm-lever-steady.yaml`" in rows["lorafit best (levers.steady)"]
 
 
+def test_markdown_names_each_rows_precision(bench):
+    """Runs made on different machines differ in precision (bf16 autocast only where bf16 is fast): the table says
+    which, seed by seed where a row mixes them, so a comparison across precisions is visible."""
+    report = {"results": {"mpnet": {
+        "seed": {**summary([0.89, 0.89]), "bf16": [True, True]},
+        "peer_a": {**summary([0.91, 0.91]), "bf16": [None, False]},
+        "peer_b": summary([]),
+        "default": {**summary([0.92]), "bf16": [False]}}}}
+    rows = {line.split(" | ")[1]: line for line in bench.markdown_table(report).splitlines()[2:]}
+    assert rows["seed"].endswith("| bf16 |")
+    assert rows["peer A"].endswith("| not recorded (42) / fp32 (43) |")
+    assert rows["peer B"].endswith("|  |")  # nothing ran yet
+    assert rows["lorafit default"].endswith("| fp32 |")
+
+
 def test_markdown_with_out_writes_the_json_too(bench, tmp_path, capsys):
     """--markdown printed the table and ignored --out, so the committed JSON and the README's table could not come
     from one bench run."""
@@ -486,6 +501,31 @@ def test_two_lever_files_of_one_name_are_refused(bench, tmp_path, monkeypatch):
         bench.lever_files("minilm")
     (folder / "minilm-lever-x_y.yaml").unlink()
     assert list(bench.lever_files("minilm")) == ["x_y", "z"]
+
+
+def test_a_check_is_reported_beside_the_levers_and_never_as_best(bench, tmp_path, monkeypatch):
+    """check-fp32 measures the default in the precision of a CPU without fast bf16: something a user's hardware
+    decides, not a recipe to pick. As a lever it became lorafit's best on a 0.0002 lead (0.9177 against 0.9175)."""
+    folder = tmp_path / "configs" / "accuracy"
+    folder.mkdir(parents=True)
+    for name in ("minilm-lever-mean.yaml", "minilm-check-fp32.yaml"):
+        (folder / name).write_text(DEFAULT.read_text())
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
+    means = {"default": 0.9175, "lever_mean": 0.9111, "check_fp32": 0.9177}
+    measured = []
+
+    def measure(model, model_dir, key, config, seeds, *rest):
+        measured.append((key, config.name, seeds))
+        return {**summary([means.get(key, 0.89)] * 3, config=config.name), "mean": means.get(key, 0.89)}
+
+    monkeypatch.setattr(bench, "measure", measure)
+    results = bench.head_to_head({"minilm": "/m"}, split(tmp_path), args_for(tmp_path), [], [])["minilm"]
+    assert results["checks"]["fp32"]["config"] == "minilm-check-fp32.yaml"
+    assert list(results["levers"]) == ["mean"] and results["best"]["recipe"] == "default"
+    assert ("check_fp32", "minilm-check-fp32.yaml", [42, 43, 44]) in measured  # the default's seeds
+    assert bench.parse_only("minilm:check_fp32:43", {"minilm": "/m"}) == [("minilm", "check_fp32", "43")]
+    rows = [line.split(" | ")[1] for line in bench.markdown_table({"results": {"minilm": results}}).splitlines()[2:]]
+    assert rows[-3:] == ["lever: mean", "check: fp32", "lorafit best (default)"]
 
 
 # --- found in the review of bench/accuracy.py: each test failed without its fix ------------------------------
