@@ -387,10 +387,11 @@ def summarize(rows: list[tuple[int, dict]], config: Path, values: dict, planned:
 VARIANTS = ("lever", "check")  # configs/accuracy/<model>-<kind>-<name>.yaml, reported under results.<model>.<kind>s
 
 
-def lever_files(model: str, kind: str = "lever") -> dict:
-    """Lever candidates: configs/accuracy/<model>-lever-<name>.yaml, measured with the default recipe's seeds and
-    reported under results.<model>.levers.<name>. kind "check": <model>-check-<name>.yaml, the default with a change
-    a user does not choose for accuracy (the precision their hardware runs), measured the same way and reported under
+def variant_files(model: str, kind: str = "lever") -> dict:
+    """The default's variants of one kind, by name. Levers, candidates for the default:
+    configs/accuracy/<model>-lever-<name>.yaml, measured with the default recipe's seeds and reported under
+    results.<model>.levers.<name>. Checks: <model>-check-<name>.yaml, the default with a change a user does not
+    choose for accuracy (the precision their hardware runs), measured the same way and reported under
     results.<model>.checks.<name>; never lorafit's best."""
     prefix = f"{model}-{kind}-"
     files = {}
@@ -438,7 +439,7 @@ def head_to_head(dirs: dict, split: tuple[Path, Path], args, only, pending: list
             raise SystemExit(f"{model}: recipes see different numbers of examples {sorted(seen)}; fix max_steps")
         for kind in VARIANTS:
             variants = {name: measure(model, model_dir, f"{kind}_{name}", config, SEEDS[model]["default"], split,
-                                      args, only, pending) for name, config in lever_files(model, kind).items()}
+                                      args, only, pending) for name, config in variant_files(model, kind).items()}
             for name, variant in variants.items():  # issue 10 lets a lever train longer: at most 3x the peers' examples
                 if variant["examples_seen"] > MAX_LEVER_EXAMPLES * min(seen):
                     raise SystemExit(f"{model}: {kind} {name} sees {variant['examples_seen']:,} examples, more than "
@@ -658,7 +659,7 @@ def runnable(dirs: dict, self_training: bool) -> dict:
     for model in dirs:
         runs[model] = {recipe: SEEDS[model][recipe] for recipe in RECIPES}
         runs[model].update({f"{kind}_{name}": SEEDS[model]["default"] for kind in VARIANTS
-                            for name in lever_files(model, kind)})
+                            for name in variant_files(model, kind)})
     if self_training and "minilm" in dirs:  # students are MiniLM runs, and an arm needs its teacher's model
         arms = [arm for arm in SELF_TRAINING_ARMS.values() if arm.teacher_model in dirs]
         for name in [*(arm.only_recipe for arm in arms), *(baseline_only_recipe(arm.student_recipe) for arm in arms)]:

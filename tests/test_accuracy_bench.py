@@ -498,9 +498,9 @@ def test_two_lever_files_of_one_name_are_refused(bench, tmp_path, monkeypatch):
         (folder / name).write_text(DEFAULT.read_text())
     monkeypatch.setattr(bench, "ROOT", tmp_path)
     with pytest.raises(SystemExit, match="minilm-lever-x-y.yaml and minilm-lever-x_y.yaml both name lever x_y"):
-        bench.lever_files("minilm")
+        bench.variant_files("minilm")
     (folder / "minilm-lever-x_y.yaml").unlink()
-    assert list(bench.lever_files("minilm")) == ["x_y", "z"]
+    assert list(bench.variant_files("minilm")) == ["x_y", "z"]
 
 
 def test_a_check_is_reported_beside_the_levers_and_never_as_best(bench, tmp_path, monkeypatch):
