@@ -160,11 +160,16 @@ def run_values(config: Path, name: str, model_dir: str, train: Path, validation:
                runs_dir: Path, extra: Optional[dict] = None) -> dict:
     """The shipped config as plain values, with this machine's model, the carved split, the seed and a run name;
     `extra` adds settings by section ({"data": {...}, "train": {...}})."""
-    from lorafit.config import read_yaml
+    from lorafit.config import config_from_dict, read_yaml
+    from lorafit.errors import UserError
 
-    values = read_yaml(config)
+    try:  # a lever or check file with a typo: one line naming the file, not a traceback halfway through the report
+        values = read_yaml(config)
+        config_from_dict(values)
+    except UserError as exc:
+        raise SystemExit(f"accuracy: {config}: {exc}") from None
     values.update(name=name, output_dir=str(runs_dir))
-    values["model"]["name_or_path"] = model_dir
+    values.setdefault("model", {})["name_or_path"] = model_dir
     values.setdefault("data", {}).update(train_file=str(train), eval_file=str(validation))
     values.setdefault("train", {})["seed"] = seed
     for section, settings in (extra or {}).items():
@@ -719,7 +724,7 @@ RECIPE_TITLES = {"seed": "seed", "peer_a": "peer A", "peer_b": "peer B", "defaul
 def precision_text(summary: dict) -> str:
     """How the row's runs computed: one word when every seed agrees, else seed by seed. A recipe's figures can move
     with the machine: lorafit's precision auto trains under bf16 autocast only where bf16 is fast."""
-    names = {True: "bf16", False: "fp32", None: "not recorded"}
+    names = {True: "bf16", False: "fp32"}  # None: a run committed before the manifest was kept
     per_seed = [names.get(bf16, "not recorded") for bf16 in summary.get("bf16") or []]
     if len(set(per_seed)) <= 1:
         return per_seed[0] if per_seed else ""
@@ -743,11 +748,12 @@ def markdown_table(report: dict) -> str:
         lines.append(f"| {model} | {title} | `{summary['config']}` | {trainable} | {summary['examples_seen']:,} | "
                      f"{per_seed} | {mean} | {precision_text(summary)} |")
 
+    variant_kinds = {f"{kind}s": kind for kind in VARIANTS}  # results.<model>.levers holds the lever rows
     for model, recipes in report["results"].items():
         for recipe, summary in recipes.items():
-            if recipe in ("levers", "checks"):
+            if recipe in variant_kinds:
                 for name, variant in summary.items():
-                    row(model, f"{recipe[:-1]}: {name}", variant)
+                    row(model, f"{variant_kinds[recipe]}: {name}", variant)
             elif recipe == "best":
                 row(model, f"lorafit best ({summary.get('recipe', 'none measured')})", summary)
             else:

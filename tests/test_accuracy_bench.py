@@ -528,6 +528,22 @@ def test_a_check_is_reported_beside_the_levers_and_never_as_best(bench, tmp_path
     assert rows[-3:] == ["lever: mean", "check: fp32", "lorafit best (default)"]
 
 
+@pytest.mark.parametrize("text, says", [
+    ("name: x\ntrain:\n  max_step: 1200\n", "unknown config key 'train.max_step'"),
+    ("name: x\nmodel: [a]\n", "model"),
+    ("name: x\ntrain: {max_steps: 1200\n", "minilm-check-typo.yaml"),
+])
+def test_a_variant_file_with_a_mistake_is_one_line_naming_it(bench, tmp_path, text, says):
+    """A lever or check file with a typo stopped the report with lorafit's UserError as a traceback, after every
+    recipe before it had been read, and without naming the file among the dozens the bench reads."""
+    config = tmp_path / "minilm-check-typo.yaml"
+    config.write_text(text)
+    with pytest.raises(SystemExit) as stop:
+        values_for(bench, tmp_path, "minilm-check-typo-seed42", config=config)
+    message = str(stop.value)
+    assert message.startswith(f"accuracy: {config}: ") and says in message and "\n" not in message
+
+
 # --- found in the review of bench/accuracy.py: each test failed without its fix ------------------------------
 
 

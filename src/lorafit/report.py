@@ -158,7 +158,8 @@ def _read_json(path: Path) -> dict:
 
 
 def finite_number(value: Any) -> Optional[float]:
-    """A finite number (not true / false) from a run's files, else None: a hand-edited or damaged field ("0.9", NaN) shows as "–"."""
+    """A finite number (not true / false) from a run's files, else None: a hand-edited or damaged field ("0.9", NaN)
+    shows as "–"."""
     if not _numeric(value) or (isinstance(value, float) and not math.isfinite(value)):
         return None
     return value
@@ -214,7 +215,8 @@ def _read_run(path: Path) -> RunRecord:
         rows, unreadable = runs.read_eval_curve(path), None
     except OSError as exc:  # a folder in its place, no read permission: the run is damaged, not the report
         rows, unreadable = [], runs.RunFolderError(path, runs.EVAL_CURVE, f"cannot be read ({exc.strerror or exc})")
-    curve = [row for row in rows if finite_number(row.get("accuracy")) is not None and finite_number(row.get("step")) is not None]
+    curve = [row for row in rows
+             if finite_number(row.get("accuracy")) is not None and finite_number(row.get("step")) is not None]
     result = _read_json(path / runs.RESULT)
     name = _displayable(str(config.get("name") or path.name))  # drawn in plots too: matplotlib refuses surrogates
     return RunRecord(path=path, name=name, config=flatten_config(config),
