@@ -149,3 +149,46 @@ def test_unlabelled_rows_skipped_as_empty_or_validation_texts_are_warned_about(t
     with logged_warnings("lorafit.teacher") as warnings:  # nothing skipped: nothing to say
         teacher.report_pseudo_labels({**record, "empty_rows_skipped": 0, "validation_overlap_dropped": 0}, None)
     assert warnings == []
+
+
+# --- second review: what self-training tells a user when next to nothing joins ---------------------------------------
+
+def test_a_threshold_equal_to_a_binary_teachers_smoothing_target_is_warned_about(tmp_path):
+    """Label smoothing 0.1 on 2 classes trains a teacher toward 0.95, but 1 - 0.1 + 0.1/2 is 0.9500000000000001 in
+    floats: a threshold of 0.95, at the ceiling, was taken as below it and the warning never came."""
+    (tmp_path / "smoothed").mkdir()
+    (tmp_path / "smoothed" / runs.CONFIG).write_text("train:\n  label_smoothing: 0.1\n")
+    ceiling = teacher.smoothing_target([tmp_path / "smoothed"], 2)
+    record = {"source": "u.csv", "threshold": 0.95, "rows_read": 100, "empty_rows_skipped": 0,
+              "validation_overlap_dropped": 0, "rows_labelled_by_teacher": 100, "joined": 3,
+              "joined_per_class": {"neg": 2, "pos": 1}}
+    with logged_warnings("lorafit.teacher") as warnings:
+        teacher.report_pseudo_labels(record, ceiling)
+    assert len(warnings) == 1 and "0.95 is at or above 0.950" in warnings[0], warnings
+    with logged_warnings("lorafit.teacher") as warnings:  # just under it: nothing to say
+        teacher.report_pseudo_labels({**record, "threshold": 0.9499}, ceiling)
+    assert warnings == []
+
+
+def test_a_threshold_no_unlabelled_row_reaches_is_warned_about(finished_tiny, tiny_roberta, small_agnews, tmp_path,
+                                                               cli):
+    """No row reached data.pseudo_label_threshold (a teacher without label smoothing): the run trained on its
+    labelled rows alone and exited 0 with no word of it off a terminal; only the manifest counted 0 joined."""
+    unlabelled = tmp_path / "unlabelled.csv"
+    pd.DataFrame({"text": ["Stocks rally as oil falls", "Team wins the cup", "New chip doubles speed"]}).to_csv(
+        unlabelled, index=False)
+    config = _student(tmp_path, small_agnews, tiny_roberta, finished_tiny, max_steps=2)
+    result = cli("train", config, "--data.unlabelled_file", unlabelled, "--data.pseudo_label_threshold", 0.99)
+    assert result.code == 0, result.err
+    manifest = json.loads((tmp_path / "runs" / "student" / runs.MANIFEST).read_text())
+    assert manifest["pseudo_labels"]["joined"] == 0
+    warned = [line for line in result.err.splitlines() if "pseudo_label_threshold" in line]
+    assert len(warned) == 1 and "none of the 3 unlabelled rows reaches probability 0.99" in warned[0], result.err
+    assert "lower data.pseudo_label_threshold" in warned[0]
+
+    rows = teacher.Unlabelled("u.csv", ["a", "b"], 2, 0, 0)
+    log_probs = np.log(np.array([[[0.97, 0.01, 0.01, 0.01], [0.4, 0.3, 0.2, 0.1]]]))
+    _, record, _ = teacher.select_pseudo_labels(rows, log_probs, 0.9, ["0", "1", "2", "3"])
+    with logged_warnings("lorafit.teacher") as warnings:  # a row joined: nothing to say
+        teacher.report_pseudo_labels(record, None)
+    assert warnings == []

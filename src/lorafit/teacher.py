@@ -434,7 +434,7 @@ def smoothing_target(run_dirs: list[Path], num_classes: int) -> Optional[float]:
 def report_pseudo_labels(record: dict, ceiling: Optional[float]) -> None:
     """How many unlabelled rows joined; a warning for rows skipped as empty or validation texts, and one when the
     threshold sits at or above the teachers' smoothing target, where the count says more about label smoothing than
-    about the teachers' doubt."""
+    about the teachers' doubt, else one when no row joined."""
     per_class = ", ".join(f"{name} {count:,}" for name, count in record["joined_per_class"].items())
     joined, offered, threshold = record["joined"], record["rows_labelled_by_teacher"], record["threshold"]
     balanced = (f"; class-balanced, {record['balanced_share']:.1%} of each class's rows"
@@ -450,13 +450,18 @@ def report_pseudo_labels(record: dict, ceiling: Optional[float]) -> None:
         log.warning("data.pseudo_label_balance: no row the teachers call %s reaches probability %g, so no unlabelled "
                     "row joined; lower data.pseudo_label_threshold, or set data.pseudo_label_balance false",
                     record["balanced_by"], threshold)
-    if ceiling is not None and threshold >= ceiling:
+    # 1e-9: the ceiling is a float sum (1 - 0.1 + 0.1/2 is 0.9500000000000001), which hid a threshold of 0.95
+    if ceiling is not None and threshold >= ceiling - 1e-9:
         # 0.15 under the ceiling (0.7 for its usual 0.925), not below 0.5, and never one that is not lower
         lower = max(0.5, np.floor((ceiling - 0.15) * 10) / 10)
         example = f" (e.g. {lower:g})" if lower < threshold else ""
         log.warning("data.pseudo_label_threshold %g is at or above %.3f, the top probability the teachers' label "
                     "smoothing trains them to give: only %d of %d unlabelled rows joined; lower it%s or use "
                     "a teacher trained without label smoothing", threshold, ceiling, joined, offered, example)
+    elif not joined and "balanced_share" not in record:  # else the run trains without self-training, exit 0
+        log.warning("data.pseudo_label_threshold: none of the %d unlabelled rows reaches probability %g, so none "
+                    "joined and this run trains on its labelled rows alone; lower data.pseudo_label_threshold",
+                    offered, threshold)
 
 
 def combined(labelled: LabelledData, pseudo: LabelledData) -> LabelledData:
