@@ -92,8 +92,7 @@ def cmd_budget(args, extra) -> int:
         "model.name_or_path": args.model, "lora.target_modules": args.target_modules, "lora.r": args.r,
         "model.num_labels": args.num_labels, "model.head": args.head,
     }.items() if v is not None})
-    if hasattr(args, "budget"):  # absent unless given: None is a value here (--budget null, no limit)
-        overrides["budget"] = args.budget
+    overrides.update(_budget_override(args))
     if isinstance(overrides.get("lora.r"), str) and overrides["lora.r"] != "auto":
         overrides["lora.r"] = int(overrides["lora.r"]) if overrides["lora.r"].isdigit() else overrides["lora.r"]
     report = budget_report(load_config(args.config, overrides), fit=args.fit)
@@ -105,7 +104,7 @@ def cmd_train(args, extra) -> int:
     from lorafit.config import load_config
     from lorafit.train import is_main_process, run_training
 
-    overrides = _shortcut_overrides(args)
+    overrides = {**_shortcut_overrides(args), **_budget_override(args)}
     overrides.update(parse_dotted_overrides(extra))
     cfg = load_config(args.config, overrides)
     result = run_training(cfg, resume=args.resume, overwrite=args.overwrite)
@@ -144,9 +143,12 @@ def cmd_predict(args, extra) -> int:
 def cmd_sweep(args, extra) -> int:
     from lorafit.sweep import run_sweep
 
+    overrides = {**_budget_override(args), **parse_dotted_overrides(extra)}
+    # --output_dir is --output-dir: as a trial override it lost to the sweep file's output_dir, and kept its ~
+    output_dir = overrides.pop("output_dir", None)
+    output_dir = args.output_dir or (None if output_dir is None else _user_path(str(output_dir)))
     outcome = run_sweep(args.sweep, storage=args.storage, n_trials=args.n_trials, timeout=args.timeout,
-                        model=args.model, train_file=args.train_file, output_dir=args.output_dir,
-                        overrides=parse_dotted_overrides(extra))
+                        model=args.model, train_file=args.train_file, output_dir=output_dir, overrides=overrides)
     return outcome.exit_code
 
 
@@ -185,6 +187,19 @@ def _budget(text: str) -> Optional[int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; e.g. --budget 1000000, or --budget null "
                                          "for no limit")
     return None if value is None else int(value)
+
+
+def _add_budget_option(parser: argparse.ArgumentParser) -> None:
+    """--budget as an option of every command that takes it: as an unknown one (an override), its value was read as
+    the config path when it came first (`lorafit train --budget null C` said 'config file not found: null')."""
+    parser.add_argument("--budget", type=_budget, default=argparse.SUPPRESS,
+                        help="trainable-parameter cap (overrides budget); null or none = no limit, as budget: null "
+                             "in a config")
+
+
+def _budget_override(args) -> dict:
+    """{'budget': N} when --budget was given; None is a value here (--budget null, no limit)."""
+    return {"budget": args.budget} if hasattr(args, "budget") else {}
 
 
 def _user_path(text: str) -> str:
@@ -260,9 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-modules", help="comma-separated module names, e.g. query,value")
     p.add_argument("--r", help="LoRA rank or 'auto'")
     p.add_argument("--num-labels", type=int)
-    p.add_argument("--budget", type=_budget, default=argparse.SUPPRESS,
-                   help="trainable-parameter cap (overrides budget); null or none = no limit, as budget: null "
-                        "in a config")
+    _add_budget_option(p)
     p.add_argument("--head", choices=["full", "linear", "lora"])
     p.add_argument("--fit", action="store_true", help="also print the largest rank that fits the budget")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -277,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-file", type=_user_path, help="local validation file (data.eval_file)")
     p.add_argument("--output-dir", type=_user_path, help="folder holding run folders (output_dir)")
     p.add_argument("--name", help="run name (name)")
+    _add_budget_option(p)
     p.add_argument("--resume", action="store_true", help="continue the run folder's last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--trust-pickle", action="store_true", default=None,
@@ -325,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=_user_path, help="override model.name_or_path for every trial")
     p.add_argument("--train-file", type=_user_path, help="override data.train_file for every trial")
     p.add_argument("--output-dir", type=_user_path, help="folder that holds the sweep folder")
+    _add_budget_option(p)
     p.set_defaults(func=cmd_sweep)
 
     p = add("report", help="plots and a Markdown table for every run under a folder")

@@ -152,7 +152,8 @@ class DataConfig:
     validation_size: int = _field(5000, "Rows carved from train for validation (capped by validation_fraction).")
     validation_fraction: float = _field(0.1, "Largest share of train carved for validation.")
     max_train_samples: Optional[int] = _field(None, "Use only this many (shuffled, seeded) training rows.")
-    max_length: int = _field(256, "Tokens per text; longer texts are truncated.")
+    max_length: int = _field(256, "Tokens per text; longer texts are truncated. At most the model's positions "
+                                   "(512 for roberta-base), checked before training.")
     trust_pickle: bool = _field(
         False, "Allow .pkl/.pickle data files (train, eval, unlabelled); unpickling runs any code in the file.",
     )
@@ -184,6 +185,9 @@ class DataConfig:
             raise UserError(f"data.max_length is {self.max_length}; use at least 8 tokens (e.g. 256)")
         if not self.text_columns:
             raise UserError("data.text_columns is empty; name the text column(s), e.g. [text]")
+        if not all(isinstance(c, str) and c for c in self.text_columns):  # [[text]] crashed mid-load (unhashable)
+            raise UserError(f"data.text_columns is {self.text_columns}; list column names as text, e.g. [title, "
+                            "description] (quote names that YAML reads otherwise: '1', 'yes')")
         if self.label_names is not None and (
                 not all(isinstance(n, str) and n for n in self.label_names)
                 or len(set(self.label_names)) != len(self.label_names)):
@@ -339,6 +343,11 @@ class RunConfig:
         if self.data.pseudo_label_balance and not self.data.unlabelled_file:
             raise UserError("data.pseudo_label_balance is set but data.unlabelled_file is not; set data.unlabelled_file "
                             "to the texts to label, or remove data.pseudo_label_balance")
+        if self.data.pseudo_label_threshold != DataConfig.pseudo_label_threshold and not self.data.unlabelled_file:
+            # As the balance: ignored without texts to label. Only a changed value: a saved config has every field.
+            raise UserError(f"data.pseudo_label_threshold is {self.data.pseudo_label_threshold} but "
+                            "data.unlabelled_file is not set, so it would have no effect; set data.unlabelled_file "
+                            "to the texts to label, or remove data.pseudo_label_threshold")
         return self
 
     @property
@@ -554,6 +563,8 @@ def read_yaml(path: str | Path) -> dict:
         raise UserError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}; fix the syntax") from None
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 text ({first_bad_utf8(path)}); save the config as UTF-8") from None
+    except OSError as exc:  # unreadable (permissions): a traceback, exit 1, before
+        raise UserError(f"cannot read config file {path}: {exc.strerror or exc}; check its permissions") from None
     if values is None:
         return {}
     if not isinstance(values, dict):

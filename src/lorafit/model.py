@@ -187,6 +187,32 @@ def set_encoder_dropout(config: PretrainedConfig, p: float) -> None:
         setattr(config, name, p)
 
 
+# Model types whose position ids start after the padding id (RoBERTa's create_position_ids_from_input_ids): of
+# max_position_embeddings 514, roberta-base and all-mpnet-base-v2 read 512 tokens.
+POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "data2vec-text",
+                           "longformer", "ibert")
+
+
+def position_limit(config: PretrainedConfig) -> Optional[int]:
+    """The most tokens the encoder's learned positions cover; None where it has none to run out of (DeBERTa-v2's
+    relative positions, configs without max_position_embeddings)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int) or getattr(config, "position_biased_input", True) is False:
+        return None
+    if config.model_type in POSITIONS_AFTER_PADDING:
+        positions -= (config.pad_token_id or 0) + 1
+    return positions
+
+
+def check_max_length(max_length: int, config: PretrainedConfig, name: str) -> None:
+    """data.max_length past the model's positions tokenizes fine and then fails at the first long batch, mid-training
+    ('index 514 is out of bounds'): refused before anything is written."""
+    limit = position_limit(config)
+    if limit is not None and max_length > limit:
+        raise UserError(f"data.max_length is {max_length} but {name} reads at most {limit} tokens; "
+                        f"set data.max_length to {limit} or less")
+
+
 def load_tokenizer(name_or_path: str, revision: Optional[str] = None, trust_remote_code: bool = False):
     try:
         return AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)

@@ -49,6 +49,7 @@ from lorafit.data import (
 from lorafit.errors import UserError
 from lorafit.model import (
     attention_without_cudnn,
+    check_max_length,
     frozen_linear_weights_to_bf16,
     initialize_lora_from_inputs,
     load_model_config,
@@ -84,6 +85,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     # batch_size auto becomes a number here, the learning rate scaled with it: the run folder records what trained
     cfg = dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, r=r), train=device.resolve_train_batch(cfg.train))
     budget = check_budget(cfg, model_config)
+    check_max_length(cfg.data.max_length, model_config, cfg.model.name_or_path)
 
     seed = cfg.train.seed
     train_data = load_labelled(cfg.data, cfg.model.num_labels, path=cfg.data.train_file)
