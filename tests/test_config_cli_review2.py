@@ -6,6 +6,8 @@ sweep on roberta-base's real config (no weights); the max_length cases train the
 import json
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 from transformers import BertConfig, DebertaV2Config, MPNetConfig, RobertaConfig
@@ -132,3 +134,15 @@ def test_max_length_at_the_models_positions_trains(cli, tiny_config, long_texts)
 ])
 def test_position_limit_per_architecture(config, expected):
     assert position_limit(config) == expected
+
+
+@pytest.mark.parametrize("command", [["lorafit"], [sys.executable, "-m", "lorafit"]])
+def test_a_reader_that_closes_the_pipe_is_no_traceback(command, roberta_dir):
+    """`lorafit evaluate RUN --data F | head` (the reader leaves before the output is written) ended in a
+    BrokenPipeError traceback; now a quiet exit 141, as a tool killed by SIGPIPE."""
+    process = subprocess.Popen([*command, "budget", "--model", str(roberta_dir), "--json"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # before lorafit has read the config: its one write meets a closed pipe
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

@@ -402,7 +402,15 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()  # inside the try: a reader that left shows here for short outputs
+    except BrokenPipeError:
+        # `lorafit evaluate RUN --data F | head`: the reader closed the pipe, which is no error of ours, but it was a
+        # traceback. Python's documented recipe: stdout to devnull so the exit flush is quiet; 141 as for SIGPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141
+    sys.exit(code)
 
 
 if __name__ == "__main__":

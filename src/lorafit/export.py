@@ -70,7 +70,9 @@ def save_plain_model(model: torch.nn.Module, tokenizer, max_length: int, folder:
     """config.json (architecture, id2label/label2id), model.safetensors, and the tokenizer."""
     model.save_pretrained(str(folder))  # transformers 5 writes safetensors only (no safe_serialization switch)
     # Training truncated at data.max_length: a pipeline called with truncation=True then cuts texts at the same place.
-    tokenizer.model_max_length = min(max_length, tokenizer.model_max_length)
+    # Not min() with the tokenizer's own: training checked max_length against the positions and used it even where
+    # the tokenizer declared less (model_max_length 16, max_length 32: the export cut texts at 16, predict at 32).
+    tokenizer.model_max_length = max_length
     tokenizer.save_pretrained(str(folder))
 
 

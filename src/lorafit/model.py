@@ -240,6 +240,9 @@ def load_pretrained_model(model_cfg: ModelConfig, model_config: PretrainedConfig
             revision=model_cfg.revision,
             trust_remote_code=model_cfg.trust_remote_code,
             use_safetensors=True,  # never unpickle weights
+            # fp32 whatever the checkpoint's dtype: transformers 5 loads a bf16-stored one in bf16 ("auto"), which
+            # trained a precision-fp32 run on bf16 weights and merged its LoRA into them; bf16 is autocast's job
+            dtype=torch.float32,
             ignore_mismatched_sizes=True,  # a checkpoint's own head for another label count is replaced
             output_loading_info=True,
         )
