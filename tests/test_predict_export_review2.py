@@ -84,3 +84,21 @@ def test_a_base_stored_in_bf16_loads_in_fp32_for_training_predict_and_export(tin
     model_cfg = ModelConfig(name_or_path=str(bf16_copy(tiny_roberta, tmp_path / "base-bf16")), num_labels=4)
     model = load_pretrained_model(model_cfg, load_model_config(model_cfg))
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_the_adapter_card_of_a_mean_pooling_run_says_peft_alone_reads_the_first_token(finished_copy):
+    """The card's peft snippet rebuilt the model without lorafit's mean-pooling hook, so a user following it got a
+    model reading the first token, with other predictions, and no word of it on the card."""
+    import yaml
+
+    from lorafit import runs
+    from lorafit.card import card_text
+
+    assert "model.pooling: mean" not in card_text(finished_copy)  # first-token runs: nothing to warn about
+    config = finished_copy / runs.CONFIG
+    values = yaml.safe_load(config.read_text())
+    values["model"]["pooling"] = "mean"
+    config.write_text(yaml.safe_dump(values, sort_keys=False))
+    text = card_text(finished_copy)
+    assert "(`model.pooling: mean`)" in text and "Use `lorafit predict`" in text
+    assert text.index("model.pooling: mean`), a lorafit hook") < text.index("AutoPeftModelForSequenceClassification")

@@ -185,9 +185,13 @@ def _evaluation_section(evaluated: list[tuple[str, dict]]) -> list[str]:
     return lines
 
 
-def _usage_section(library: str, base: str, num_labels: int, max_length: int) -> list[str]:
+def _usage_section(library: str, base: str, num_labels: int, max_length: int, pooling: str) -> list[str]:
     if library == "peft":
-        return ["## Use", "",
+        # Mean pooling is a lorafit hook that peft does not rebuild: the snippet alone reads the first token
+        mean_warning = ["**This run's head reads the mean of the token states (`model.pooling: mean`), a lorafit "
+                        "hook that peft does not rebuild**: loaded as below, the model reads the first token and "
+                        "predicts otherwise. Use `lorafit predict` / `lorafit evaluate` on the run folder instead.", ""]
+        return ["## Use", "", *(mean_warning if pooling == "mean" else []),
                 "LoRA adapter and classification head; it needs the base model "
                 f"(`{base}`), which peft loads by itself:", "", "```python",
                 "from peft import AutoPeftModelForSequenceClassification",
@@ -240,7 +244,7 @@ def card_text(run_dir: str | Path, library: str = "peft") -> str:
                   f"{result.get('best_eval_macro_f1') or 0:.4f}) at step {result.get('best_step')} of "
                   f"{result.get('global_step')}, on {result.get('eval_rows')} validation rows; "
                   f"{result.get('trainable_params', 0):,} trainable parameters.", ""]
-    lines += _usage_section(library, base, len(labels), max_length)
+    lines += _usage_section(library, base, len(labels), max_length, str(model.get("pooling", "cls")))
     if manifest.get("trainable_params"):
         lines += _budget_section(manifest["trainable_params"])
     lines += ["## Recipe", "", "The resolved config (`lorafit train` this file to retrain):", "", "```yaml",
