@@ -428,7 +428,8 @@ def smoothing_target(run_dirs: list[Path], num_classes: int) -> Optional[float]:
         smoothing.append(value if isinstance(value, (int, float)) else 0.0)  # unreadable: assume no smoothing
     if not any(smoothing):
         return None
-    return float(np.mean([1 - e + e / num_classes for e in smoothing]))
+    # rounded: the float sum 1 - 0.1 + 0.1/2 is 0.9500000000000001, which put a threshold of 0.95 below it
+    return round(float(np.mean([1 - e + e / num_classes for e in smoothing])), 9)
 
 
 def report_pseudo_labels(record: dict, ceiling: Optional[float]) -> None:
@@ -450,8 +451,7 @@ def report_pseudo_labels(record: dict, ceiling: Optional[float]) -> None:
         log.warning("data.pseudo_label_balance: no row the teachers call %s reaches probability %g, so no unlabelled "
                     "row joined; lower data.pseudo_label_threshold, or set data.pseudo_label_balance false",
                     record["balanced_by"], threshold)
-    # 1e-9: the ceiling is a float sum (1 - 0.1 + 0.1/2 is 0.9500000000000001), which hid a threshold of 0.95
-    if ceiling is not None and threshold >= ceiling - 1e-9:
+    if ceiling is not None and threshold >= ceiling:
         # 0.15 under the ceiling (0.7 for its usual 0.925), not below 0.5, and never one that is not lower
         lower = max(0.5, np.floor((ceiling - 0.15) * 10) / 10)
         example = f" (e.g. {lower:g})" if lower < threshold else ""
