@@ -32,6 +32,16 @@ def hub_id(name: Optional[str]) -> Optional[str]:
     return name
 
 
+def base_model_id(manifest: dict, base: str) -> Optional[str]:
+    """The base model's Hub id as training found it, from the manifest: checked again at export, a `roberta-base/`
+    folder in the export's working folder made a run trained from the Hub 'local'. Runs older than that record:
+    checked here."""
+    if "base_model_hub_id" not in manifest:
+        return hub_id(base)
+    recorded = manifest["base_model_hub_id"]
+    return recorded if isinstance(recorded, str) and recorded == base else None
+
+
 def _read_json(path: Path):
     """A run file, or None where it is missing or unreadable (the card then leaves its section out)."""
     try:
@@ -222,9 +232,10 @@ def card_text(run_dir: str | Path, library: str = "peft") -> str:
     name = str(values.get("name", run_dir.name))
     max_length = int(values.get("data", {}).get("max_length", 512))
 
+    base_id = base_model_id(manifest, base)
     metadata = ModelCardData(
         library_name=library,
-        base_model=hub_id(base),
+        base_model=base_id,
         datasets=_datasets(values, evaluated) or None,
         pipeline_tag="text-classification",
         tags=["lorafit", "lora", "text-classification"] + (["peft"] if library == "peft" else ["merged-lora"]),
@@ -236,7 +247,7 @@ def card_text(run_dir: str | Path, library: str = "peft") -> str:
     lines = ["---", metadata.to_yaml(), "---", "", f"# {name}", "",
              f"{what}: text classification into {len(labels)} classes ({', '.join(map(str, labels))}), "
              "trained with lorafit under a hard budget of trainable parameters.", ""]
-    if hub_id(base) is None:
+    if base_id is None:
         lines += [f"The base model was the local folder `{base}`, so `base_model` is not set in the metadata: "
                   "add its Hub id there before uploading.", ""]
     if result.get("best_eval_accuracy") is not None:

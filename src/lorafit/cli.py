@@ -16,6 +16,7 @@ from typing import Optional
 
 from lorafit.errors import UserError
 
+TOP_LEVEL_OVERRIDES = ("name", "output_dir")  # config keys outside a section that --KEY VALUE sets (and --budget)
 TRAIN_SHORTCUTS = {
     "model": "model.name_or_path",
     "train_file": "data.train_file",
@@ -51,7 +52,7 @@ def parse_dotted_overrides(extra: list[str]) -> dict:
             i += 2
         else:
             raise UserError(f"{arg} needs a value, e.g. {arg} 8")
-        if "." not in key and key.replace("-", "_") not in ("name", "output_dir", "budget"):
+        if "." not in key and key.replace("-", "_") not in TOP_LEVEL_OVERRIDES + ("budget",):
             raise UserError(f"unknown option {arg}; config overrides look like --section.key value (e.g. --lora.r 8)")
         key = key.replace("-", "_") if "." not in key else key
         overrides[key] = parse_override(key, value)
@@ -59,9 +60,11 @@ def parse_dotted_overrides(extra: list[str]) -> dict:
 
 
 def _split_dotted(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Take `--section.key value` pairs out of argv before argparse sees them. argparse does not know them, so it
-    read their values as positionals: `lorafit budget --model M --lora.r 4` made '4' the config path, and a value
-    that looks like a negative number or is blank (`--train.max_steps -1`, `--data.text_separator ' '`) was lost."""
+    """Take `--section.key value` pairs, and the top-level overrides --name and --output_dir, out of argv before
+    argparse sees them. A command that does not know them read their values as positionals: `lorafit budget --model
+    M --lora.r 4` made '4' the config path, `lorafit budget --name X C` made X the config, and a value that looks like
+    a negative number or is blank (`--train.max_steps -1`, `--data.text_separator ' '`) was lost. train and sweep,
+    which name them as options too, get the same value as an override."""
     rest, dotted, i = [], [], 0
     while i < len(argv):
         arg = argv[i]
@@ -69,7 +72,11 @@ def _split_dotted(argv: list[str]) -> tuple[list[str], list[str]]:
             rest += argv[i:]
             break
         key = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
-        if "." in key:
+        top_level = key.replace("-", "_") in TOP_LEVEL_OVERRIDES
+        if top_level and "=" not in arg and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+            example = "runs" if key.startswith("output") else "my-run"  # `--name --resume` named the run '--resume'
+            raise UserError(f"{arg} needs a value, e.g. {arg} {example}")
+        if "." in key or top_level:
             takes_next = "=" not in arg and i + 1 < len(argv)
             dotted += argv[i:i + 2] if takes_next else [arg]
             i += 2 if takes_next else 1
@@ -181,6 +188,9 @@ def _budget(text: str) -> Optional[int]:
     whole numbers as those take them (1e6). argparse's int refused null."""
     from lorafit.config import parse_override
 
+    if not text.strip():  # blank is null in YAML: `--budget "$UNSET"` would have lifted the limit without a word
+        raise argparse.ArgumentTypeError("is blank; give a whole number, e.g. --budget 1000000, or --budget null "
+                                         "for no limit")
     value = parse_override("budget", text)
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                               or not float(value).is_integer()):

@@ -892,6 +892,8 @@ def write_manifest(prepared: Prepared, run_dir: Path, started: float, wall_secon
         "wall_seconds": wall_seconds,
         "versions": runs.package_versions(),
         "git_commit": runs.git_commit(Path.cwd()),
+        # Whether the base model came from the Hub, decided here: the folder an export runs in may differ
+        "base_model_hub_id": card.hub_id(cfg.model.name_or_path),
         "device": device_description(),
         "world_size": world_size(),
         "bf16": use_bf16(cfg.train.precision),
