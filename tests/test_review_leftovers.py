@@ -75,6 +75,9 @@ def test_card_of_an_older_run_still_checks_the_name(finished_copy, tmp_path, mon
     ("train.teacher", "2026-12-06", "2026-12-06"),  # a datetime.date
     ("data.unlabelled_file", "2026-12-06", "2026-12-06"),
     ("train.max_steps", "1:30", "1:30"),  # sexagesimal 90; the field's check refuses the text
+    ("train.learning_rate", "1:30.5", "1:30.5"),  # sexagesimal 90.5
+    ("train.seed", "09", 9),  # outside YAML 1.1's octal pattern: text in a file, 9 on the command line
+    ("train.max_steps", "0x_", "0x_"),  # PyYAML's int() raised a ValueError traceback
 ])
 def test_overrides_read_numbers_as_decimal_and_dates_as_text(key, text, expected):
     assert parse_override(key, text) == expected
@@ -82,11 +85,11 @@ def test_overrides_read_numbers_as_decimal_and_dates_as_text(key, text, expected
 
 def test_config_file_reads_a_leading_zero_as_decimal_and_a_date_as_text(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("name: 2026-12-06\ntrain:\n  max_steps: 010\n  seed: 0042\n")
+    path.write_text("name: 2026-12-06\ntrain:\n  max_steps: 010\n  seed: 09\n")
     values = read_yaml(path)
-    assert values == {"name": "2026-12-06", "train": {"max_steps": 10, "seed": 42}}
+    assert values == {"name": "2026-12-06", "train": {"max_steps": 10, "seed": 9}}
     cfg = config_from_dict(values)
-    assert (cfg.name, cfg.train.max_steps, cfg.train.seed) == ("2026-12-06", 10, 42)
+    assert (cfg.name, cfg.train.max_steps, cfg.train.seed) == ("2026-12-06", 10, 9)
 
 
 def test_a_date_valued_override_trains_under_that_name(cli, roberta_dir, tmp_path):
@@ -136,9 +139,10 @@ def test_class_count_past_the_limit_is_one_line_not_out_of_memory(cli, roberta_d
 @pytest.mark.parametrize("argv, words", [
     (["train", "{config}", "--name", "--resume"], ["--name", "needs a value"]),
     (["budget", "{config}", "--output-dir"], ["--output-dir", "needs a value"]),
+    (["train", "{config}", "--name", "-v"], ["--name", "needs a value"]),  # named the run '-v'
 ])
 def test_a_top_level_override_without_its_value_is_one_line(cli, roberta_dir, tmp_path, argv, words):
-    """Taken out before argparse, `--name --resume` would have named the run '--resume'."""
+    """Taken out before argparse, `--name --resume` would have named the run '--resume' (`--name=-v` still can)."""
     config = write_config(tmp_path / "c.yaml", output_dir=str(tmp_path / "runs"),
                           model={"name_or_path": str(roberta_dir)})
     one_line_error(cli(*with_config(argv, config)), *words)

@@ -73,8 +73,9 @@ def _split_dotted(argv: list[str]) -> tuple[list[str], list[str]]:
             break
         key = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
         top_level = key.replace("-", "_") in TOP_LEVEL_OVERRIDES
-        if top_level and "=" not in arg and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
-            example = "runs" if key.startswith("output") else "my-run"  # `--name --resume` named the run '--resume'
+        if top_level and "=" not in arg and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            # `--name --resume` named the run '--resume', `--name -v` '-v'; such a name can still be `--name=-v`
+            example = "runs" if key.startswith("output") else "my-run"
             raise UserError(f"{arg} needs a value, e.g. {arg} {example}")
         if "." in key or top_level:
             takes_next = "=" not in arg and i + 1 < len(argv)

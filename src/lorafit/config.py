@@ -544,8 +544,8 @@ class _ConfigLoader(yaml.SafeLoader):
     """safe_load with three YAML 1.1 surprises taken out, for config files and command-line values alike:
     - a key given twice in one mapping is refused: PyYAML kept the last silently, so a second `train:` section
       dropped every setting of the first;
-    - a number with a leading zero is decimal, as YAML 1.2 reads it: `max_steps: 010` was 8 (octal), and
-      sexagesimal `1:30` (90) stays text, which the field's check then refuses;
+    - a number with a leading zero is decimal, as YAML 1.2 reads it: `max_steps: 010` was 8 (octal) and `09` text,
+      and sexagesimal `1:30` (90) or `1:30.5` stays text, which the field's check then refuses;
     - a date-like value stays text: `--train.teacher 2026-12-06` was a datetime.date, and no field holds a date."""
 
     def construct_mapping(self, node, deep=False):
@@ -569,14 +569,24 @@ class _ConfigLoader(yaml.SafeLoader):
         digits = text.replace("_", "")
         if re.fullmatch(r"[-+]?0[0-9]+", digits):
             return int(digits, 10)
-        return self.construct_yaml_int(node)
+        try:
+            return self.construct_yaml_int(node)
+        except ValueError:  # `0x_`: PyYAML's int() raised; as text, the field's check names the problem
+            return text
+
+    def construct_float_unless_sexagesimal(self, node):
+        text = self.construct_scalar(node)
+        return text if ":" in text else self.construct_yaml_float(node)
 
     def construct_date_as_text(self, node):
         return self.construct_scalar(node)
 
 
 _ConfigLoader.add_constructor("tag:yaml.org,2002:int", _ConfigLoader.construct_decimal_int)
+_ConfigLoader.add_constructor("tag:yaml.org,2002:float", _ConfigLoader.construct_float_unless_sexagesimal)
 _ConfigLoader.add_constructor("tag:yaml.org,2002:timestamp", _ConfigLoader.construct_date_as_text)
+# YAML 1.1's int pattern takes a leading zero for octal and so leaves out 08 and 09: read every one as an int
+_ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?0[0-9_]+$"), list("-+0"))
 
 
 def load_yaml_text(text: str):
