@@ -92,11 +92,15 @@ def test_config_file_reads_a_leading_zero_as_decimal_and_a_date_as_text(tmp_path
     assert (cfg.name, cfg.train.max_steps, cfg.train.seed) == ("2026-12-06", 10, 9)
 
 
-def test_a_date_valued_override_trains_under_that_name(cli, roberta_dir, tmp_path):
-    """`--name 2026-12-06` on `lorafit budget` (an override there): the name is text, the count goes on."""
+def test_command_line_overrides_reach_the_config_as_typed(cli, roberta_dir, tmp_path):
+    """`--name 2026-12-06 --train.max_steps 010` through the CLI's own parser: a text name and 10 (it was 8), and
+    `lorafit budget` goes on with them."""
+    from lorafit.cli import parse_dotted_overrides
+
+    argv = ["--name", "2026-12-06", "--train.max_steps", "010"]
+    assert parse_dotted_overrides(argv) == {"name": "2026-12-06", "train.max_steps": 10}
     config = write_config(tmp_path / "c.yaml", model={"name_or_path": str(roberta_dir)})
-    result = cli("budget", config, "--name", "2026-12-06", "--train.max_steps", "010", "--json")
-    assert result.code == 0, result.err
+    assert cli("budget", config, *argv, "--json").code == 0
 
 
 @pytest.mark.parametrize("blank", ["", " "])
