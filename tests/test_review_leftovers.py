@@ -1,7 +1,8 @@
-"""Findings the second reviews left open, each mended: a card's base model that depended on the export's working
-folder, YAML 1.1 readings of overrides (010 as 8, dates), a blank --budget that lifted the limit, `lorafit budget
---name X C` reading X as the config, and a class count that ran the machine out of memory. Each test failed
-before its fix. Fast: config parsing, argparse and `lorafit budget` on roberta-base's real config (no weights);
+"""Findings the second reviews left open, each mended: a card's base model and datasets that depended on the
+export's working folder, YAML 1.1 readings of overrides (010 as 8, dates), a blank --budget that lifted the limit
+and any blank override that unset its setting, `lorafit budget --name X C` reading X as the config, `predict RUN
+--output --name` blaming --name, and a class count that ran the machine out of memory. Each test failed before
+its fix. Fast: config parsing, argparse and `lorafit budget` on roberta-base's real config (no weights);
 the card cases read a copy of the shared finished tiny run."""
 
 import json
@@ -151,3 +152,111 @@ def test_a_top_level_override_without_its_value_is_one_line(cli, roberta_dir, tm
                           model={"name_or_path": str(roberta_dir)})
     one_line_error(cli(*with_config(argv, config)), *words)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("key", ["model.dropout", "lora.r", "train.max_steps", "lora.target_modules",
+                                 "data.train_file", "data.unlabelled_file", "train.teacher"])
+@pytest.mark.parametrize("form", ["pair", "equals"])
+def test_a_blank_override_is_refused_not_read_as_null(cli, roberta_dir, tmp_path, key, form):
+    """`--model.dropout "$UNSET"` kept the checkpoint's dropout and `--data.train_file "$UNSET"` fell back to the
+    Hub dataset: YAML reads a blank value as null. Every field but plain text refuses it, naming the key."""
+    config = write_config(tmp_path / "c.yaml", output_dir=str(tmp_path / "runs"),
+                          model={"name_or_path": str(roberta_dir)})
+    argv = [f"--{key}", " "] if form == "pair" else [f"--{key}="]
+    one_line_error(cli("budget", config, *argv), f"--{key}", "blank")
+    one_line_error(cli("train", config, *argv), f"--{key}", "blank")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_blank_is_still_a_value_for_text_and_null_still_unsets(roberta_dir):
+    """A separator may be blank; null (said) unsets an optional field, and names none where the field allows it."""
+    assert parse_override("data.text_separator", "") == ""
+    assert parse_override("data.text_separator", " ") == " "
+    assert parse_override("data.train_file", "null") is None
+    assert parse_override("model.dropout", "null") is None
+    with pytest.raises(Exception, match="or null for none"):
+        parse_override("model.dropout", "")
+    with pytest.raises(Exception, match=r"blank; give it a value \("):  # no null for a field that needs a value
+        parse_override("train.max_steps", "")
+
+
+@pytest.mark.parametrize("argv", [
+    ["predict", "{run}", "--input", "a.csv", "--output", "--name"],
+    ["predict", "{run}", "--input", "a.csv", "--output", "--output-dir"],
+])
+def test_the_option_missing_its_value_is_the_one_named(cli, tmp_path, argv):
+    """`predict RUN --output --name` blamed --name, taken out before argparse read --output: argparse's error for
+    the option that lost its value comes first, and nothing is written."""
+    argv = [str(tmp_path / "run") if a == "{run}" else a for a in argv]
+    line = one_line_error(cli(*argv), "--output", "expected one argument")
+    assert "--name" not in line and "--output-dir" not in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def as_trained_on_hub_dataset(run, recorded):
+    """The run's config trains on `data.dataset: ag_news` (no train_file); its manifest records `recorded`."""
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"].update(train_file=None, dataset="ag_news")
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    manifest = json.loads((run / "manifest.json").read_text())
+    if recorded == "absent":
+        manifest["data"].pop("train_dataset_hub_id", None)
+    else:
+        manifest["data"]["train_dataset_hub_id"] = recorded
+    (run / "manifest.json").write_text(json.dumps(manifest))
+
+
+def card_datasets(text):
+    return yaml.safe_load(text.split("---")[1]).get("datasets")
+
+
+def test_training_records_whether_its_dataset_came_from_the_hub(finished_tiny):
+    """The tiny run trained from a local file: no Hub dataset, recorded for the card to read at export."""
+    assert json.loads((finished_tiny / "manifest.json").read_text())["data"]["train_dataset_hub_id"] is None
+
+
+@pytest.mark.parametrize("recorded, cwd_has_folder, expected", [
+    ("ag_news", True, ["ag_news"]),  # trained from the Hub; an `ag_news/` folder where the card is written
+    (None, False, None),  # trained from a local `ag_news/` folder; the card written elsewhere
+    ("absent", False, ["ag_news"]),  # a manifest from before the record: the name is checked here, as before
+    ("absent", True, None),
+])
+def test_card_datasets_do_not_depend_on_the_export_folder(finished_copy, tmp_path, monkeypatch, recorded,
+                                                          cwd_has_folder, expected):
+    """As the base model: `datasets:` in the card was decided by whether the export's working folder held a folder
+    named as data.dataset."""
+    as_trained_on_hub_dataset(finished_copy, recorded)
+    (tmp_path / "work" / ("ag_news" if cwd_has_folder else "other")).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work")
+    assert card_datasets(card.card_text(finished_copy)) == expected
+
+
+def test_a_run_trained_from_the_hub_records_it_and_its_card_says_so(tiny_roberta, small_agnews, tmp_path,
+                                                                    monkeypatch):
+    """The default path of a real user: `model.name_or_path` a Hub id, loaded here from an offline Hub cache (the
+    tiny model stored as the Hub stores it). Training records the id; the card, written from a folder that holds a
+    directory of that name, keeps it."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--lorafit-test--tiny-roberta"
+    shutil.copytree(tiny_roberta, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    config = write_config(tmp_path / "c.yaml", name="hub", output_dir=str(tmp_path / "runs"),
+                          model={"name_or_path": "lorafit-test/tiny-roberta"},
+                          lora={"r": 4, "alpha": 8, "target_modules": ["query", "value"]},
+                          data={"train_file": str(small_agnews)},
+                          train={"max_steps": 2, "eval_steps": 2, "batch_size": 8})
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "lorafit", "train", str(config)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    run = tmp_path / "runs" / "hub"
+    assert json.loads((run / "manifest.json").read_text())["base_model_hub_id"] == "lorafit-test/tiny-roberta"
+    (tmp_path / "work" / "lorafit-test" / "tiny-roberta").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work")
+    assert base_model_line(card.card_text(run)) == ["base_model: lorafit-test/tiny-roberta"]

@@ -32,14 +32,18 @@ def hub_id(name: Optional[str]) -> Optional[str]:
     return name
 
 
+def recorded_hub_id(record: dict, key: str, name: Optional[str]) -> Optional[str]:
+    """`name`'s Hub id as training found it, from the manifest's record[key]: checked again at export, a
+    `roberta-base/` folder in the export's working folder made a run trained from the Hub 'local'. Runs older than
+    that record: checked here."""
+    if key not in record:
+        return hub_id(name)
+    recorded = record[key]
+    return recorded if isinstance(recorded, str) and recorded == name else None
+
+
 def base_model_id(manifest: dict, base: str) -> Optional[str]:
-    """The base model's Hub id as training found it, from the manifest: checked again at export, a `roberta-base/`
-    folder in the export's working folder made a run trained from the Hub 'local'. Runs older than that record:
-    checked here."""
-    if "base_model_hub_id" not in manifest:
-        return hub_id(base)
-    recorded = manifest["base_model_hub_id"]
-    return recorded if isinstance(recorded, str) and recorded == base else None
+    return recorded_hub_id(manifest, "base_model_hub_id", base)
 
 
 def _read_json(path: Path):
@@ -129,10 +133,13 @@ def _eval_results(values: dict, result: dict, evaluated: list[tuple[str, dict]])
     return results
 
 
-def _datasets(values: dict, evaluated: list[tuple[str, dict]]) -> list[str]:
-    """Hub dataset ids the run trained or was evaluated on (local files have none)."""
+def _datasets(values: dict, evaluated: list[tuple[str, dict]], manifest: Optional[dict] = None) -> list[str]:
+    """Hub dataset ids the run trained or was evaluated on (local files and dataset folders have none)."""
     data = values.get("data", {})
-    found = [data["dataset"]] if not data.get("train_file") and hub_id(data.get("dataset")) else []
+    record = (manifest or {}).get("data")
+    trained = None if data.get("train_file") else recorded_hub_id(
+        record if isinstance(record, dict) else {}, "train_dataset_hub_id", data.get("dataset"))
+    found = [trained] if trained else []
     for _, metrics in evaluated:
         hub = _evaluated_hub_split(metrics)
         if hub and hub[0] not in found:
@@ -236,7 +243,7 @@ def card_text(run_dir: str | Path, library: str = "peft") -> str:
     metadata = ModelCardData(
         library_name=library,
         base_model=base_id,
-        datasets=_datasets(values, evaluated) or None,
+        datasets=_datasets(values, evaluated, manifest) or None,
         pipeline_tag="text-classification",
         tags=["lorafit", "lora", "text-classification"] + (["peft"] if library == "peft" else ["merged-lora"]),
         model_name=name,

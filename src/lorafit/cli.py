@@ -59,13 +59,15 @@ def parse_dotted_overrides(extra: list[str]) -> dict:
     return overrides
 
 
-def _split_dotted(argv: list[str]) -> tuple[list[str], list[str]]:
+def _split_dotted(argv: list[str]) -> tuple[list[str], list[str], Optional[UserError]]:
     """Take `--section.key value` pairs, and the top-level overrides --name and --output_dir, out of argv before
     argparse sees them. A command that does not know them read their values as positionals: `lorafit budget --model
     M --lora.r 4` made '4' the config path, `lorafit budget --name X C` made X the config, and a value that looks like
     a negative number or is blank (`--train.max_steps -1`, `--data.text_separator ' '`) was lost. train and sweep,
-    which name them as options too, get the same value as an override."""
-    rest, dotted, i = [], [], 0
+    which name them as options too, get the same value as an override. A top-level override without its value is
+    returned as the error to raise once argparse has read the rest: in `predict RUN --output --name` the mistake
+    argparse names, --output's missing value, comes first."""
+    rest, dotted, missing, i = [], [], None, 0
     while i < len(argv):
         arg = argv[i]
         if arg == "--":
@@ -76,7 +78,9 @@ def _split_dotted(argv: list[str]) -> tuple[list[str], list[str]]:
         if top_level and "=" not in arg and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
             # `--name --resume` named the run '--resume', `--name -v` '-v'; such a name can still be `--name=-v`
             example = "runs" if key.startswith("output") else "my-run"
-            raise UserError(f"{arg} needs a value, e.g. {arg} {example}")
+            missing = missing or UserError(f"{arg} needs a value, e.g. {arg} {example}")
+            i += 1
+            continue
         if "." in key or top_level:
             takes_next = "=" not in arg and i + 1 < len(argv)
             dotted += argv[i:i + 2] if takes_next else [arg]
@@ -84,7 +88,7 @@ def _split_dotted(argv: list[str]) -> tuple[list[str], list[str]]:
         else:
             rest.append(arg)
             i += 1
-    return rest, dotted
+    return rest, dotted, missing
 
 
 def _shortcut_overrides(args) -> dict:
@@ -189,10 +193,7 @@ def _budget(text: str) -> Optional[int]:
     whole numbers as those take them (1e6). argparse's int refused null."""
     from lorafit.config import parse_override
 
-    if not text.strip():  # blank is null in YAML: `--budget "$UNSET"` would have lifted the limit without a word
-        raise argparse.ArgumentTypeError("is blank; give a whole number, e.g. --budget 1000000, or --budget null "
-                                         "for no limit")
-    value = parse_override("budget", text)
+    value = parse_override("budget", text)  # refuses blank: `--budget "$UNSET"` lifted the limit without a word
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                               or not float(value).is_integer()):
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; e.g. --budget 1000000, or --budget null "
@@ -399,8 +400,10 @@ def _quiet_libraries(verbose: bool) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     try:
         parser = build_parser()
-        rest, dotted = _split_dotted(list(sys.argv[1:] if argv is None else argv))
+        rest, dotted, missing_value = _split_dotted(list(sys.argv[1:] if argv is None else argv))
         args, extra = parser.parse_known_args(rest)
+        if missing_value:
+            raise missing_value
         extra = dotted + extra
         _quiet_libraries(args.verbose)
         return args.func(args, extra)

@@ -633,12 +633,17 @@ def parse_override_value(text: str) -> Any:
 def parse_override(key: str, text: str) -> Any:
     """The value of `--KEY TEXT`: a field that holds text takes TEXT as typed (YAML would cut ' | ' to '', 'a #b' to
     'a', read ' ' and '' as null and 1234567 as a number); null / ~ still unset an optional one. Other fields:
-    parse_override_value."""
+    parse_override_value. A blank TEXT is refused unless the field holds text: YAML reads it as null, so
+    `--model.dropout "$UNSET"` kept the checkpoint's dropout and `--data.train_file "$UNSET"` trained on the Hub
+    dataset, without a word; null must be said."""
     section, _, name = key.rpartition(".")
     cls = SECTIONS.get(section) if section else RunConfig
     hint = typing.get_type_hints(cls).get(name) if cls is not None else None
     optional = typing.get_origin(hint) in (Union, types.UnionType) and set(typing.get_args(hint)) == {str, type(None)}
     options = typing.get_args(hint)
+    if hint is not None and hint is not str and not text.strip():  # an unknown key's own error comes later
+        unset = ", or null for none" if type(None) in options else ""
+        raise UserError(f"--{key} is blank; give it a value{unset} (an unset shell variable?)")
     if type(None) in options and str not in options and text.strip().lower() in ("null", "none"):
         return None  # `--budget none` as `--budget null`: an optional number or list has no value named none
     if hint is not str and not optional:
@@ -648,7 +653,7 @@ def parse_override(key: str, text: str) -> Any:
             return yaml.safe_load(text)
         except yaml.YAMLError:
             return text
-    if optional and text.strip() in ("", "null", "~", "Null", "NULL"):
+    if optional and text.strip() in ("null", "~", "Null", "NULL"):
         return None
     return text
 

@@ -901,6 +901,8 @@ def write_manifest(prepared: Prepared, run_dir: Path, started: float, wall_secon
         "pad_to_multiple_of": device.pad_multiple(cfg.train.pad_to_multiple_of),
         "data": {
             "train_source": prepared.train_data.source,
+            # as base_model_hub_id: whether data.dataset named the Hub's dataset or a local folder, decided here
+            "train_dataset_hub_id": None if cfg.data.train_file else card.hub_id(cfg.data.dataset),
             "train_rows": len(prepared.train_data),
             "train_fingerprint": prepared.train_data.fingerprint(),
             "eval_source": prepared.eval_data.source,
