@@ -260,3 +260,24 @@ def test_a_run_trained_from_the_hub_records_it_and_its_card_says_so(tiny_roberta
     (tmp_path / "work" / "lorafit-test" / "tiny-roberta").mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "work")
     assert base_model_line(card.card_text(run)) == ["base_model: lorafit-test/tiny-roberta"]
+
+
+@pytest.mark.parametrize("argv, setting", [
+    (["--train-file", ""], "data.train_file"),  # said '. is a folder'
+    (["--eval-file", " "], "data.eval_file"),
+    (["--model", ""], "model.name_or_path"),  # looked for config.json in the working folder
+])
+def test_a_blank_path_is_refused_by_name(cli, tiny_config, tmp_path, argv, setting):
+    one_line_error(cli("train", tiny_config, *argv), setting, "blank")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("section, values, setting", [
+    ("data", {"eval_file": ""}, "data.eval_file"),
+    ("data", {"unlabelled_file": " "}, "data.unlabelled_file"),
+    ("model", {"name_or_path": ""}, "model.name_or_path"),
+    ("train", {"teacher": ["runs/a", ""]}, "train.teacher"),
+])
+def test_a_blank_path_in_a_config_file_is_refused_by_name(cli, tmp_path, section, values, setting):
+    config = write_config(tmp_path / "c.yaml", **{section: values})
+    one_line_error(cli("budget", config), setting, "blank")

@@ -518,6 +518,16 @@ def expand_user(value: Any) -> Any:
     return value
 
 
+def _refuse_blank_path(name: str, value: Any, optional: bool) -> None:
+    """A blank path named the working folder: `--train-file ""` said '. is a folder', `--model ""` looked for a
+    model there, `eval_file: ''` in a config file read the folder as a data file."""
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, str) and not item.strip():
+            unset = ", or null to leave it unset" if optional else ""
+            raise UserError(f"{name} is blank; give a path{' or Hub id' if name == 'model.name_or_path' else ''}"
+                            f"{unset}")
+
+
 def _build_section(cls: type, values: dict, prefix: str) -> Any:
     if not isinstance(values, dict):
         raise UserError(f"the config must be a mapping of settings (key: value), got {_kind(values)}")
@@ -532,6 +542,8 @@ def _build_section(cls: type, values: dict, prefix: str) -> Any:
             continue
         kwargs[key] = _coerce(f"{prefix}{key}", value, hints[key])
         if fields[key].metadata.get("path"):
+            if f"{prefix}{key}" != "output_dir":  # blank is the working folder, as Path(""): run folders exist so
+                _refuse_blank_path(f"{prefix}{key}", kwargs[key], type(None) in typing.get_args(hints[key]))
             kwargs[key] = expand_user(kwargs[key])
     return cls(**kwargs)
 
