@@ -281,3 +281,13 @@ def test_a_blank_path_is_refused_by_name(cli, tiny_config, tmp_path, argv, setti
 def test_a_blank_path_in_a_config_file_is_refused_by_name(cli, tmp_path, section, values, setting):
     config = write_config(tmp_path / "c.yaml", **{section: values})
     one_line_error(cli("budget", config), setting, "blank")
+
+
+@pytest.mark.parametrize("argv", [["--train-file", "x.csv"], ["--eval-file", "{config}"], ["--foo=3"]])
+def test_an_option_the_command_lacks_is_named_unknown(cli, roberta_dir, tmp_path, argv):
+    """`lorafit budget --model M --train-file x.csv`, as copied from a train command: argparse took x.csv for the
+    config path and the leftover flag was told it 'needs a value'."""
+    config = write_config(tmp_path / "c.yaml", model={"name_or_path": str(roberta_dir)})
+    line = one_line_error(cli("budget", "--model", roberta_dir, *with_config(argv, config)), "unknown option",
+                          argv[0].split("=")[0])
+    assert "needs a value" not in line

@@ -43,17 +43,20 @@ def parse_dotted_overrides(extra: list[str]) -> dict:
         arg = extra[i]
         if not arg.startswith("--"):
             raise UserError(f"unexpected argument '{arg}'; overrides look like --section.key value")
-        key = arg[2:]
-        if "=" in key:
-            key, value = key.split("=", 1)
+        key = arg[2:].split("=", 1)[0]
+        # before the value: `lorafit budget --train-file x.csv` (budget has no such option) gave x.csv to argparse
+        # as the config path, and then said '--train-file needs a value'
+        if "." not in key and key.replace("-", "_") not in TOP_LEVEL_OVERRIDES + ("budget",):
+            raise UserError(f"unknown option --{key}; config overrides look like --section.key value "
+                            "(e.g. --lora.r 8)")
+        if "=" in arg:
+            value = arg.split("=", 1)[1]
             i += 1
         elif i + 1 < len(extra):
             value = extra[i + 1]
             i += 2
         else:
             raise UserError(f"{arg} needs a value, e.g. {arg} 8")
-        if "." not in key and key.replace("-", "_") not in TOP_LEVEL_OVERRIDES + ("budget",):
-            raise UserError(f"unknown option {arg}; config overrides look like --section.key value (e.g. --lora.r 8)")
         key = key.replace("-", "_") if "." not in key else key
         overrides[key] = parse_override(key, value)
     return overrides
