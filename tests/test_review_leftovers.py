@@ -263,9 +263,9 @@ def test_a_run_trained_from_the_hub_records_it_and_its_card_says_so(tiny_roberta
 
 
 @pytest.mark.parametrize("argv, setting", [
-    (["--train-file", ""], "data.train_file"),  # said '. is a folder'
-    (["--eval-file", " "], "data.eval_file"),
-    (["--model", ""], "model.name_or_path"),  # looked for config.json in the working folder
+    (["--train-file", ""], "--train-file"),  # said ". is a folder"
+    (["--eval-file", " "], "--eval-file"),
+    (["--model", ""], "--model"),  # looked for config.json in the working folder
 ])
 def test_a_blank_path_is_refused_by_name(cli, tiny_config, tmp_path, argv, setting):
     one_line_error(cli("train", tiny_config, *argv), setting, "blank")
@@ -276,7 +276,7 @@ def test_a_blank_path_is_refused_by_name(cli, tiny_config, tmp_path, argv, setti
     ("data", {"eval_file": ""}, "data.eval_file"),
     ("data", {"unlabelled_file": " "}, "data.unlabelled_file"),
     ("model", {"name_or_path": ""}, "model.name_or_path"),
-    ("train", {"teacher": ["runs/a", ""]}, "train.teacher"),
+    ("train", {"teacher": ["runs/a", ""]}, "train.teacher has a blank entry"),
 ])
 def test_a_blank_path_in_a_config_file_is_refused_by_name(cli, tmp_path, section, values, setting):
     config = write_config(tmp_path / "c.yaml", **{section: values})
@@ -291,3 +291,35 @@ def test_an_option_the_command_lacks_is_named_unknown(cli, roberta_dir, tmp_path
     line = one_line_error(cli("budget", "--model", roberta_dir, *with_config(argv, config)), "unknown option",
                           argv[0].split("=")[0])
     assert "needs a value" not in line
+
+
+def test_a_run_folder_an_older_lorafit_saved_with_a_blank_file_setting_still_loads(finished_copy, small_agnews,
+                                                                                   cli, tmp_path):
+    """`--eval-file "$UNSET"` trained, before blank paths were refused, as no eval file, and config.yaml kept
+    `eval_file: ''`: predict must still read the folder (only new configs refuse blank)."""
+    from lorafit import runs
+
+    config = yaml.safe_load((finished_copy / "config.yaml").read_text())
+    config["data"]["eval_file"] = ""
+    text = yaml.safe_dump(config, sort_keys=False)
+    (finished_copy / "config.yaml").write_text(text)
+    manifest = json.loads((finished_copy / "manifest.json").read_text())
+    manifest["config_sha256"] = runs.config_digest(text)
+    (finished_copy / "manifest.json").write_text(json.dumps(manifest))
+    result = cli("predict", finished_copy, "--input", small_agnews, "--output", tmp_path / "p.csv")
+    assert result.code == 0, result.err
+    assert (tmp_path / "p.csv").is_file()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["predict", "{run}", "--input", "{data}", "--output", "{out}", "--model", ""], ["--model", "blank"]),
+    (["evaluate", "{run}", "--data", "{data}", "--model", " "], ["--model", "blank"]),
+    (["budget", "--model", "{roberta}", "--lora.rr"], ["unknown config key 'lora.rr'", "did you mean 'r'"]),
+])
+def test_blank_model_and_mistyped_keys_are_named(cli, finished_copy, small_agnews, roberta_dir, tmp_path, argv,
+                                                 words):
+    """`predict RUN --model ""` used the saved base model as if --model were not given; `--lora.rr` without a
+    value was asked for one, and named unknown only once it had it."""
+    paths = {"{run}": finished_copy, "{data}": small_agnews, "{out}": tmp_path / "p.csv", "{roberta}": roberta_dir}
+    one_line_error(cli(*[paths.get(a, a) for a in argv]), *words)
+    assert not (tmp_path / "p.csv").exists()

@@ -36,7 +36,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_dotted_overrides(extra: list[str]) -> dict:
     """`--train.learning_rate 3e-4` / `--lora.r=16` pairs from the arguments argparse did not know."""
-    from lorafit.config import parse_override
+    from lorafit.config import check_override_key, parse_override
 
     overrides, i = {}, 0
     while i < len(extra):
@@ -49,6 +49,7 @@ def parse_dotted_overrides(extra: list[str]) -> dict:
         if "." not in key and key.replace("-", "_") not in TOP_LEVEL_OVERRIDES + ("budget",):
             raise UserError(f"unknown option --{key}; config overrides look like --section.key value "
                             "(e.g. --lora.r 8)")
+        check_override_key(key)  # `--lora.rr` was asked for a value, then named unknown
         if "=" in arg:
             value = arg.split("=", 1)[1]
             i += 1
@@ -222,6 +223,14 @@ def _user_path(text: str) -> str:
     return os.path.expanduser(text)
 
 
+def _path_argument(text: str) -> str:
+    """argparse's type for a path argument: _user_path, blank refused. `--train-file "$UNSET"` said '. is a folder',
+    and `predict RUN --model ""` used the saved base model as if --model had not been given."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is blank; give a path")
+    return _user_path(text)
+
+
 def _positive_int(text: str) -> int:
     """--n-trials: 0 or less ran no trial and exited 0 as if the sweep were done."""
     try:
@@ -285,8 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=shared, **kwargs)
 
     p = add("budget", help="exact trainable-parameter count, from the model config alone")
-    p.add_argument("config", nargs="?", type=_user_path, help="YAML config (optional)")
-    p.add_argument("--model", type=_user_path, help="Hub id or local folder (overrides model.name_or_path)")
+    p.add_argument("config", nargs="?", type=_path_argument, help="YAML config (optional)")
+    p.add_argument("--model", type=_path_argument, help="Hub id or local folder (overrides model.name_or_path)")
     p.add_argument("--target-modules", help="comma-separated module names, e.g. query,value")
     p.add_argument("--r", help="LoRA rank or 'auto'")
     p.add_argument("--num-labels", type=int)
@@ -298,12 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("train", help="fine-tune with LoRA into a run folder",
             epilog="Any config field can be overridden as --section.key value, e.g. --train.learning_rate 3e-4")
-    p.add_argument("config", type=_user_path, help="YAML config")
+    p.add_argument("config", type=_path_argument, help="YAML config")
     p.add_argument("--help-config", action=_HelpConfig)
-    p.add_argument("--model", type=_user_path, help="Hub id or local folder (model.name_or_path)")
-    p.add_argument("--train-file", type=_user_path, help="local training file (data.train_file)")
-    p.add_argument("--eval-file", type=_user_path, help="local validation file (data.eval_file)")
-    p.add_argument("--output-dir", type=_user_path, help="folder holding run folders (output_dir)")
+    p.add_argument("--model", type=_path_argument, help="Hub id or local folder (model.name_or_path)")
+    p.add_argument("--train-file", type=_path_argument, help="local training file (data.train_file)")
+    p.add_argument("--eval-file", type=_path_argument, help="local validation file (data.eval_file)")
+    p.add_argument("--output-dir", type=_path_argument, help="folder holding run folders (output_dir)")
     p.add_argument("--name", help="run name (name)")
     _add_budget_option(p)
     p.add_argument("--resume", action="store_true", help="continue the run folder's last checkpoint")
@@ -313,33 +322,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = add("evaluate", help="accuracy, macro-F1, per-class scores and confusion matrix of a run")
-    p.add_argument("run_dir", type=_user_path)
-    p.add_argument("--data", required=True, type=_user_path,
+    p.add_argument("run_dir", type=_path_argument)
+    p.add_argument("--data", required=True, type=_path_argument,
                    help="labelled file (.pkl with --trust-pickle), or a Hub split as DATASET_ID:SPLIT or "
                         "DATASET_ID:CONFIG:SPLIT (glue:sst2:validation)")
-    p.add_argument("--model", type=_user_path, help="base model location, if it moved since training")
+    p.add_argument("--model", type=_path_argument, help="base model location, if it moved since training")
     p.add_argument("--trust-pickle", action="store_true", help="allow a pickle file (it can run code: only files you trust)")
     p.add_argument("--json", action="store_true")
     add_quantize_option(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = add("predict", help="write ID,Label predictions for a table of texts")
-    p.add_argument("run_dir", type=_user_path)
-    p.add_argument("--input", required=True, type=_user_path, help=".csv .tsv .jsonl .json .parquet, or .pkl with --trust-pickle")
-    p.add_argument("--output", required=True, type=_user_path, help="CSV to write")
+    p.add_argument("run_dir", type=_path_argument)
+    p.add_argument("--input", required=True, type=_path_argument, help=".csv .tsv .jsonl .json .parquet, or .pkl with --trust-pickle")
+    p.add_argument("--output", required=True, type=_path_argument, help="CSV to write")
     p.add_argument("--id-column", help="column to use as ID (default: row position 0..N-1)")
     p.add_argument("--text-column", help="text column (default: the run's text columns, else 'text')")
     p.add_argument("--probabilities", action="store_true", help="add one prob_<class> column per class")
     p.add_argument("--trust-pickle", action="store_true", help="allow a pickle input (it can run code: only for files you trust)")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--model", type=_user_path, help="base model location, if it moved since training")
+    p.add_argument("--model", type=_path_argument, help="base model location, if it moved since training")
     add_quantize_option(p)
     p.set_defaults(func=cmd_predict)
 
     p = add("export", help="write a run as a plain transformers model (LoRA merged, no peft needed)")
-    p.add_argument("run_dir", type=_user_path)
-    p.add_argument("--output", required=True, type=_user_path, help="folder to create, e.g. exports/NAME")
-    p.add_argument("--model", type=_user_path, help="base model location, if it moved since training")
+    p.add_argument("run_dir", type=_path_argument)
+    p.add_argument("--output", required=True, type=_path_argument, help="folder to create, e.g. exports/NAME")
+    p.add_argument("--model", type=_path_argument, help="base model location, if it moved since training")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_export)
 
@@ -347,19 +356,19 @@ def build_parser() -> argparse.ArgumentParser:
             epilog="Any config field can be overridden for every trial as --section.key value, "
                    "e.g. --train.max_steps 30. Run the same command on several machines with one "
                    "--storage postgresql://... to share the work; rerun it to resume.")
-    p.add_argument("sweep", type=_user_path, help="sweep YAML")
+    p.add_argument("sweep", type=_path_argument, help="sweep YAML")
     p.add_argument("--storage", help="Optuna storage URL (default: SQLite inside the sweep folder)")
     p.add_argument("--n-trials", type=_positive_int, help="trials this worker runs at most (the sweep file's search.n_trials bounds the whole study)")
     p.add_argument("--timeout", type=_positive_seconds, help="seconds this worker keeps starting new trials")
-    p.add_argument("--model", type=_user_path, help="override model.name_or_path for every trial")
-    p.add_argument("--train-file", type=_user_path, help="override data.train_file for every trial")
-    p.add_argument("--output-dir", type=_user_path, help="folder that holds the sweep folder")
+    p.add_argument("--model", type=_path_argument, help="override model.name_or_path for every trial")
+    p.add_argument("--train-file", type=_path_argument, help="override data.train_file for every trial")
+    p.add_argument("--output-dir", type=_path_argument, help="folder that holds the sweep folder")
     _add_budget_option(p)
     p.set_defaults(func=cmd_sweep)
 
     p = add("report", help="plots and a Markdown table for every run under a folder")
-    p.add_argument("dir", type=_user_path)
-    p.add_argument("--out", type=_user_path, help="output folder (default: DIR/report)")
+    p.add_argument("dir", type=_path_argument)
+    p.add_argument("--out", type=_path_argument, help="output folder (default: DIR/report)")
     p.set_defaults(func=cmd_report)
     return parser
 

@@ -518,14 +518,24 @@ def expand_user(value: Any) -> Any:
     return value
 
 
-def _refuse_blank_path(name: str, value: Any, optional: bool) -> None:
-    """A blank path named the working folder: `--train-file ""` said '. is a folder', `--model ""` looked for a
-    model there, `eval_file: ''` in a config file read the folder as a data file."""
-    for item in value if isinstance(value, list) else [value]:
-        if isinstance(item, str) and not item.strip():
-            unset = ", or null to leave it unset" if optional else ""
-            raise UserError(f"{name} is blank; give a path{' or Hub id' if name == 'model.name_or_path' else ''}"
-                            f"{unset}")
+def refuse_blank_paths(values: dict) -> None:
+    """A new config's path settings must not be blank: `model.name_or_path: ''` looked for a model in the working
+    folder, `eval_file: ''` read the folder as a data file. output_dir may be (the working folder, as Path('')).
+    Run folders are read as saved: an older lorafit trained `eval_file: ''` as no file, and such folders still load."""
+    sections = [("", RunConfig, values)] + [(f"{name}.", cls, values.get(name)) for name, cls in SECTIONS.items()]
+    for prefix, cls, section in sections:
+        if not isinstance(section, dict):
+            continue  # the section's own check names it
+        for setting in dataclasses.fields(cls):
+            value = section.get(setting.name)
+            if not setting.metadata.get("path") or setting.name == "output_dir":
+                continue
+            if isinstance(value, str) and not value.strip():
+                unset = ", or null to leave it unset" if setting.default is None else ""
+                what = "a path or Hub id" if setting.name == "name_or_path" else "a path"
+                raise UserError(f"{prefix}{setting.name} is blank; give {what}{unset}")
+            if isinstance(value, list) and any(isinstance(v, str) and not v.strip() for v in value):
+                raise UserError(f"{prefix}{setting.name} has a blank entry; remove it")
 
 
 def _build_section(cls: type, values: dict, prefix: str) -> Any:
@@ -542,8 +552,6 @@ def _build_section(cls: type, values: dict, prefix: str) -> Any:
             continue
         kwargs[key] = _coerce(f"{prefix}{key}", value, hints[key])
         if fields[key].metadata.get("path"):
-            if f"{prefix}{key}" != "output_dir":  # blank is the working folder, as Path(""): run folders exist so
-                _refuse_blank_path(f"{prefix}{key}", kwargs[key], type(None) in typing.get_args(hints[key]))
             kwargs[key] = expand_user(kwargs[key])
     return cls(**kwargs)
 
@@ -670,6 +678,18 @@ def parse_override(key: str, text: str) -> Any:
     return text
 
 
+def check_override_key(dotted: str) -> None:
+    """`section.key` names a setting (top-level keys are checked with the config)."""
+    parts = dotted.split(".")
+    if len(parts) == 1:
+        return
+    if parts[0] not in SECTIONS or len(parts) > 2:
+        raise UserError(f"unknown config key '{dotted}'{_did_you_mean(parts[0], SECTIONS)}; use --section.key value")
+    names = [f.name for f in dataclasses.fields(SECTIONS[parts[0]])]
+    if parts[1] not in names:
+        raise UserError(f"unknown config key '{dotted}'{_did_you_mean(parts[1], names)}")
+
+
 def apply_overrides(values: dict, overrides: dict[str, Any]) -> dict:
     """Set dotted keys (``train.learning_rate``) in a nested dict; validation happens in config_from_dict."""
     merged = yaml.safe_load(yaml.safe_dump(values))  # deep copy of plain data
@@ -678,9 +698,8 @@ def apply_overrides(values: dict, overrides: dict[str, Any]) -> dict:
         if len(parts) == 1:
             merged[dotted] = value
             continue
-        section, key = parts[0], ".".join(parts[1:])
-        if section not in SECTIONS or len(parts) > 2:
-            raise UserError(f"unknown config key '{dotted}'{_did_you_mean(section, SECTIONS)}; use --section.key value")
+        check_override_key(dotted)
+        section, key = parts[0], parts[1]
         merged[section] = _section_values(section, merged.get(section))  # `lora: []` stays an error
         merged[section][key] = value
     return merged
@@ -714,11 +733,17 @@ def same_local_folder(saved: Any, given: str, bases: list[Path]) -> bool:
     return False
 
 
-def load_config(path: Optional[str | Path], overrides: Optional[dict[str, Any]] = None) -> RunConfig:
-    values = read_yaml(path) if path else {}
-    cfg = config_from_dict(apply_overrides(values, overrides or {}))
+def new_config(values: dict, overrides: Optional[dict[str, Any]] = None) -> RunConfig:
+    """The config of a run about to start (a config file or a sweep's base, with overrides), as training saves it."""
+    values = apply_overrides(values, overrides or {})
+    refuse_blank_paths(values)
+    cfg = config_from_dict(values)
     cfg.model.name_or_path = absolute_if_local_folder(cfg.model.name_or_path)
     return cfg
+
+
+def load_config(path: Optional[str | Path], overrides: Optional[dict[str, Any]] = None) -> RunConfig:
+    return new_config(read_yaml(path) if path else {}, overrides)
 
 
 def describe_fields() -> str:

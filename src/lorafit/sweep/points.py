@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lorafit.budget import auto_rank, budget_report, check_budget, largest_fitting_rank
-from lorafit.config import RunConfig, absolute_if_local_folder, apply_overrides, config_from_dict
+from lorafit.config import RunConfig, apply_overrides, new_config
 from lorafit.errors import UserError
 from lorafit.model import load_model_config
 from lorafit.sweep.spec import SweepSpec
@@ -66,10 +66,7 @@ class TrialFactory:
         self.sweep_dir = Path(folder) / spec.name
 
     def config(self, settings: dict, name: str) -> RunConfig:
-        cfg = config_from_dict(apply_overrides(self.base_values, {**settings, "name": name,
-                                                                   "output_dir": str(self.sweep_dir)}))
-        cfg.model.name_or_path = absolute_if_local_folder(cfg.model.name_or_path)  # as `lorafit train` saves it
-        return cfg
+        return new_config(self.base_values, {**settings, "name": name, "output_dir": str(self.sweep_dir)})
 
     def coerced(self, key: str, value: Any) -> Any:
         """The value as the config stores it (5e-5 text -> float, 'a,b' -> list), checking the key exists."""
