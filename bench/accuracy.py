@@ -637,7 +637,7 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
            for variant in order if variant in rows}
     for variant, arm in SELF_TRAINING_ARMS.items():
         if variant in out:
-            out[variant]["gain_over_labelled_only"] = gain(out[variant], out[baseline_key(arm.student_recipe)])
+            out[variant]["gain_over_labelled_only"] = gain(rows[variant], rows[baseline_key(arm.student_recipe)])
     mpnet_teachers = dict.fromkeys((arm.teacher_recipe, arm.teacher_seed or seeds[0])
                                    for arm in SELF_TRAINING_ARMS.values() if arm.teacher_model == "mpnet")
     for recipe, seed in mpnet_teachers if "mpnet" in dirs else ():  # each teacher's own accuracy on the 4,000 rows
@@ -652,15 +652,16 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
     return out
 
 
-def gain(student: dict, baseline: dict) -> Optional[dict]:
-    """A students' arm against the labelled-only runs of its recipe, in points, over the seeds both finished."""
-    pairs = {seed: a for seed, a in zip(student["seeds"], student["accuracy"])}
-    shared = [(pairs[seed], a) for seed, a in zip(baseline["seeds"], baseline["accuracy"]) if seed in pairs]
+def gain(student: list[tuple[int, dict]], baseline: list[tuple[int, dict]]) -> Optional[dict]:
+    """A students' arm against the labelled-only runs of its recipe, in points, over the seeds both finished:
+    (seed, result.json) rows, so the exact accuracies are paired (the report's, rounded to 4 places, put a seed's
+    points up to 0.01 off: 0.65 for 0.644)."""
+    pairs = {seed: r["best_eval_accuracy"] for seed, r in student}
+    shared = [(seed, 100 * (pairs[seed] - r["best_eval_accuracy"])) for seed, r in baseline if seed in pairs]
     if not shared:
         return None
-    per_seed = [round(100 * (s - b), 2) for s, b in shared]
-    return {"seeds": [seed for seed in baseline["seeds"] if seed in pairs], "points": per_seed,
-            "mean_points": round(statistics.fmean(per_seed), 2)}
+    return {"seeds": [seed for seed, _ in shared], "points": [round(p, 2) for _, p in shared],
+            "mean_points": round(statistics.fmean(p for _, p in shared), 2)}
 
 
 def runnable(dirs: dict, self_training: bool) -> dict:
