@@ -193,6 +193,14 @@ def test_the_option_missing_its_value_is_the_one_named(cli, tmp_path, argv):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_command_without_overrides_does_not_ask_a_value_for_one(cli, tmp_path):
+    """`predict RUN ... --name` was told '--name needs a value', and `--name x` then 'unrecognized arguments'."""
+    line = one_line_error(cli("predict", tmp_path / "run", "--input", "a.csv", "--output", "o.csv", "--name"),
+                          "unrecognized arguments: --name")
+    assert "needs a value" not in line
+    assert list(tmp_path.iterdir()) == []
+
+
 def as_trained_on_hub_dataset(run, recorded):
     """The run's config trains on `data.dataset: ag_news` (no train_file); its manifest records `recorded`."""
     config = yaml.safe_load((run / "config.yaml").read_text())

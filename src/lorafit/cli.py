@@ -63,14 +63,14 @@ def parse_dotted_overrides(extra: list[str]) -> dict:
     return overrides
 
 
-def _split_dotted(argv: list[str]) -> tuple[list[str], list[str], Optional[UserError]]:
+def _split_dotted(argv: list[str]) -> tuple[list[str], list[str], Optional[str]]:
     """Take `--section.key value` pairs, and the top-level overrides --name and --output_dir, out of argv before
     argparse sees them. A command that does not know them read their values as positionals: `lorafit budget --model
     M --lora.r 4` made '4' the config path, `lorafit budget --name X C` made X the config, and a value that looks like
     a negative number or is blank (`--train.max_steps -1`, `--data.text_separator ' '`) was lost. train and sweep,
     which name them as options too, get the same value as an override. A top-level override without its value is
-    returned as the error to raise once argparse has read the rest: in `predict RUN --output --name` the mistake
-    argparse names, --output's missing value, comes first."""
+    returned, to be named once argparse has read the rest (_missing_value): in `predict RUN --output --name` the
+    mistake argparse names, --output's missing value, comes first."""
     rest, dotted, missing, i = [], [], None, 0
     while i < len(argv):
         arg = argv[i]
@@ -81,8 +81,7 @@ def _split_dotted(argv: list[str]) -> tuple[list[str], list[str], Optional[UserE
         top_level = key.replace("-", "_") in TOP_LEVEL_OVERRIDES
         if top_level and "=" not in arg and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
             # `--name --resume` named the run '--resume', `--name -v` '-v'; such a name can still be `--name=-v`
-            example = "runs" if key.startswith("output") else "my-run"
-            missing = missing or UserError(f"{arg} needs a value, e.g. {arg} {example}")
+            missing = missing or arg
             i += 1
             continue
         if "." in key or top_level:
@@ -93,6 +92,15 @@ def _split_dotted(argv: list[str]) -> tuple[list[str], list[str], Optional[UserE
             rest.append(arg)
             i += 1
     return rest, dotted, missing
+
+
+def _missing_value(args, flag: str) -> None:
+    """--name / --output-dir given without a value: a command that takes no overrides does not know the option
+    (`predict ... --name` asked for a value, then refused `--name x` as unrecognized)."""
+    if args.func not in (cmd_budget, cmd_train, cmd_sweep):
+        _no_extra([flag])
+    example = "runs" if flag.startswith("--output") else "my-run"
+    raise UserError(f"{flag} needs a value, e.g. {flag} {example}")
 
 
 def _shortcut_overrides(args) -> dict:
@@ -415,7 +423,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         rest, dotted, missing_value = _split_dotted(list(sys.argv[1:] if argv is None else argv))
         args, extra = parser.parse_known_args(rest)
         if missing_value:
-            raise missing_value
+            _missing_value(args, missing_value)
         extra = dotted + extra
         _quiet_libraries(args.verbose)
         return args.func(args, extra)
