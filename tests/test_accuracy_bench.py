@@ -329,7 +329,6 @@ def test_self_training_arms_reuse_their_recipes_runs(bench, committed, tmp_path)
     assert out["with_unlabelled_mpnet_teacher"]["gain_over_labelled_only"] is None
 
 
-
 def test_self_training_gain_pairs_the_exact_accuracies(bench):
     """Taken from the report's accuracies, rounded to 4 places, a seed's gain was up to 0.01 point off (0.65 for
     0.644): 0.904449 against 0.900051 is 0.44 point, not 0.9044 - 0.9001 = 0.43."""
@@ -338,6 +337,7 @@ def test_self_training_gain_pairs_the_exact_accuracies(bench):
                 (44, {"best_eval_accuracy": 0.905})]
     assert bench.gain(student, baseline) == {"seeds": [42, 44], "points": [0.44, 0.5], "mean_points": 0.47}
     assert bench.gain([], baseline) is None
+
 
 # --- best ------------------------------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import yaml
 from conftest import one_line_error, write_config
 from lorafit import card
 from lorafit.config import MAX_NUM_LABELS, config_from_dict, parse_override, read_yaml
+from lorafit.errors import UserError
 
 
 def as_hub_trained(run, recorded):
@@ -174,9 +175,9 @@ def test_blank_is_still_a_value_for_text_and_null_still_unsets(roberta_dir):
     assert parse_override("data.text_separator", " ") == " "
     assert parse_override("data.train_file", "null") is None
     assert parse_override("model.dropout", "null") is None
-    with pytest.raises(Exception, match="or null for none"):
+    with pytest.raises(UserError, match="or null for none"):
         parse_override("model.dropout", "")
-    with pytest.raises(Exception, match=r"blank; give it a value \("):  # no null for a field that needs a value
+    with pytest.raises(UserError, match=r"blank; give it a value \("):  # no null for a field that needs a value
         parse_override("train.max_steps", "")
 
 
@@ -289,6 +290,17 @@ def test_a_blank_path_is_refused_by_name(cli, tiny_config, tmp_path, argv, setti
 def test_a_blank_path_in_a_config_file_is_refused_by_name(cli, tmp_path, section, values, setting):
     config = write_config(tmp_path / "c.yaml", **{section: values})
     one_line_error(cli("budget", config), setting, "blank")
+
+
+def test_a_blank_path_in_a_sweep_base_is_refused_before_any_trial(cli, tmp_path, tiny_roberta, small_agnews):
+    """A sweep's trials are new configs too (config.new_config): a blank eval_file in its base is named, and no
+    sweep folder is made."""
+    base = {"model": {"name_or_path": str(tiny_roberta)}, "lora": {"r": 4, "target_modules": ["query", "value"]},
+            "data": {"train_file": str(small_agnews), "eval_file": ""}, "train": {"max_steps": 2}}
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(yaml.safe_dump({"name": "s", "base": base, "grid": {"axes": {"lora.dropout": [0.0, 0.1]}}}))
+    one_line_error(cli("sweep", sweep, "--output-dir", tmp_path / "runs"), "data.eval_file", "blank")
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("argv", [["--train-file", "x.csv"], ["--eval-file", "{config}"], ["--foo=3"]])

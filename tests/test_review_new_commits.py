@@ -48,6 +48,6 @@ def test_a_local_file_with_a_colon_evaluated_elsewhere_is_no_hub_dataset_in_the_
     hub = {"accuracy": 0.9, "macro_f1": 0.8, "data": "glue:sst2:validation", "source": "glue:sst2:validation"}
     monkeypatch.chdir(tmp_path)
     values = {"data": {"train_file": "train.csv"}}
-    assert card._datasets(values, [("news_test", local), ("glue", hub)]) == ["glue"]
+    assert card._datasets(values, [("news_test", local), ("glue", hub)], {}) == ["glue"]
     results = card._eval_results(values, {}, [("news_test", local)])
     assert {r.dataset_type for r in results} == {"news_test"} and {r.dataset_split for r in results} == {None}

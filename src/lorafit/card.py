@@ -133,10 +133,10 @@ def _eval_results(values: dict, result: dict, evaluated: list[tuple[str, dict]])
     return results
 
 
-def _datasets(values: dict, evaluated: list[tuple[str, dict]], manifest: Optional[dict] = None) -> list[str]:
+def _datasets(values: dict, evaluated: list[tuple[str, dict]], manifest: dict) -> list[str]:
     """Hub dataset ids the run trained or was evaluated on (local files and dataset folders have none)."""
     data = values.get("data", {})
-    record = (manifest or {}).get("data")
+    record = manifest.get("data")
     trained = None if data.get("train_file") else recorded_hub_id(
         record if isinstance(record, dict) else {}, "train_dataset_hub_id", data.get("dataset"))
     found = [trained] if trained else []
