@@ -47,10 +47,11 @@ minilm:self_training_mpnet_distilled). The MPNet-teacher comparison runs again w
 as the recipe of both the students and the labelled-only runs (default_labelled_only and
 default_with_unlabelled_mpnet_teacher; --only minilm:default_self_training and
 minilm:default_self_training_mpnet_teacher), and further arms on that recipe: two teachers averaged, class-balanced
-rows, an MPNet teacher with the encoder's dropout off, and that teacher trained on twice the examples
-(SELF_TRAINING_ARMS). Each MPNet teacher's own accuracy is
-reported as mpnet_<recipe>_teacher_labelled_only. A student whose teacher has only its committed small files on this
-machine trains the teacher again first (it needs its weights).
+rows, an MPNet teacher with the encoder's dropout off, that teacher trained on twice the examples, and a noisy
+student: an MPNet teacher itself self-trained on the rows the 2x teacher labels (SELF_TRAINING_ARMS). Each MPNet
+teacher's own accuracy is reported as mpnet_<recipe>_teacher_labelled_only (the noisy student's as
+mpnet_<recipe>_teacher_self_trained_by_<labeller's recipe>). A student whose teacher has only its committed small
+files on this machine trains the teacher again first (it needs its weights), and a noisy student's labeller before.
 
 Prints one JSON object: results.<model>.<recipe> with `accuracy` (one value per seed), `mean`, `std`,
 `trainable_params`, `examples_seen`, `wall_seconds` (of each run's last session; `resumed_from_step` says whether it
@@ -490,6 +491,9 @@ class SelfTrainingArm:
     student_recipe: str = "self_training"  # the students' MiniLM recipe, and that of the labelled-only runs
     with_own_labelled_only: bool = False  # the labelled-only run of the student's recipe and seed teaches too
     balance: bool = False        # data.pseudo_label_balance: the same share of each class's rows joins
+    # noisy student: the teacher is itself self-trained, on the labelled rows plus the unlabelled ones as labelled by
+    # the labelled-only run of this MPNet recipe (the teacher's seed), so it sees 4x the rows its labeller saw
+    teacher_labeller: Optional[str] = None
 
     @property
     def prefix(self) -> str:
@@ -498,13 +502,17 @@ class SelfTrainingArm:
 
     def student_settings(self, unlabelled: Path, teacher_dirs: list[Path]) -> dict:
         teachers = str(teacher_dirs[0]) if len(teacher_dirs) == 1 else [str(d) for d in teacher_dirs]
-        data = {"unlabelled_file": str(unlabelled), "pseudo_label_teacher": teachers,
-                "pseudo_label_threshold": self.threshold}
+        data = pseudo_labels(unlabelled, teachers, self.threshold)
         if self.balance:  # only then: the other arms' configs stay as their committed runs were made
             data["pseudo_label_balance"] = True
         # the distillation lever's weight and temperature (configs/accuracy/minilm-lever-distill-mpnet.yaml)
         train = {"teacher": teachers, "distill_weight": 0.5, "distill_temperature": 2.0} if self.distill else {}
         return {"data": data, "train": train}  # by config section, as run_values takes them
+
+
+def pseudo_labels(unlabelled: Path, teachers, threshold: float = 0.9) -> dict:
+    """The data settings that add the unlabelled rows, labelled by a teacher run (or several, averaged)."""
+    return {"unlabelled_file": str(unlabelled), "pseudo_label_teacher": teachers, "pseudo_label_threshold": threshold}
 
 
 # The MiniLM recipe of the first self-training comparison (students and the labelled-only runs): lorafit's MiniLM
@@ -567,6 +575,13 @@ SELF_TRAINING_ARMS = {
     "default_with_unlabelled_mpnet_2x_teacher": SelfTrainingArm("mpnet", "teacher_2x", 42,
                                                                 "default_self_training_mpnet_2x_teacher",
                                                                 "-mpnet-2x-teacher", student_recipe="default"),
+    # noisy student: an MPNet teacher (MPNet's default, 19,200 examples) that trained on the 4,000 rows plus the
+    # unlabelled rows the 2x teacher labels, since a teacher is only as good as the rows it saw
+    "default_with_unlabelled_mpnet_noisy_student_teacher": SelfTrainingArm("mpnet", "lever_encoder_dropout0", 42,
+                                                                           "default_self_training_mpnet_noisy_student",
+                                                                           "-mpnet-noisy-student",
+                                                                           student_recipe="default",
+                                                                           teacher_labeller="teacher_2x"),
 }
 
 
@@ -593,6 +608,25 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
         return run_values(recipe_file(model, recipe), f"{run_prefix(recipe, model)}-labelled4000-seed{seed}",
                           dirs[model], labelled, split[1], seed, runs_dir)
 
+    def teacher_run(arm: SelfTrainingArm, seed: int) -> tuple[dict, Optional[dict]]:
+        """The arm's MPNet (or MiniLM) teacher run, and the run that labels its unlabelled rows (noisy student)."""
+        seed = arm.teacher_seed or seed
+        if arm.teacher_labeller is None:
+            return labelled_only(arm.teacher_model, arm.teacher_recipe, seed), None
+        labeller = labelled_only(arm.teacher_model, arm.teacher_labeller, seed)
+        name = (f"{run_prefix(arm.teacher_recipe, arm.teacher_model)}-selftrain4000-by-"
+                f"{run_prefix(arm.teacher_labeller, arm.teacher_model)}-seed{seed}")
+        settings = {"data": pseudo_labels(unlabelled, str(runs_dir / labeller["name"]))}
+        return run_values(recipe_file(arm.teacher_model, arm.teacher_recipe), name, dirs[arm.teacher_model], labelled,
+                          split[1], seed, runs_dir, settings), labeller
+
+    def with_weights(values: dict, labeller: Optional[dict]) -> None:
+        """Train a teacher whose adapter is not on this machine, after its own labeller (which needs its adapter)."""
+        if run_or_reuse(values, False, args.threads, weights=True) is None:
+            if labeller is not None:
+                run_or_reuse(labeller, True, args.threads, weights=True)
+            run_or_reuse(values, True, args.threads, weights=True)
+
     seeds = SEEDS["minilm"]["default"]
     # one labelled-only baseline per students' recipe: `labelled_only` for the first, `<recipe>_labelled_only` after
     baselines = {arm.student_recipe: baseline_key(arm.student_recipe)
@@ -605,7 +639,8 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
             continue
         rows[variant], configs[variant] = [], recipe_file("minilm", arm.student_recipe)
         for seed in seeds:
-            teachers = [labelled_only(arm.teacher_model, arm.teacher_recipe, arm.teacher_seed or seed)]
+            teacher, labeller = teacher_run(arm, seed)
+            teachers = [teacher]
             if arm.with_own_labelled_only:  # probabilities averaged (data.pseudo_label_teacher as a list)
                 teachers.append(labelled_only("minilm", arm.student_recipe, seed))
             student = run_values(configs[variant], f"{arm.prefix}-selftrain4000{arm.run_suffix}-seed{seed}",
@@ -616,7 +651,7 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
             result = run_or_reuse(student, False, args.threads)
             if result is None and allowed:  # the student reads its teacher's weights: train the teacher first
                 for teacher_values in teachers:
-                    run_or_reuse(teacher_values, True, args.threads, weights=True)
+                    with_weights(teacher_values, labeller if teacher_values is teacher else None)
                 result = run_or_reuse(student, True, args.threads)
             if result is None:
                 pending.append(student["name"])
@@ -638,14 +673,19 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
     for variant, arm in SELF_TRAINING_ARMS.items():
         if variant in out:
             out[variant]["gain_over_labelled_only"] = gain(rows[variant], rows[baseline_key(arm.student_recipe)])
-    mpnet_teachers = dict.fromkeys((arm.teacher_recipe, arm.teacher_seed or seeds[0])
-                                   for arm in SELF_TRAINING_ARMS.values() if arm.teacher_model == "mpnet")
-    for recipe, seed in mpnet_teachers if "mpnet" in dirs else ():  # each teacher's own accuracy on the 4,000 rows
-        mpnet_teacher = labelled_only("mpnet", recipe, seed)
+    # each MPNet teacher's own accuracy: trained on the 4,000 rows (labelled_only), or self-trained (noisy student)
+    mpnet_arms = [arm for arm in SELF_TRAINING_ARMS.values() if arm.teacher_model == "mpnet"]
+    labellers = [dataclasses.replace(arm, teacher_recipe=arm.teacher_labeller, teacher_labeller=None)
+                 for arm in mpnet_arms if arm.teacher_labeller]  # a noisy student's labeller is a teacher too
+    mpnet_teachers = {(arm.teacher_recipe, arm.teacher_labeller, arm.teacher_seed or seeds[0]): arm
+                      for arm in mpnet_arms + labellers}
+    for (recipe, labeller, seed), arm in mpnet_teachers.items() if "mpnet" in dirs else ():
+        mpnet_teacher, _ = teacher_run(arm, seed)
         found = run_or_reuse(mpnet_teacher, False, args.threads)
         if not found:  # a row of the report like any other: listed with the runs not done
             pending.append(mpnet_teacher["name"])
-        out[f"mpnet_{recipe_tag(recipe)}teacher_labelled_only"] = {
+        key = "labelled_only" if labeller is None else f"self_trained_by_{labeller}"
+        out[f"mpnet_{recipe_tag(recipe)}teacher_{key}"] = {
             "model": "mpnet", **summarize([(seed, found)] if found else [], recipe_file("mpnet", recipe),
                                           mpnet_teacher, [seed])}
     out["labelled_rows"], out["unlabelled_rows"] = 4000, len(train_rows) - 4000

@@ -641,3 +641,35 @@ def test_only_refuses_a_seed_of_other_digits(bench, seed):
     """str.isdigit() accepts superscript digits that int() refuses: a traceback instead of the usage message."""
     with pytest.raises(SystemExit, match="names no run"):
         bench.parse_only(f"minilm:peer_a:{seed}", {"minilm": "/m"})
+
+
+def test_noisy_student_teacher_is_trained_after_its_labeller_and_reported(bench, committed, tmp_path, monkeypatch):
+    """The noisy-student arm's MPNet teacher trains on the unlabelled rows its labeller (the 2x teacher) labels: the
+    labeller's adapter comes first, then the teacher's, then the student; the teacher's own accuracy is a row."""
+    train, validation = split(tmp_path)
+    dirs = {"minilm": "/models/minilm", "mpnet": "/models/mpnet"}
+    runs_dir = tmp_path / "runs" / "accuracy"
+    (runs_dir / "data").mkdir(parents=True)
+    trained, settings = {}, {}
+
+    def run_or_reuse(values, allowed, threads, weights=False):
+        if allowed and values["name"] not in trained:
+            trained[values["name"]] = {"best_eval_accuracy": 0.9 + len(trained) / 100, "final_eval_accuracy": 0.9,
+                                       "trainable_params": 1, "wall_seconds": 1, "run": values["name"]}
+            settings[values["name"]] = values
+        return trained.get(values["name"])
+
+    monkeypatch.setattr(bench, "run_or_reuse", run_or_reuse)
+    only = [("minilm", "default_self_training_mpnet_noisy_student", "42")]
+    out = bench.self_training(dirs, (train, validation), args_for(tmp_path), only, [])
+    teacher = "mpnet-lever-encoder-dropout0-selftrain4000-by-mpnet-teacher-2x-seed42"
+    assert list(trained) == ["mpnet-teacher-2x-labelled4000-seed42", teacher,
+                             "minilm-default-selftrain4000-mpnet-noisy-student-seed42"]
+    assert settings[teacher]["data"]["pseudo_label_teacher"] == str(runs_dir / "mpnet-teacher-2x-labelled4000-seed42")
+    assert settings[teacher]["data"]["unlabelled_file"] == str(runs_dir / "data" / "unlabelled.csv")
+    assert settings[teacher]["model"]["name_or_path"] == "/models/mpnet"
+    student = settings["minilm-default-selftrain4000-mpnet-noisy-student-seed42"]
+    assert student["data"]["pseudo_label_teacher"] == str(runs_dir / teacher)
+    assert out["mpnet_lever_encoder_dropout0_teacher_self_trained_by_teacher_2x"]["accuracy"] == [0.91]
+    assert out["mpnet_teacher_2x_teacher_labelled_only"]["accuracy"] == [0.9]
+    assert out["default_with_unlabelled_mpnet_noisy_student_teacher"]["accuracy"] == [0.92]
