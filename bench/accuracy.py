@@ -492,7 +492,7 @@ class SelfTrainingArm:
     with_own_labelled_only: bool = False  # the labelled-only run of the student's recipe and seed teaches too
     balance: bool = False        # data.pseudo_label_balance: the same share of each class's rows joins
     # noisy student: the teacher is itself self-trained, on the labelled rows plus the unlabelled ones as labelled by
-    # the labelled-only run of this MPNet recipe (the teacher's seed), so it sees 4x the rows its labeller saw
+    # the labelled-only run of this MPNet recipe (the teacher's seed): the rows its labeller is sure of join its 4,000
     teacher_labeller: Optional[str] = None
 
     @property

@@ -168,10 +168,9 @@ def cmd_sweep(args, extra) -> int:
     from lorafit.sweep import run_sweep
 
     overrides = {**_budget_override(args), **parse_dotted_overrides(extra)}
-    # --output-dir (taken out of argv by _split_dotted, as --output_dir) is the sweep's, not a trial override: as
-    # one it lost to the sweep file's output_dir, and kept its ~
+    # --output_dir is --output-dir: as a trial override it lost to the sweep file's output_dir, and kept its ~
     output_dir = overrides.pop("output_dir", None)
-    output_dir = None if output_dir is None else _user_path(str(output_dir))
+    output_dir = args.output_dir or (None if output_dir is None else _user_path(str(output_dir)))
     outcome = run_sweep(args.sweep, storage=args.storage, n_trials=args.n_trials, timeout=args.timeout,
                         model=args.model, train_file=args.train_file, output_dir=output_dir, overrides=overrides)
     return outcome.exit_code
@@ -321,8 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=_path_argument, help="Hub id or local folder (model.name_or_path)")
     p.add_argument("--train-file", type=_path_argument, help="local training file (data.train_file)")
     p.add_argument("--eval-file", type=_path_argument, help="local validation file (data.eval_file)")
-    # listed for --help only: _split_dotted takes --output-dir and --name out as overrides before argparse reads
-    p.add_argument("--output-dir", help="folder holding run folders (output_dir)")
+    p.add_argument("--output-dir", type=_path_argument, help="folder holding run folders (output_dir)")
     p.add_argument("--name", help="run name (name)")
     _add_budget_option(p)
     p.add_argument("--resume", action="store_true", help="continue the run folder's last checkpoint")
@@ -372,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_positive_seconds, help="seconds this worker keeps starting new trials")
     p.add_argument("--model", type=_path_argument, help="override model.name_or_path for every trial")
     p.add_argument("--train-file", type=_path_argument, help="override data.train_file for every trial")
-    p.add_argument("--output-dir", help="folder that holds the sweep folder")  # --help only, as train's
+    p.add_argument("--output-dir", type=_path_argument, help="folder that holds the sweep folder")
     _add_budget_option(p)
     p.set_defaults(func=cmd_sweep)
 
