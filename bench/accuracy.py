@@ -486,7 +486,7 @@ class SelfTrainingArm:
     teacher_seed: Optional[int]  # None: the student's own seed
     only_recipe: str             # --only minilm:<this>
     run_suffix: str              # students' runs: minilm-selftrain4000<suffix>-seed<seed>
-    threshold: float = 0.9       # data.pseudo_label_threshold
+    threshold: float = 0.9       # data.pseudo_label_threshold (a noisy-student teacher's too)
     distill: bool = False        # the teacher also gives soft targets for every training row (train.teacher)
     student_recipe: str = "self_training"  # the students' MiniLM recipe, and that of the labelled-only runs
     with_own_labelled_only: bool = False  # the labelled-only run of the student's recipe and seed teaches too
@@ -575,8 +575,9 @@ SELF_TRAINING_ARMS = {
     "default_with_unlabelled_mpnet_2x_teacher": SelfTrainingArm("mpnet", "teacher_2x", 42,
                                                                 "default_self_training_mpnet_2x_teacher",
                                                                 "-mpnet-2x-teacher", student_recipe="default"),
-    # noisy student: an MPNet teacher (MPNet's default, 19,200 examples) that trained on the 4,000 rows plus the
-    # unlabelled rows the 2x teacher labels, since a teacher is only as good as the rows it saw
+    # noisy student in the iterated sense (no noise beyond the recipe's own dropout): an MPNet teacher of MPNet's
+    # default recipe (19,200 examples) trained on the 4,000 rows plus the unlabelled rows the 2x teacher is sure of;
+    # every MPNet teacher on the 4,000 labels alone stopped at 0.907-0.908
     "default_with_unlabelled_mpnet_noisy_student_teacher": SelfTrainingArm("mpnet", "lever_encoder_dropout0", 42,
                                                                            "default_self_training_mpnet_noisy_student",
                                                                            "-mpnet-noisy-student",
@@ -587,8 +588,9 @@ SELF_TRAINING_ARMS = {
 
 def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: list) -> dict:
     """Label-scarce: 4,000 labelled rows of the training part alone, vs the same rows plus the rest of the training
-    part as unlabelled text pseudo-labelled by a teacher run trained on the 4,000 rows only (validation texts never
-    join): the labelled-only MiniLM run of the same seed, or (with mpnet) one MPNet run of lorafit's default.
+    part as unlabelled text pseudo-labelled by a teacher run trained on the 4,000 rows (the noisy-student arm's
+    teacher also on the unlabelled rows its labeller is sure of; never on their real labels, and validation texts
+    never join): the labelled-only MiniLM run of the same seed, or (with mpnet) one MPNet run of lorafit's default.
     Every student is MiniLM with its arm's recipe, compared with the labelled-only runs of that recipe, and sees the
     same number of examples as the rows alone.
     """
@@ -616,7 +618,7 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
         labeller = labelled_only(arm.teacher_model, arm.teacher_labeller, seed)
         name = (f"{run_prefix(arm.teacher_recipe, arm.teacher_model)}-selftrain4000-by-"
                 f"{run_prefix(arm.teacher_labeller, arm.teacher_model)}-seed{seed}")
-        settings = {"data": pseudo_labels(unlabelled, str(runs_dir / labeller["name"]))}
+        settings = {"data": pseudo_labels(unlabelled, str(runs_dir / labeller["name"]), arm.threshold)}
         return run_values(recipe_file(arm.teacher_model, arm.teacher_recipe), name, dirs[arm.teacher_model], labelled,
                           split[1], seed, runs_dir, settings), labeller
 

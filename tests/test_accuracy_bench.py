@@ -673,3 +673,28 @@ def test_noisy_student_teacher_is_trained_after_its_labeller_and_reported(bench,
     assert out["mpnet_lever_encoder_dropout0_teacher_self_trained_by_teacher_2x"]["accuracy"] == [0.91]
     assert out["mpnet_teacher_2x_teacher_labelled_only"]["accuracy"] == [0.9]
     assert out["default_with_unlabelled_mpnet_noisy_student_teacher"]["accuracy"] == [0.92]
+
+
+def test_a_finished_noisy_student_teacher_does_not_train_its_labeller_again(bench, committed, tmp_path, monkeypatch):
+    """The labeller is needed only to train the teacher: with the teacher's adapter on this machine, a student
+    trains alone (the labeller, committed as small files only, would otherwise take hours to train again)."""
+    train, validation = split(tmp_path)
+    dirs = {"minilm": "/models/minilm", "mpnet": "/models/mpnet"}
+    (tmp_path / "runs" / "accuracy" / "data").mkdir(parents=True)
+    teacher = "mpnet-lever-encoder-dropout0-selftrain4000-by-mpnet-teacher-2x-seed42"
+    trained = []
+
+    def run_or_reuse(values, allowed, threads, weights=False):
+        if values["name"] == teacher:  # finished, its adapter here
+            return {"best_eval_accuracy": 0.91, "final_eval_accuracy": 0.91, "trainable_params": 1,
+                    "wall_seconds": 1, "run": teacher}
+        if allowed:
+            trained.append(values["name"])
+            return {"best_eval_accuracy": 0.9, "final_eval_accuracy": 0.9, "trainable_params": 1, "wall_seconds": 1,
+                    "run": values["name"]}
+        return None
+
+    monkeypatch.setattr(bench, "run_or_reuse", run_or_reuse)
+    only = [("minilm", "default_self_training_mpnet_noisy_student", "43")]
+    bench.self_training(dirs, (train, validation), args_for(tmp_path), only, [])
+    assert trained == ["minilm-default-selftrain4000-mpnet-noisy-student-seed43"]
