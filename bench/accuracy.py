@@ -510,7 +510,7 @@ class SelfTrainingArm:
         return {"data": data, "train": train}  # by config section, as run_values takes them
 
 
-def pseudo_labels(unlabelled: Path, teachers, threshold: float = 0.9) -> dict:
+def pseudo_labels(unlabelled: Path, teachers, threshold: float) -> dict:
     """The data settings that add the unlabelled rows, labelled by a teacher run (or several, averaged)."""
     return {"unlabelled_file": str(unlabelled), "pseudo_label_teacher": teachers, "pseudo_label_threshold": threshold}
 
@@ -610,17 +610,17 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
         return run_values(recipe_file(model, recipe), f"{run_prefix(recipe, model)}-labelled4000-seed{seed}",
                           dirs[model], labelled, split[1], seed, runs_dir)
 
-    def teacher_run(arm: SelfTrainingArm, seed: int) -> tuple[dict, Optional[dict]]:
-        """The arm's MPNet (or MiniLM) teacher run, and the run that labels its unlabelled rows (noisy student)."""
-        seed = arm.teacher_seed or seed
-        if arm.teacher_labeller is None:
-            return labelled_only(arm.teacher_model, arm.teacher_recipe, seed), None
-        labeller = labelled_only(arm.teacher_model, arm.teacher_labeller, seed)
-        name = (f"{run_prefix(arm.teacher_recipe, arm.teacher_model)}-selftrain4000-by-"
-                f"{run_prefix(arm.teacher_labeller, arm.teacher_model)}-seed{seed}")
-        settings = {"data": pseudo_labels(unlabelled, str(runs_dir / labeller["name"]), arm.threshold)}
-        return run_values(recipe_file(arm.teacher_model, arm.teacher_recipe), name, dirs[arm.teacher_model], labelled,
-                          split[1], seed, runs_dir, settings), labeller
+    def teacher_run(model: str, recipe: str, seed: int, labeller_recipe: Optional[str],
+                    threshold: float) -> tuple[dict, Optional[dict]]:
+        """A teacher run of this recipe: on the 4,000 rows alone, or (noisy student) also on the unlabelled rows the
+        labelled-only run of labeller_recipe labels; and that labeller's run."""
+        if labeller_recipe is None:
+            return labelled_only(model, recipe, seed), None
+        labeller = labelled_only(model, labeller_recipe, seed)
+        name = f"{run_prefix(recipe, model)}-selftrain4000-by-{run_prefix(labeller_recipe, model)}-seed{seed}"
+        settings = {"data": pseudo_labels(unlabelled, str(runs_dir / labeller["name"]), threshold)}
+        return run_values(recipe_file(model, recipe), name, dirs[model], labelled, split[1], seed, runs_dir,
+                          settings), labeller
 
     def with_weights(values: dict, labeller: Optional[dict]) -> None:
         """Train a teacher whose adapter is not on this machine, after its own labeller (which needs its adapter)."""
@@ -641,7 +641,8 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
             continue
         rows[variant], configs[variant] = [], recipe_file("minilm", arm.student_recipe)
         for seed in seeds:
-            teacher, labeller = teacher_run(arm, seed)
+            teacher, labeller = teacher_run(arm.teacher_model, arm.teacher_recipe, arm.teacher_seed or seed,
+                                            arm.teacher_labeller, arm.threshold)
             teachers = [teacher]
             if arm.with_own_labelled_only:  # probabilities averaged (data.pseudo_label_teacher as a list)
                 teachers.append(labelled_only("minilm", arm.student_recipe, seed))
@@ -676,13 +677,15 @@ def self_training(dirs: dict, split: tuple[Path, Path], args, only, pending: lis
         if variant in out:
             out[variant]["gain_over_labelled_only"] = gain(rows[variant], rows[baseline_key(arm.student_recipe)])
     # each MPNet teacher's own accuracy: trained on the 4,000 rows (labelled_only), or self-trained (noisy student)
-    mpnet_arms = [arm for arm in SELF_TRAINING_ARMS.values() if arm.teacher_model == "mpnet"]
-    labellers = [dataclasses.replace(arm, teacher_recipe=arm.teacher_labeller, teacher_labeller=None)
-                 for arm in mpnet_arms if arm.teacher_labeller]  # a noisy student's labeller is a teacher too
-    mpnet_teachers = {(arm.teacher_recipe, arm.teacher_labeller, arm.teacher_seed or seeds[0]): arm
-                      for arm in mpnet_arms + labellers}
-    for (recipe, labeller, seed), arm in mpnet_teachers.items() if "mpnet" in dirs else ():
-        mpnet_teacher, _ = teacher_run(arm, seed)
+    mpnet_teachers = {}  # (recipe, labeller's recipe, seed): threshold
+    for arm in SELF_TRAINING_ARMS.values() if "mpnet" in dirs else ():
+        if arm.teacher_model == "mpnet":
+            seed = arm.teacher_seed or seeds[0]
+            mpnet_teachers.setdefault((arm.teacher_recipe, arm.teacher_labeller, seed), arm.threshold)
+            if arm.teacher_labeller:  # a noisy student's labeller is a teacher too (on the 4,000 rows alone)
+                mpnet_teachers.setdefault((arm.teacher_labeller, None, seed), arm.threshold)
+    for (recipe, labeller, seed), threshold in mpnet_teachers.items():
+        mpnet_teacher, _ = teacher_run("mpnet", recipe, seed, labeller, threshold)
         found = run_or_reuse(mpnet_teacher, False, args.threads)
         if not found:  # a row of the report like any other: listed with the runs not done
             pending.append(mpnet_teacher["name"])
