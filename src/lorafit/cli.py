@@ -96,8 +96,9 @@ def _split_dotted(argv: list[str]) -> tuple[list[str], list[str], Optional[str]]
 
 def _missing_value(args, flag: str) -> None:
     """--name / --output-dir given without a value: a command that takes no overrides does not know the option
-    (`predict ... --name` asked for a value, then refused `--name x` as unrecognized)."""
-    if args.func not in (cmd_budget, cmd_train, cmd_sweep):
+    (`predict ... --name` asked for a value, then refused `--name x` as unrecognized). The commands that take
+    --section.key overrides mark themselves with takes_overrides where their parser is built."""
+    if not getattr(args, "takes_overrides", False):
         _no_extra([flag])
     example = "runs" if flag.startswith("--output") else "my-run"
     raise UserError(f"{flag} needs a value, e.g. {flag} {example}")
@@ -311,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", choices=["full", "linear", "lora"])
     p.add_argument("--fit", action="store_true", help="also print the largest rank that fits the budget")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_budget)
+    p.set_defaults(func=cmd_budget, takes_overrides=True)
 
     p = add("train", help="fine-tune with LoRA into a run folder",
             epilog="Any config field can be overridden as --section.key value, e.g. --train.learning_rate 3e-4")
@@ -327,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--trust-pickle", action="store_true", default=None,
                    help="allow .pkl data files (data.trust_pickle; unpickling can run code: only files you trust)")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, takes_overrides=True)
 
     p = add("evaluate", help="accuracy, macro-F1, per-class scores and confusion matrix of a run")
     p.add_argument("run_dir", type=_path_argument)
@@ -372,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-file", type=_path_argument, help="override data.train_file for every trial")
     p.add_argument("--output-dir", type=_path_argument, help="folder that holds the sweep folder")
     _add_budget_option(p)
-    p.set_defaults(func=cmd_sweep)
+    p.set_defaults(func=cmd_sweep, takes_overrides=True)
 
     p = add("report", help="plots and a Markdown table for every run under a folder")
     p.add_argument("dir", type=_path_argument)
