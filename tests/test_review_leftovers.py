@@ -7,6 +7,7 @@ the card cases read a copy of the shared finished tiny run."""
 
 import json
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -343,3 +344,32 @@ def test_blank_model_and_mistyped_keys_are_named(cli, finished_copy, small_agnew
     paths = {"{run}": finished_copy, "{data}": small_agnews, "{out}": tmp_path / "p.csv", "{roberta}": roberta_dir}
     one_line_error(cli(*[paths.get(a, a) for a in argv]), *words)
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_run_trained_on_a_hub_dataset_records_it_and_its_card_names_it(cli, tiny_roberta, small_agnews, tmp_path,
+                                                                       monkeypatch):
+    """The other side of the local-file case above: `data.dataset` a Hub id (datasets.load_dataset faked with real
+    AG News rows, as the Hub's loader returns them). Training records the id; the card, written from a folder that
+    holds a directory of that name, still names it."""
+    import datasets
+
+    rows = datasets.Dataset.from_pandas(pd.read_csv(small_agnews), preserve_index=False)
+    calls = []
+
+    def load_dataset(path, name=None, split=None, **kwargs):
+        calls.append((path, split))
+        return rows
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    config = write_config(tmp_path / "c.yaml", name="hub-data", output_dir=str(tmp_path / "runs"),
+                          model={"name_or_path": str(tiny_roberta)},
+                          lora={"r": 4, "alpha": 8, "target_modules": ["query", "value"]},
+                          data={"dataset": "lorafit-test/news", "train_file": None},
+                          train={"max_steps": 2, "eval_steps": 2, "batch_size": 8})
+    assert cli("train", config).code == 0
+    assert calls and calls[0][0] == "lorafit-test/news"
+    run = tmp_path / "runs" / "hub-data"
+    assert json.loads((run / "manifest.json").read_text())["data"]["train_dataset_hub_id"] == "lorafit-test/news"
+    (tmp_path / "work" / "lorafit-test" / "news").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work")
+    assert card_datasets(card.card_text(run)) == ["lorafit-test/news"]
