@@ -698,3 +698,28 @@ def test_a_finished_noisy_student_teacher_does_not_train_its_labeller_again(benc
     only = [("minilm", "default_self_training_mpnet_noisy_student", "43")]
     bench.self_training(dirs, (train, validation), args_for(tmp_path), only, [])
     assert trained == ["minilm-default-selftrain4000-mpnet-noisy-student-seed43"]
+
+
+def test_the_2x_arm_compares_its_students_with_labelled_only_runs_at_twice_the_examples(bench, committed, tmp_path):
+    """Both sides of the 2x comparison train the 2x recipe under names of their own: the default's 19,200-example
+    runs are neither reused nor compared with its students."""
+    train, validation = split(tmp_path)
+    dirs = {"minilm": "/models/minilm", "mpnet": "/models/mpnet"}
+    (tmp_path / "runs" / "accuracy" / "data").mkdir(parents=True)
+    labelled = tmp_path / "runs" / "accuracy" / "data" / "labelled4000.csv"
+    for seed in (42, 43, 44):  # the default's labelled-only runs, all finished
+        values = bench.run_values(DEFAULT, f"minilm-default-labelled4000-seed{seed}", "/models/minilm", labelled,
+                                  validation, seed, tmp_path / "runs" / "accuracy")
+        finish(bench, committed, values, 0.90)
+    pending = []
+    out = bench.self_training(dirs, (train, validation), args_for(tmp_path), [("none",)], pending)
+    config = "configs/accuracy/minilm-default-2x.yaml"
+    for key in ("default_2x_labelled_only", "default_2x_with_unlabelled_mpnet_dropout0_teacher"):
+        assert out[key]["config"] == config and out[key]["accuracy"] == [] and out[key]["examples_seen"] == 38_400
+    assert out["default_labelled_only"]["accuracy"] == [0.90] * 3
+    assert "minilm-default-2x-labelled4000-seed43" in pending
+    assert "minilm-default-2x-selftrain4000-mpnet-dropout0-teacher-seed44" in pending
+    only = bench.parse_only("minilm:default_2x_self_training_mpnet_dropout0_teacher:42,minilm:default_2x_self_training",
+                            BOTH, True)
+    assert bench.selected(only, "minilm", "default_2x_self_training_mpnet_dropout0_teacher", 42)
+    assert bench.selected(only, "minilm", "default_2x_self_training", 43)
