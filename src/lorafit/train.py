@@ -335,6 +335,25 @@ def _refuse_other_process_count(run_dir: Path, checkpoint: Path) -> None:
                     f"this run has {world_size()}: resume it {how}, or use --overwrite to start over")
 
 
+def _refuse_other_data(run_dir: Path, checkpoint: Path, prepared: Prepared) -> None:
+    """A checkpoint resumes only on the rows it trained on, which the manifest's fingerprints name: the config
+    names the data files, not their rows, so an edited file resumed on other rows, and the manifest rewritten
+    for this session then named those for the whole run."""
+    try:
+        manifest = runs.read_json(run_dir / runs.MANIFEST)
+        data = manifest["data"]
+        # a self-training run's training rows include the pseudo-labelled ones: its labelled rows are compared
+        saved = {"training": data.get("labelled_train_fingerprint" if "pseudo_labels" in manifest else
+                                      "train_fingerprint"), "validation": data.get("eval_fingerprint")}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):  # no manifest to compare with
+        return
+    for split, rows in (("training", prepared.train_data), ("validation", prepared.eval_data)):
+        if saved[split] is not None and saved[split] != rows.fingerprint():
+            raise UserError(f"{run_dir}'s {checkpoint.name} trained on other {split} rows than {rows.source} holds "
+                            "now (the manifest's fingerprint differs): put that data back to resume it, or use "
+                            "--overwrite to start over on this data")
+
+
 def _saved_values(saved: Path, cfg: RunConfig) -> Any:
     """The run folder's config as read, with a relative local model path an older lorafit saved replaced by this
     config's absolute one when both name the same folder: the same model, only written another way."""
@@ -686,6 +705,21 @@ class ResumableTrainer(Trainer):
             return None
         return super()._run_epoch(*args, **kwargs)
 
+    def _finalize_training(self, *args, **kwargs):
+        # save_total_limit 1: as training ends the Trainer deletes every checkpoint but the best, so a run stopped
+        # by a signal lost the checkpoint it had just saved to resume from (result.json's resume_from); keep it.
+        # Its resume applies the limit again.
+        interrupted = not self.early_stopped() and any(
+            isinstance(callback, GracefulInterrupt) and callback.stopped_training
+            for callback in self.callback_handler.callbacks)
+        if not (interrupted and self.args.save_total_limit == 1):
+            return super()._finalize_training(*args, **kwargs)
+        self.args.save_total_limit = 2
+        try:
+            return super()._finalize_training(*args, **kwargs)
+        finally:
+            self.args.save_total_limit = 1
+
     def early_stopped(self) -> bool:
         """Early stopping's patience is spent: read from transformers' EarlyStoppingCallback, whose count the
         Trainer restores from a resumed checkpoint (restore_callback_states_from_checkpoint)."""
@@ -905,6 +939,7 @@ def write_manifest(prepared: Prepared, run_dir: Path, started: float, wall_secon
             "train_dataset_hub_id": None if cfg.data.train_file else card.hub_id(cfg.data.dataset),
             "train_rows": len(prepared.train_data),
             "train_fingerprint": prepared.train_data.fingerprint(),
+            **_labelled_fingerprint(prepared),
             "eval_source": prepared.eval_data.source,
             "eval_rows": len(prepared.eval_data),
             "eval_fingerprint": prepared.eval_data.fingerprint(),
@@ -912,6 +947,15 @@ def write_manifest(prepared: Prepared, run_dir: Path, started: float, wall_secon
         "trainable_params": prepared.budget.to_dict(),  # the student's: teachers are not trained
         **prepared.teacher_records,  # "distillation" / "pseudo_labels": the teachers and what they contributed
     })
+
+
+def _labelled_fingerprint(prepared: Prepared) -> dict:
+    """With self-training, the labelled rows' own fingerprint (train_fingerprint covers the pseudo-labelled rows
+    too): what a resume compares before any teacher labels a row (_refuse_other_data)."""
+    pseudo = prepared.teacher_records.get("pseudo_labels")
+    if not pseudo:
+        return {}
+    return {"labelled_train_fingerprint": prepared.train_data.subset(range(pseudo["labelled_rows"])).fingerprint()}
 
 
 def summarize(curve: list[dict], status: str, prepared: Prepared, state, train_seconds: float,
@@ -1016,6 +1060,8 @@ def _train_in_locked_folder(prepared: Prepared, resume: bool, overwrite: bool, e
     cfg = prepared.cfg
     with main_process_first():  # a mistake is said before the model loads, on every rank as rank 0 found it
         checkpoint = check_run_dir(cfg, resume, overwrite)
+        if checkpoint is not None:
+            _refuse_other_data(cfg.run_dir, Path(checkpoint), prepared)
     _wait_for_every_rank()  # every rank has read the folder before rank 0 changes it (open_run_dir)
     torch.manual_seed(cfg.train.seed)  # LoRA init is drawn here: same seed, same starting point
     model_config = load_model_config(cfg.model, prepared.train_data.label_names)

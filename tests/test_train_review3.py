@@ -1,0 +1,79 @@
+"""Third review of lorafit.train: an interrupted run with train.save_total_limit 1 lost the checkpoint its
+result.json named; a checkpoint resumed without a word on a training or validation file edited since.
+
+In-process runs of the tiny RoBERTa (4 steps, evaluation and checkpoint every 2); the interruption is a signal sent
+by a callback at a fixed step, never raced against a timer."""
+
+from __future__ import annotations
+
+from conftest import one_line_error, signal_at_step, tiny_run_config, write_config
+from lorafit import runs
+from lorafit.config import load_config
+from lorafit.train import run_training
+
+
+def test_an_interrupted_run_keeps_its_checkpoint_under_save_total_limit_1(tmp_path, tiny_roberta, small_agnews):
+    """Ctrl-C during step 3 with train.save_total_limit 1: the checkpoint of step 3 was saved, then deleted as
+    training ended (the Trainer keeps only the best checkpoint, step 2's), yet result.json said resume_from
+    checkpoints/checkpoint-3; the rerun resumed from step 2 and trained step 3 again."""
+    cfg = load_config(tiny_run_config(tmp_path, small_agnews, model=tiny_roberta, save_total_limit=1))
+    result = run_training(cfg, extra_callbacks=[signal_at_step(2)])
+    assert (result["status"], result["global_step"]) == ("interrupted", 3), result
+    assert (cfg.run_dir / result["resume_from"]).is_dir(), result["resume_from"]
+
+    resumed = run_training(cfg)
+    assert (resumed["status"], resumed["resumed_from_step"], resumed["global_step"]) == ("completed", 3, 4)
+    assert len(list((cfg.run_dir / runs.CHECKPOINTS).glob("checkpoint-*"))) == 1  # the limit holds once finished
+
+
+def test_a_checkpoint_is_not_resumed_on_other_data(tmp_path, tiny_roberta, small_agnews, cli, capsys):
+    """The training file was edited after a run was interrupted (the config names the file, not its rows): the same
+    command resumed the checkpoint on the new rows without a word, and the manifest then gave the new rows'
+    fingerprint for a run whose first steps trained on others. Now one line; the run folder resumes once the file
+    is put back."""
+    data = tmp_path / "train.csv"
+    data.write_bytes(small_agnews.read_bytes())
+    config = tiny_run_config(tmp_path, data, model=tiny_roberta)
+    result = run_training(load_config(config), extra_callbacks=[signal_at_step(1)])
+    assert (result["status"], result["global_step"]) == ("interrupted", 2), result
+    capsys.readouterr()
+    run_dir = tmp_path / "runs" / "tiny"
+    manifest = runs.read_json(run_dir / runs.MANIFEST)
+
+    lines = small_agnews.read_text().splitlines(keepends=True)
+    data.write_text("".join(lines[:-50]))  # 50 rows fewer: other training and validation rows
+    one_line_error(cli("train", config), "checkpoint-2", "training rows", str(data), "--overwrite")
+    assert runs.read_json(run_dir / runs.MANIFEST)["data"] == manifest["data"]
+
+    data.write_bytes(small_agnews.read_bytes())
+    assert cli("train", config).code == 0
+    assert runs.read_json(run_dir / runs.RESULT)["resumed_from_step"] == 2
+
+
+def test_a_self_training_run_resumes_and_compares_its_labelled_rows(tmp_path, tiny_roberta, small_agnews,
+                                                                    finished_tiny, cli, capsys):
+    """With pseudo-labelled rows the manifest's training fingerprint covers them too: a resume compares the labelled
+    rows' (data.labelled_train_fingerprint), so it resumes as before, and an edited training file is refused."""
+    data = tmp_path / "train.csv"
+    data.write_bytes(small_agnews.read_bytes())
+    unlabelled = tmp_path / "unlabelled.csv"
+    unlabelled.write_text("text\n" + "".join(f"news item number {i} about markets\n" for i in range(12)))
+    config = write_config(
+        tmp_path / "self.yaml", name="self", output_dir=str(tmp_path / "runs"),
+        model={"name_or_path": str(tiny_roberta)}, lora={"r": 4, "alpha": 8, "target_modules": ["query", "value"]},
+        data={"train_file": str(data), "max_length": 32, "validation_size": 40, "max_train_samples": 64,
+              "unlabelled_file": str(unlabelled), "pseudo_label_teacher": str(finished_tiny),
+              "pseudo_label_threshold": 0.01},
+        train={"max_steps": 4, "eval_steps": 2, "batch_size": 8, "learning_rate": 1e-3, "precision": "fp32",
+               "report_to": "none"},
+    )
+    result = run_training(load_config(config), extra_callbacks=[signal_at_step(1)])
+    assert (result["status"], result["global_step"], result["train_rows"]) == ("interrupted", 2, 64 + 12), result
+    capsys.readouterr()
+
+    data.write_text("".join(small_agnews.read_text().splitlines(keepends=True)[:-50]))
+    one_line_error(cli("train", config), "checkpoint-2", "training rows", str(data))
+    data.write_bytes(small_agnews.read_bytes())
+    assert cli("train", config).code == 0
+    result = runs.read_json(tmp_path / "runs" / "self" / runs.RESULT)
+    assert (result["status"], result["resumed_from_step"], result["train_rows"]) == ("completed", 2, 64 + 12)
