@@ -49,8 +49,8 @@ default_with_unlabelled_mpnet_teacher; --only minilm:default_self_training and
 minilm:default_self_training_mpnet_teacher), and further arms on that recipe: two teachers averaged, class-balanced
 rows, an MPNet teacher with the encoder's dropout off, that teacher trained on twice the examples, and a noisy
 student: an MPNet teacher itself self-trained on the rows the 2x teacher labels (SELF_TRAINING_ARMS); and the
-dropout-off teacher's arm at twice the examples on both sides (default_2x_labelled_only and
-default_2x_with_unlabelled_mpnet_dropout0_teacher, configs/accuracy/minilm-default-2x.yaml). Each MPNet
+noisy student's arm at twice the examples on both sides (default_2x_labelled_only and
+default_2x_with_unlabelled_mpnet_noisy_student_teacher, configs/accuracy/minilm-default-2x.yaml). Each MPNet
 teacher's own accuracy is reported as mpnet_<recipe>_teacher_labelled_only (the noisy student's as
 mpnet_<recipe>_teacher_self_trained_by_<labeller's recipe>). A student whose teacher has only its committed small
 files on this machine trains the teacher again first (it needs its weights), and a noisy student's labeller before.
@@ -577,12 +577,6 @@ SELF_TRAINING_ARMS = {
     "default_with_unlabelled_mpnet_2x_teacher": SelfTrainingArm("mpnet", "teacher_2x", 42,
                                                                 "default_self_training_mpnet_2x_teacher",
                                                                 "-mpnet-2x-teacher", student_recipe="default"),
-    # the dropout-off teacher's arm with students and labelled-only runs both at twice the examples (38,400): at
-    # 19,200 the students, which see each of their rows about 1.3 times, were still rising at their last evaluation
-    "default_2x_with_unlabelled_mpnet_dropout0_teacher": SelfTrainingArm("mpnet", "lever_encoder_dropout0", 42,
-                                                                         "default_2x_self_training_mpnet_dropout0_teacher",
-                                                                         "-mpnet-dropout0-teacher",
-                                                                         student_recipe="default_2x"),
     # noisy student in the iterated sense (no noise beyond the recipe's own dropout): an MPNet teacher of MPNet's
     # default recipe (19,200 examples) trained on the 4,000 rows plus the unlabelled rows the 2x teacher is sure of;
     # every MPNet teacher on the 4,000 labels alone stopped at 0.907-0.908
@@ -591,6 +585,11 @@ SELF_TRAINING_ARMS = {
                                                                            "-mpnet-noisy-student",
                                                                            student_recipe="default",
                                                                            teacher_labeller="teacher_2x"),
+    # the noisy-student teacher's arm with students and labelled-only runs both at twice the examples (38,400): at
+    # 19,200 the students, which see each of their rows about 1.3 times, were still rising at their last evaluation
+    "default_2x_with_unlabelled_mpnet_noisy_student_teacher": SelfTrainingArm(
+        "mpnet", "lever_encoder_dropout0", 42, "default_2x_self_training_mpnet_noisy_student", "-mpnet-noisy-student",
+        student_recipe="default_2x", teacher_labeller="teacher_2x"),
 }
 
 

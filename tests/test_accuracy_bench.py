@@ -714,12 +714,12 @@ def test_the_2x_arm_compares_its_students_with_labelled_only_runs_at_twice_the_e
     pending = []
     out = bench.self_training(dirs, (train, validation), args_for(tmp_path), [("none",)], pending)
     config = "configs/accuracy/minilm-default-2x.yaml"
-    for key in ("default_2x_labelled_only", "default_2x_with_unlabelled_mpnet_dropout0_teacher"):
+    for key in ("default_2x_labelled_only", "default_2x_with_unlabelled_mpnet_noisy_student_teacher"):
         assert out[key]["config"] == config and out[key]["accuracy"] == [] and out[key]["examples_seen"] == 38_400
     assert out["default_labelled_only"]["accuracy"] == [0.90] * 3
     assert "minilm-default-2x-labelled4000-seed43" in pending
-    assert "minilm-default-2x-selftrain4000-mpnet-dropout0-teacher-seed44" in pending
-    only = bench.parse_only("minilm:default_2x_self_training_mpnet_dropout0_teacher:42,minilm:default_2x_self_training",
+    assert "minilm-default-2x-selftrain4000-mpnet-noisy-student-seed44" in pending
+    only = bench.parse_only("minilm:default_2x_self_training_mpnet_noisy_student:42,minilm:default_2x_self_training",
                             BOTH, True)
-    assert bench.selected(only, "minilm", "default_2x_self_training_mpnet_dropout0_teacher", 42)
+    assert bench.selected(only, "minilm", "default_2x_self_training_mpnet_noisy_student", 42)
     assert bench.selected(only, "minilm", "default_2x_self_training", 43)
