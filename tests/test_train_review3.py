@@ -6,10 +6,25 @@ by a callback at a fixed step, never raced against a timer."""
 
 from __future__ import annotations
 
+from safetensors.torch import load_file, save_file
+
 from conftest import one_line_error, signal_at_step, tiny_run_config, write_config
 from lorafit import runs
 from lorafit.config import load_config
 from lorafit.train import run_training
+
+
+def _self_training_config(tmp_path, tiny_roberta, train_file, unlabelled, teacher_dir):
+    """tmp_path/self.yaml: the 4-step tiny run with every row of `unlabelled` pseudo-labelled by teacher_dir."""
+    return write_config(
+        tmp_path / "self.yaml", name="self", output_dir=str(tmp_path / "runs"),
+        model={"name_or_path": str(tiny_roberta)}, lora={"r": 4, "alpha": 8, "target_modules": ["query", "value"]},
+        data={"train_file": str(train_file), "max_length": 32, "validation_size": 40, "max_train_samples": 64,
+              "unlabelled_file": str(unlabelled), "pseudo_label_teacher": str(teacher_dir),
+              "pseudo_label_threshold": 0.01},
+        train={"max_steps": 4, "eval_steps": 2, "batch_size": 8, "learning_rate": 1e-3, "precision": "fp32",
+               "report_to": "none"},
+    )
 
 
 def test_an_interrupted_run_keeps_its_checkpoint_under_save_total_limit_1(tmp_path, tiny_roberta, small_agnews):
@@ -58,15 +73,7 @@ def test_a_self_training_run_resumes_and_compares_its_labelled_rows(tmp_path, ti
     data.write_bytes(small_agnews.read_bytes())
     unlabelled = tmp_path / "unlabelled.csv"
     unlabelled.write_text("text\n" + "".join(f"news item number {i} about markets\n" for i in range(12)))
-    config = write_config(
-        tmp_path / "self.yaml", name="self", output_dir=str(tmp_path / "runs"),
-        model={"name_or_path": str(tiny_roberta)}, lora={"r": 4, "alpha": 8, "target_modules": ["query", "value"]},
-        data={"train_file": str(data), "max_length": 32, "validation_size": 40, "max_train_samples": 64,
-              "unlabelled_file": str(unlabelled), "pseudo_label_teacher": str(finished_tiny),
-              "pseudo_label_threshold": 0.01},
-        train={"max_steps": 4, "eval_steps": 2, "batch_size": 8, "learning_rate": 1e-3, "precision": "fp32",
-               "report_to": "none"},
-    )
+    config = _self_training_config(tmp_path, tiny_roberta, data, unlabelled, finished_tiny)
     result = run_training(load_config(config), extra_callbacks=[signal_at_step(1)])
     assert (result["status"], result["global_step"], result["train_rows"]) == ("interrupted", 2, 64 + 12), result
     capsys.readouterr()
@@ -77,3 +84,50 @@ def test_a_self_training_run_resumes_and_compares_its_labelled_rows(tmp_path, ti
     assert cli("train", config).code == 0
     result = runs.read_json(tmp_path / "runs" / "self" / runs.RESULT)
     assert (result["status"], result["resumed_from_step"], result["train_rows"]) == ("completed", 2, 64 + 12)
+
+
+def test_a_self_training_run_is_not_resumed_on_other_unlabelled_rows(tmp_path, tiny_roberta, small_agnews,
+                                                                     finished_tiny, cli, capsys):
+    """data.unlabelled_file was edited after the run was interrupted: the resume labelled the new rows, trained on
+    them from the checkpoint on and rewrote the manifest for them, with exit 0 (only the labelled rows were
+    compared). Now one line naming the file; the run resumes once the file is put back."""
+    unlabelled = tmp_path / "unlabelled.csv"
+    original = "text\n" + "".join(f"news item number {i} about markets\n" for i in range(12))
+    unlabelled.write_text(original)
+    config = _self_training_config(tmp_path, tiny_roberta, small_agnews, unlabelled, finished_tiny)
+    result = run_training(load_config(config), extra_callbacks=[signal_at_step(1)])
+    assert (result["status"], result["global_step"], result["train_rows"]) == ("interrupted", 2, 64 + 12), result
+    capsys.readouterr()
+    manifest = runs.read_json(tmp_path / "runs" / "self" / runs.MANIFEST)
+
+    unlabelled.write_text(original + "one more story about football\n")
+    one_line_error(cli("train", config), "checkpoint-2", "unlabelled rows", str(unlabelled), "--overwrite")
+    assert runs.read_json(tmp_path / "runs" / "self" / runs.MANIFEST) == manifest
+
+    unlabelled.write_text(original)
+    assert cli("train", config).code == 0
+    result = runs.read_json(tmp_path / "runs" / "self" / runs.RESULT)
+    assert (result["status"], result["resumed_from_step"], result["train_rows"]) == ("completed", 2, 64 + 12)
+
+
+def test_a_run_is_not_resumed_with_a_teacher_retrained_since(tmp_path, tiny_roberta, small_agnews, finished_copy,
+                                                             cli, capsys):
+    """The distillation teacher's adapter changed after the student was interrupted (retrained with --overwrite):
+    the resume predicted again with the new weights, trained the last steps toward other targets, and named the
+    new teacher in the manifest of a run whose first steps learned from the old one. Now one line naming the
+    teacher; the run resumes once its weights are put back."""
+    config = tiny_run_config(tmp_path, small_agnews, model=tiny_roberta,
+                             teacher=str(finished_copy), distill_weight=0.5)
+    result = run_training(load_config(config), extra_callbacks=[signal_at_step(1)])
+    assert (result["status"], result["global_step"]) == ("interrupted", 2), result
+    capsys.readouterr()
+
+    weights = finished_copy / runs.ADAPTER / runs.ADAPTER_WEIGHTS
+    saved = weights.read_bytes()
+    tensors = load_file(weights)
+    save_file({name: t * 1.5 for name, t in tensors.items()}, weights)
+    one_line_error(cli("train", config), "checkpoint-2", "teacher", str(finished_copy), "--overwrite")
+
+    weights.write_bytes(saved)
+    assert cli("train", config).code == 0
+    assert runs.read_json(tmp_path / "runs" / "tiny" / runs.RESULT)["resumed_from_step"] == 2

@@ -336,22 +336,37 @@ def _refuse_other_process_count(run_dir: Path, checkpoint: Path) -> None:
 
 
 def _refuse_other_data(run_dir: Path, checkpoint: Path, prepared: Prepared) -> None:
-    """A checkpoint resumes only on the rows it trained on, which the manifest's fingerprints name: the config
-    names the data files, not their rows, so an edited file resumed on other rows, and the manifest rewritten
-    for this session then named those for the whole run."""
+    """A checkpoint resumes only on the rows and teachers it trained with, which the manifest's fingerprints name:
+    the config names the data files and teacher folders, not their rows or weights, so an edited file (or a teacher
+    retrained since) resumed on other rows or targets, and the manifest rewritten for this session then named
+    those for the whole run."""
     try:
         manifest = runs.read_json(run_dir / runs.MANIFEST)
         data = manifest["data"]
         # a self-training run's training rows include the pseudo-labelled ones: its labelled rows are compared
         saved = {"training": data.get("labelled_train_fingerprint" if "pseudo_labels" in manifest else
-                                      "train_fingerprint"), "validation": data.get("eval_fingerprint")}
+                                      "train_fingerprint"), "validation": data.get("eval_fingerprint"),
+                 "unlabelled": data.get("unlabelled_fingerprint")}
+        saved_teachers = {section: [t["fingerprint"] for t in manifest[section]["teachers"]]
+                          for section in ("pseudo_labels", "distillation") if section in manifest}
     except (OSError, ValueError, AttributeError, KeyError, TypeError):  # no manifest to compare with
         return
-    for split, rows in (("training", prepared.train_data), ("validation", prepared.eval_data)):
-        if saved[split] is not None and saved[split] != rows.fingerprint():
-            raise UserError(f"{run_dir}'s {checkpoint.name} trained on other {split} rows than {rows.source} holds "
+    now = {"training": (prepared.train_data.source, prepared.train_data.fingerprint()),
+           "validation": (prepared.eval_data.source, prepared.eval_data.fingerprint())}
+    if prepared.unlabelled is not None:
+        now["unlabelled"] = (prepared.unlabelled.source, teacher.texts_fingerprint(prepared.unlabelled.texts))
+    for split, (source, fingerprint) in now.items():
+        if saved[split] is not None and saved[split] != fingerprint:
+            raise UserError(f"{run_dir}'s {checkpoint.name} trained on other {split} rows than {source} holds "
                             "now (the manifest's fingerprint differs): put that data back to resume it, or use "
                             "--overwrite to start over on this data")
+    distill_teachers, pseudo_teachers = teacher_folders(prepared.cfg, prepared.train_data.label_names)
+    for section, folders in (("pseudo_labels", pseudo_teachers), ("distillation", distill_teachers)):
+        for folder, fingerprint in zip(folders, saved_teachers.get(section, [])):
+            if teacher.teacher_fingerprint(folder) != fingerprint:
+                raise UserError(f"{run_dir}'s {checkpoint.name} learned from other weights of teacher {folder} than "
+                                "it holds now (the manifest's fingerprint differs): put that teacher back to resume "
+                                "it, or use --overwrite to start over with this one")
 
 
 def _saved_values(saved: Path, cfg: RunConfig) -> Any:
@@ -951,11 +966,13 @@ def write_manifest(prepared: Prepared, run_dir: Path, started: float, wall_secon
 
 def _labelled_fingerprint(prepared: Prepared) -> dict:
     """With self-training, the labelled rows' own fingerprint (train_fingerprint covers the pseudo-labelled rows
-    too): what a resume compares before any teacher labels a row (_refuse_other_data)."""
+    too) and the unlabelled candidates': what a resume compares before any teacher labels a row
+    (_refuse_other_data)."""
     pseudo = prepared.teacher_records.get("pseudo_labels")
     if not pseudo:
         return {}
-    return {"labelled_train_fingerprint": prepared.train_data.subset(range(pseudo["labelled_rows"])).fingerprint()}
+    return {"labelled_train_fingerprint": prepared.train_data.subset(range(pseudo["labelled_rows"])).fingerprint(),
+            "unlabelled_fingerprint": teacher.texts_fingerprint(prepared.unlabelled.texts)}
 
 
 def summarize(curve: list[dict], status: str, prepared: Prepared, state, train_seconds: float,
