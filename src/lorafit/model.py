@@ -152,6 +152,9 @@ def load_model_config(model_cfg: ModelConfig, label_names: Optional[list[str]] =
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
             label2id={name: i for i, name in enumerate(labels)},
+            # A checkpoint tuned for another task keeps its problem_type (multi-label: BCE, regression: MSE), which
+            # the new head would inherit: the first step failed on lorafit's one integer label per text.
+            problem_type="single_label_classification",
         )
     except (OSError, ValueError) as exc:
         raise _hub_error("model config", model_cfg.name_or_path, exc, model_cfg.revision) from None
@@ -296,6 +299,19 @@ def encoder_pooler(model: torch.nn.Module) -> Optional[str]:
     return f"{model.base_model_prefix}.pooler"
 
 
+def head_reads_another_token(model: torch.nn.Module) -> Optional[str]:
+    """Which token the classification head reads, where it is not the first (so mean pooling's hook would go
+    unread); None for the encoders' first-token and pooler heads."""
+    config = model.config
+    if isinstance(getattr(model, "score", None), torch.nn.Module):  # decoder models: GPT-2, LLaMA, Qwen, ...
+        return "the last non-padding token"
+    if config.is_encoder_decoder:  # BART, T5: the decoder's end-of-sequence token
+        return "the decoder's end-of-sequence token"
+    if getattr(config, "summary_type", "first") != "first":  # XLNet's sequence summary: the last token
+        return f"the token its summary_type '{config.summary_type}' picks"
+    return None
+
+
 def install_pooling(model: torch.nn.Module, pooling: str) -> torch.nn.Module:
     """Make the model read the sentence representation `pooling` names. 'cls' is the model as transformers built it.
 
@@ -307,6 +323,12 @@ def install_pooling(model: torch.nn.Module, pooling: str) -> torch.nn.Module:
     model.lorafit_pooling = pooling
     if pooling == "cls":
         return model
+    if getattr(model.config, "classifier_pooling", None) == "mean":
+        return model  # the head takes the masked mean itself (ModernBERT): the hook's mean would be averaged again
+    other_token = head_reads_another_token(model)
+    if other_token:
+        raise UserError(f"model.pooling: mean puts the mean in the first token, but {type(model).__name__}'s head "
+                        f"reads {other_token}; use model.pooling: cls")
     encoder = encoder_module(model)
     if encoder is None:
         raise UserError(f"model.pooling: mean needs a model with a separate encoder module; {type(model).__name__} "
