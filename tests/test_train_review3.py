@@ -1,5 +1,6 @@
 """Third review of lorafit.train: an interrupted run with train.save_total_limit 1 lost the checkpoint its
-result.json named; a checkpoint resumed without a word on a training or validation file edited since.
+result.json named; a checkpoint resumed without a word on a training, validation or unlabelled file edited since,
+or with a teacher retrained since.
 
 In-process runs of the tiny RoBERTa (4 steps, evaluation and checkpoint every 2); the interruption is a signal sent
 by a callback at a fixed step, never raced against a timer."""
