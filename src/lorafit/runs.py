@@ -23,12 +23,15 @@ import contextlib
 import hashlib
 import json
 import logging
+import lzma
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -166,6 +169,7 @@ def atomic_replace_dir(build, target: str | Path, check=None, locked_by_caller: 
         try:
             os.chmod(tmp, 0o777 & ~_umask())
             build(tmp)
+            _share_tree(tmp)
             _fsync_tree(tmp)
             if target.exists() or target.is_symlink():
                 os.replace(target, old)
@@ -197,6 +201,21 @@ def _remove_leftovers(target: Path) -> None:
         if pattern.fullmatch(path.name) and (path.is_dir() or path.name == old):  # mkdtemp makes folders
             log.warning("removing %s, left by an interrupted write of %s", path, target)
             _remove_path(path)
+
+
+def _share_tree(folder: Path) -> None:
+    """Give what build wrote the modes the umask gives new files and folders: safetensors writes its files owner-only
+    (0600), so a shared run folder's adapter (or an export) was unreadable to every other user who could read the
+    rest of it. Execute bits stay only where the build set one."""
+    umask = _umask()
+    for here, folders, files in os.walk(folder):
+        for name in folders + files:
+            path = os.path.join(here, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                continue  # chmod would change what the link points to
+            executable = stat.S_ISDIR(mode) or mode & 0o111
+            os.chmod(path, (0o777 if executable else 0o666) & ~umask)
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -256,13 +275,23 @@ def read_eval_curve(run_dir: str | Path) -> list[dict]:
         return []
     rows = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill; the next evaluation rewrites nothing before it
-        if isinstance(row, dict):
+        row = _curve_row(line)  # None: a line cut by a kill; the next evaluation rewrites nothing before it
+        if row is not None:
             rows.append(row)
     return rows
+
+
+def _curve_row(line: str) -> Optional[dict]:
+    """One eval_curve.jsonl line as its row, or None when it is none: not a JSON object, or a step that is no whole
+    number (a hand edit), which readers would compare with the other steps (a TypeError, not a damaged file)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(row, dict):
+        return None
+    step = row.get("step", 0)
+    return row if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def git_commit(start: Path) -> Optional[str]:
@@ -481,7 +510,11 @@ def _check_adapter(run_dir: Path, cfg) -> None:
             raise UserError(f"{adapter} has no {ADAPTER_WEIGHTS}; lorafit loads adapter weights from safetensors "
                             "only (a .bin file is a pickle); re-save the adapter with safe_serialization=True or retrain")
         raise RunFolderError(run_dir, f"{ADAPTER}/{ADAPTER_WEIGHTS}", "is missing")
-    problem = safetensors_problem(weights)
+    try:
+        problem = safetensors_problem(weights)
+    except OSError as exc:  # e.g. another user's private file: not damage, and no backup or retraining fixes it
+        raise RunFolderError(run_dir, f"{ADAPTER}/{ADAPTER_WEIGHTS}", f"cannot be read ({exc.strerror or exc})",
+                             "make it readable to you (chmod a+r, or ask its owner)") from None
     if problem:
         raise RunFolderError(run_dir, f"{ADAPTER}/{ADAPTER_WEIGHTS}", problem)
     _check_tokenizer_files(run_dir, adapter)
@@ -542,14 +575,12 @@ def check_eval_curve(run_dir: Path, finished: bool) -> list[dict]:
         raise RunFolderError(run_dir, EVAL_CURVE, "is not readable UTF-8 text") from None
     rows = []
     for number, line in enumerate(lines, 1):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            row = None
-        if isinstance(row, dict):
+        row = _curve_row(line)
+        if row is not None:
             rows.append(row)
         elif finished or number < len(lines):
-            raise RunFolderError(run_dir, EVAL_CURVE, f"line {number} is not a JSON object (truncated or overwritten)")
+            raise RunFolderError(run_dir, EVAL_CURVE, f"line {number} is not a JSON object with a whole-number step "
+                                 "(truncated or overwritten)")
     if finished and not any("accuracy" in row for row in rows):
         raise RunFolderError(run_dir, EVAL_CURVE, "holds no evaluation")
     return rows
@@ -613,7 +644,10 @@ def torch_archive_problem(path: Path) -> Optional[str]:
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError):
+    # zlib.error, NotImplementedError, LZMAError: a damaged header naming another compression method (one bit flip
+    # turns stored into deflate) makes zipfile decompress raw bytes
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError, NotImplementedError, zlib.error,
+            lzma.LZMAError):
         return "is not a readable torch archive (truncated or overwritten)"
     return f"is corrupt (checksum mismatch in {bad})" if bad else None
 
@@ -724,6 +758,9 @@ def writable_dir_check(folder: Path, need_bytes: int = 50 * 2**20, option: str =
     folder = Path(folder)
     probe_root = folder
     while not probe_root.exists() and probe_root != probe_root.parent:
+        if probe_root.is_symlink():  # mkdir cannot make a folder there (FileExistsError), nor through it
+            raise UserError(f"cannot write to {folder}: {probe_root} is a broken symbolic link (to "
+                            f"{os.readlink(probe_root)}); mount or create its target, or choose another {option}")
         probe_root = probe_root.parent
     if not probe_root.is_dir():
         raise UserError(f"cannot write to {folder}: {probe_root} is a file, not a folder; choose a writable {option}")
