@@ -48,6 +48,8 @@ def check_output(output: Path, run_dir: Path, overwrite: bool) -> None:
                         f"export to another folder, e.g. --output exports/{run_dir.name}")
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output} is a file; give a folder to create, e.g. --output exports/{run_dir.name}")
+    if output.is_dir():  # a run folder another process trains or evaluates: never swapped away from under it
+        locks.RunLock(output).refuse_if_held()
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         raise UserError(f"--output {output} already exists; add --overwrite to replace it, or choose another folder")
     runs.writable_dir_check(output.parent, need_bytes=2**20, option="--output")

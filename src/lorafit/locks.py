@@ -138,6 +138,8 @@ class RunLock:
         self.release()
 
     def acquire(self) -> "RunLock":
+        if self._fd is not None:  # held by this very object: refused as any second holder is, its hold kept
+            raise self._busy(read_lock(self.run_dir))
         deadline = time.monotonic() + self.wait_s
         while True:
             try:
@@ -152,10 +154,13 @@ class RunLock:
         try:
             with disk_errors_explained(self.run_dir):
                 self._fd = self._lock_file()
+            _HELD_HERE.add(self._key())
         except BaseException:
+            # also a Ctrl-C once the lock is taken (_fd was None on entry: acquire): `with RunLock(...)` never
+            # reaches __exit__ to release it
+            self.release()
             self._remove_created()
             raise
-        _HELD_HERE.add(self._key())
         return self
 
     def _key(self) -> str:

@@ -255,14 +255,16 @@ def run_folder_lock(run_dir: Path):
     """One writer per run folder, from before anything is written to it until the run ends. Rank 0 takes the lock
     for the whole job; the other ranks check, after it, that the holder is their own rank 0 (so a job refused on
     rank 0 is refused on every rank, rather than hanging)."""
-    lock = None
-    with main_process_first():
-        runs.writable_dir_check(run_dir)  # before the lock makes the folder: one line, not a permission traceback
-        if is_main_process():
-            lock = locks.RunLock(run_dir, job=_job_id()).acquire()
-        else:
-            locks.check_job_lock(run_dir, _job_id())
+    # Made before it is taken and released in the try around it all: a Ctrl-C (or a failed broadcast to the other
+    # ranks) once it is taken, before the run starts, must not leave it taken (release does nothing if never taken)
+    lock = locks.RunLock(run_dir, job=_job_id()) if is_main_process() else None
     try:
+        with main_process_first():
+            runs.writable_dir_check(run_dir)  # before the lock makes the folder: one line, not a permission traceback
+            if lock is not None:
+                lock.acquire()
+            else:
+                locks.check_job_lock(run_dir, _job_id())
         yield
     finally:
         if lock is not None:
