@@ -212,3 +212,22 @@ def logged_warnings(logger_name: str):
         yield messages
     finally:
         logger.removeHandler(handler)
+
+
+# Another process: takes the run folder's lock, says so, and holds it until its stdin closes
+_HOLD_LOCK = ("import sys; from lorafit import locks; locks.RunLock(sys.argv[1]).acquire(); print('locked', flush=True); "
+              "sys.stdin.read()")
+
+
+@contextmanager
+def lock_held_by_another_process(run_dir: Path):
+    """run_dir's lock held by a second process (not this one, which lorafit recognises as itself) for the block;
+    yields that process's pid."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(run_dir)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield holder.pid
+    finally:
+        holder.stdin.close()
+        holder.wait()

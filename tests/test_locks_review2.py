@@ -5,11 +5,8 @@ stdin."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
-from conftest import one_line_error
+from conftest import lock_held_by_another_process, one_line_error
 
 from lorafit import locks, train
 
@@ -64,10 +61,6 @@ def test_ctrl_c_inside_acquire_after_the_flock_leaves_no_lock(tmp_path, monkeypa
     assert _lock_is_free(run_dir)
 
 
-# Another process: takes the run folder's lock, says so, and holds it until its stdin closes
-HOLD_LOCK = "import sys; from lorafit import locks; locks.RunLock(sys.argv[1]).acquire(); print('locked', flush=True); sys.stdin.read()"
-
-
 def test_an_export_over_a_folder_that_another_process_trains_is_refused(cli, finished_copy, tmp_path):
     """`lorafit export RUN --output runs/other --overwrite` while another process trains runs/other. Before: the
     export took only its own lock (.other.lock) and swapped the live run's folder away (exit 0), so that run then
@@ -75,14 +68,8 @@ def test_an_export_over_a_folder_that_another_process_trains_is_refused(cli, fin
     other = tmp_path / "runs" / "other"
     other.mkdir(parents=True)
     (other / "config.yaml").write_text("name: other\n")
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(other)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_by_another_process(other) as pid:
         line = one_line_error(cli("export", finished_copy, "--output", other, "--overwrite"), str(other),
-                              f"process {holder.pid}")
+                              f"process {pid}")
         assert "wait for that run to finish" in line
         assert (other / "config.yaml").read_text() == "name: other\n"
-    finally:
-        holder.stdin.close()
-        holder.wait()

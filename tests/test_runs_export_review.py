@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import one_line_error
+from conftest import lock_held_by_another_process, one_line_error
 
 
 @pytest.fixture
@@ -74,26 +74,22 @@ def test_a_swap_that_fails_halfway_keeps_the_old_folder(tmp_path, monkeypatch):
 
 
 def test_a_run_still_training_or_stopped_is_not_called_damaged(cli, run, tmp_path):
-    from lorafit import locks
-
     shutil.rmtree(run / "adapter")  # training writes the adapter, then labels.json, only when it completes
     (run / "labels.json").unlink()
     result = json.loads((run / "result.json").read_text())
     (run / "result.json").write_text(json.dumps({**result, "status": "interrupted"}))
     line = one_line_error(cli("export", run, "--output", tmp_path / "out"), "no trained adapter", "lorafit train CONFIG")
     assert "damaged" not in line and "labels.json" not in line
-    with locks.RunLock(run):
-        one_line_error(cli("export", run, "--output", tmp_path / "out"), f"process {os.getpid()}", "holds its lock")
+    with lock_held_by_another_process(run) as pid:
+        one_line_error(cli("export", run, "--output", tmp_path / "out"), f"process {pid}", "holds its lock")
     assert not (tmp_path / "out").exists()
 
 
 def test_a_run_starting_is_not_called_no_run_folder(cli, tmp_path):
-    from lorafit import locks
-
     starting = tmp_path / "starting"  # a run whose lock is taken and whose config is not written yet
-    with locks.RunLock(starting):
+    with lock_held_by_another_process(starting) as pid:
         line = one_line_error(cli("export", starting, "--output", tmp_path / "out"), "no config.yaml yet",
-                         f"process {os.getpid()}")
+                              f"process {pid}")
         assert "not a lorafit run folder" not in line
     assert not (tmp_path / "out").exists()
 

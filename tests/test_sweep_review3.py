@@ -4,6 +4,8 @@ budget_policy fit, a config that was already trained is not trained again."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import optuna
@@ -135,3 +137,27 @@ def test_two_ranks_fitted_to_one_are_trained_once(tmp_path, tiny_roberta, small_
     assert first.user_attrs["r_fitted"]["r"] == second.user_attrs["r_fitted"]["r"]
     assert (out / "fit" / "trial-0000" / SWEEP_INFO).exists() and not (out / "fit" / "trial-0001").exists()
     assert run_sweep(sweep, output_dir=str(out)).ran == {}
+
+
+def test_a_finished_trial_whose_adapter_was_deleted_fails_that_trial_without_naming_its_own_worker(
+        tmp_path, tiny_roberta, small_agnews):
+    """A recreated study finds a trial's folder completed under its config, but its adapter/ deleted since: the
+    folder check raised 'has no trained adapter' as a plain UserError, which _ready_folder (catching damage only)
+    let escape the trial, and the line named the sweep worker itself as the process training the folder (it holds
+    that folder's lock while it checks it). Now that trial fails with the reason, the others run, nothing is
+    overwritten."""
+    sweep = write_sweep(tmp_path, "gone", base_config(tiny_roberta, small_agnews),
+                        grid={"mode": "one_at_a_time", "axes": {"lora.dropout": [0.0]}})
+    out = tmp_path / "runs"
+    assert run_sweep(sweep, output_dir=str(out)).ran == {"completed": 2}
+    sweep_dir = out / "gone"
+    shutil.rmtree(sweep_dir / "base" / runs.ADAPTER)
+    (sweep_dir / "optuna.db").unlink()
+
+    again = run_sweep(sweep, output_dir=str(out))
+    assert again.exit_code == 1 and again.ran == {"completed": 1, "failed": 1}, again
+    note = load_study(sweep_dir, "gone").trials
+    notes = [t.user_attrs.get("note", "") for t in note if t.state != TrialState.COMPLETE]
+    assert len(notes) == 1 and notes[0].startswith(f"{sweep_dir / 'base'} has no trained adapter"), notes
+    assert "holds its lock" not in notes[0] and str(os.getpid()) not in notes[0], notes
+    assert runs.read_json(sweep_dir / "base" / runs.RESULT)["status"] == "completed"  # left for the user

@@ -489,7 +489,9 @@ def _check_labels(run_dir: Path, cfg) -> list[str]:
 
 
 def _lock_note(run_dir: Path) -> str:
-    holder = writer_of(run_dir)
+    """Who trains the folder now, if another process does: not this one (a sweep worker checks a trial's folder
+    while it holds that folder's lock, and would name itself)."""
+    holder = None if held_here(run_dir) else writer_of(run_dir)
     return f" ({describe_holder(holder)} holds its lock: training it now)" if holder is not None else ""
 
 

@@ -293,7 +293,7 @@ class SweepRunner:
         """The trial's outcome if the folder holds it already (or is damaged); else the folder is made ready."""
         try:
             previous = _finished_result(run_dir, cfg)
-        except runs.RunFolderError as exc:  # a user's damaged folder: say so, never overwrite it
+        except UserError as exc:  # a user's damaged folder (or one without its adapter): say so, never overwrite it
             return TrialOutcome(FAILED, note=str(exc))
         if previous is not None:  # trained before under this name and config: never rerun a finished run
             return TrialOutcome(COMPLETED, previous.get("best_eval_accuracy"), "already in the folder")
