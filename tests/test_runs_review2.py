@@ -144,3 +144,16 @@ def test_unreadable_adapter_weights_are_one_line(cli, finished_copy, small_agnew
     result = cli("predict", finished_copy, "--input", small_agnews, "--output", tmp_path / "preds.csv")
     one_line_error(result, str(finished_copy), runs.ADAPTER_WEIGHTS, "Permission denied", "readable")
     assert not (tmp_path / "preds.csv").exists()
+
+
+def test_an_export_of_a_run_whose_curve_cannot_be_read_writes_its_card_without_the_curve(cli, finished_copy, tmp_path):
+    """export does not need the eval curve (only its model card shows it), yet an eval_curve.jsonl that could not be
+    read (here a folder in its place) crashed the export with a raw IsADirectoryError after the model had loaded.
+    Now the card leaves the curve out, as for a run that logged none."""
+    curve = finished_copy / runs.EVAL_CURVE
+    curve.unlink()
+    curve.mkdir()
+    out = tmp_path / "export"
+    assert cli("export", finished_copy, "--output", out).code == 0
+    card = (out / "README.md").read_text()
+    assert "## Recipe" in card and "## Evaluation curve" not in card

@@ -162,6 +162,14 @@ def _budget_section(budget: dict) -> list[str]:
     return lines + [""]
 
 
+def _readable_curve(run_dir: Path) -> list[dict]:
+    """The eval curve, or none where it cannot be read: export and evaluate do not need it, only the card shows it."""
+    try:
+        return runs.read_eval_curve(run_dir)
+    except OSError:
+        return []
+
+
 def _curve_section(curve: list[dict]) -> list[str]:
     rows = [row for row in curve if "accuracy" in row]
     if not rows:
@@ -267,7 +275,7 @@ def card_text(run_dir: str | Path, library: str = "peft") -> str:
         lines += _budget_section(manifest["trainable_params"])
     lines += ["## Recipe", "", "The resolved config (`lorafit train` this file to retrain):", "", "```yaml",
               config_text.rstrip("\n"), "```", ""]
-    lines += _curve_section(runs.read_eval_curve(run_dir))
+    lines += _curve_section(_readable_curve(run_dir))
     lines += _evaluation_section(evaluated)
     versions = manifest.get("versions")
     if versions:
