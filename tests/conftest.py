@@ -215,8 +215,8 @@ def logged_warnings(logger_name: str):
 
 
 # Another process: takes the run folder's lock, says so, and holds it until its stdin closes
-_HOLD_LOCK = ("import sys; from lorafit import locks; locks.RunLock(sys.argv[1]).acquire(); print('locked', flush=True); "
-              "sys.stdin.read()")
+_HOLD_LOCK = ("import sys; from lorafit import locks; locks.RunLock(sys.argv[1]).acquire(); "
+              "print('locked', flush=True); sys.stdin.read()")
 
 
 @contextmanager

@@ -1,6 +1,7 @@
 """Second review of runs.py (run folders): a hand-edited eval_curve.jsonl step, a bit flipped in a checkpoint's
-torch archive, the adapter's (and an export's) weights private to their owner in a shared folder, unreadable weights, and a run
-folder behind a broken symbolic link. Each test failed before its fix (see its docstring)."""
+torch archive, the adapter's (and an export's) weights private to their owner in a shared folder, unreadable
+weights, a run folder behind a broken symbolic link, and an unreadable curve in an export's model card. Each test
+failed before its fix (see its docstring)."""
 
 from __future__ import annotations
 
