@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 
 # Write failures a user fixes by freeing space, making the place writable or choosing another: one line, not a
 # traceback.
-_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+# EIO: the disk or network filesystem failed the write (or its fsync): the file is not saved, which is the user's to
+# know and fix, not a bug in lorafit to trace.
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}  # the others: a read-only disk or folder, where space is not the fix
 
 
@@ -44,7 +46,8 @@ def disk_errors_explained(path: Path):
     except OSError as exc:
         if exc.errno not in _DISK_ERRNOS:
             raise
-        fix = "free some space" if exc.errno in _FULL_ERRNOS else "make it writable"
+        fix = ("free some space" if exc.errno in _FULL_ERRNOS else
+               "check the disk (or the network filesystem)" if exc.errno == errno.EIO else "make it writable")
         raise UserError(f"cannot write {path}: {exc.strerror}; {fix} or write somewhere else "
                         "(nothing was half-written)") from None
 

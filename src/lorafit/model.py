@@ -273,6 +273,9 @@ def _mean_pooling_hook(module, args, kwargs, output):
     and so does the pooler output where there is one, so every head, whichever of the two it reads, reads the mean."""
     mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
     hidden = output[0]
+    if mask is not None and mask.shape[1] != hidden.shape[1]:  # an encoder that pools positions away
+        raise UserError(f"model.pooling: mean needs one hidden state per token, but {type(module).__name__} returns "
+                        f"{hidden.shape[1]} for {mask.shape[1]} tokens; use model.pooling: cls")
     mean = masked_mean(hidden, mask)
     # A new tensor rather than an in-place write: the encoder's own output stays intact for autograd.
     pooled_hidden = torch.cat([mean.unsqueeze(1), hidden[:, 1:]], dim=1)
@@ -312,6 +315,12 @@ def head_reads_another_token(model: torch.nn.Module) -> Optional[str]:
     return None
 
 
+def pools_the_sequence(model: torch.nn.Module) -> bool:
+    """Funnel Transformer pools the sequence between its blocks: fewer hidden states than mask positions, so no
+    masked mean. (Any other such encoder is stopped by _mean_pooling_hook's own check, at its first batch.)"""
+    return len(getattr(model.config, "block_sizes", None) or ()) > 1
+
+
 def install_pooling(model: torch.nn.Module, pooling: str) -> torch.nn.Module:
     """Make the model read the sentence representation `pooling` names. 'cls' is the model as transformers built it.
 
@@ -325,6 +334,9 @@ def install_pooling(model: torch.nn.Module, pooling: str) -> torch.nn.Module:
         return model
     if getattr(model.config, "classifier_pooling", None) == "mean":
         return model  # the head takes the masked mean itself (ModernBERT): the hook's mean would be averaged again
+    if pools_the_sequence(model):
+        raise UserError(f"model.pooling: mean needs one hidden state per token, but {type(model).__name__} pools "
+                        "the sequence between its blocks; use model.pooling: cls")
     other_token = head_reads_another_token(model)
     if other_token:
         raise UserError(f"model.pooling: mean puts the mean in the first token, but {type(model).__name__}'s head "

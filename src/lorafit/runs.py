@@ -266,7 +266,8 @@ def append_jsonl(path: str | Path, record: dict) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    # utf-8-sig: a file saved again by an editor that adds a byte-order mark (Notepad) is still the same JSON
+    return json.loads(Path(path).read_text(encoding="utf-8-sig"))
 
 
 def read_eval_curve(run_dir: str | Path) -> list[dict]:
