@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 import shutil
 from pathlib import Path
+from typing import Optional
 
 import pandas as pd
 import pytest
@@ -93,15 +94,17 @@ def write_config(path: Path, **sections) -> Path:
     return path
 
 
-def tiny_run_config(root: Path, small_agnews: Path, model=None, name: str = "tiny", **train) -> Path:
+def tiny_run_config(root: Path, small_agnews: Path, model=None, name: str = "tiny", data: Optional[dict] = None,
+                    **train) -> Path:
     """root/{name}.yaml: the 4-step tiny-RoBERTa run several tests train or resume (rank 4 on query and value, 64
-    rows, 40 carved for validation, fp32), into root/runs/{name}; `train` overrides train settings. Without `model`
-    the config names none: the test gives `--model`."""
+    rows, 40 carved for validation, fp32), into root/runs/{name}; `data` and `train` override those sections'
+    settings. Without `model` the config names none: the test gives `--model`."""
     return write_config(
         root / f"{name}.yaml", name=name, output_dir=str(root / "runs"),
         **({"model": {"name_or_path": str(model)}} if model else {}),
         lora={"r": 4, "alpha": 8, "target_modules": ["query", "value"]},
-        data={"train_file": str(small_agnews), "max_length": 32, "validation_size": 40, "max_train_samples": 64},
+        data={"train_file": str(small_agnews), "max_length": 32, "validation_size": 40, "max_train_samples": 64,
+              **(data or {})},
         train={"max_steps": 4, "eval_steps": 2, "batch_size": 8, "learning_rate": 1e-3, "logging_steps": 2,
                "precision": "fp32", **train},
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from safetensors.torch import load_file, save_file
 
-from conftest import one_line_error, signal_at_step, tiny_run_config, write_config
+from conftest import one_line_error, signal_at_step, tiny_run_config
 from lorafit import runs
 from lorafit.config import load_config
 from lorafit.train import run_training
@@ -17,15 +17,9 @@ from lorafit.train import run_training
 
 def _self_training_config(tmp_path, tiny_roberta, train_file, unlabelled, teacher_dir):
     """tmp_path/self.yaml: the 4-step tiny run with every row of `unlabelled` pseudo-labelled by teacher_dir."""
-    return write_config(
-        tmp_path / "self.yaml", name="self", output_dir=str(tmp_path / "runs"),
-        model={"name_or_path": str(tiny_roberta)}, lora={"r": 4, "alpha": 8, "target_modules": ["query", "value"]},
-        data={"train_file": str(train_file), "max_length": 32, "validation_size": 40, "max_train_samples": 64,
-              "unlabelled_file": str(unlabelled), "pseudo_label_teacher": str(teacher_dir),
-              "pseudo_label_threshold": 0.01},
-        train={"max_steps": 4, "eval_steps": 2, "batch_size": 8, "learning_rate": 1e-3, "precision": "fp32",
-               "report_to": "none"},
-    )
+    return tiny_run_config(tmp_path, train_file, model=tiny_roberta, name="self", report_to="none",
+                           data={"unlabelled_file": str(unlabelled), "pseudo_label_teacher": str(teacher_dir),
+                                 "pseudo_label_threshold": 0.01})
 
 
 def test_an_interrupted_run_keeps_its_checkpoint_under_save_total_limit_1(tmp_path, tiny_roberta, small_agnews):
