@@ -183,8 +183,10 @@ def test_failure_during_predict_leaves_no_partial_csv(had_old_file, monkeypatch,
 
 
 def test_write_failure_keeps_the_old_file_and_no_temporary(monkeypatch, tmp_path):
-    """A crash between writing the temporary file and the rename: the old content stays, the temporary goes."""
+    """A failed rename (an I/O error) after the temporary file was written: the old content stays, the temporary
+    goes, and the error is the one-line disk error."""
     from lorafit import runs
+    from lorafit.errors import UserError
 
     target = tmp_path / "result.json"
     runs.atomic_write_json(target, {"status": "old"})
@@ -193,7 +195,7 @@ def test_write_failure_keeps_the_old_file_and_no_temporary(monkeypatch, tmp_path
         raise OSError(5, "simulated I/O error at rename")
 
     monkeypatch.setattr(runs.os, "replace", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match="simulated I/O error at rename; check the disk"):
         runs.atomic_write_json(target, {"status": "new", "big": "x" * 100_000})
     assert json.loads(target.read_text()) == {"status": "old"}
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]

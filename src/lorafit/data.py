@@ -128,18 +128,53 @@ def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
     limit = csv.field_size_limit()
     csv.field_size_limit(sys.maxsize)  # csv's default 128 KiB per field refuses texts pandas reads
     try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            records = [not record for record in csv.reader(handle, delimiter=sep)]  # True: an empty line
+        records, header_names = _scan_records(path, sep)  # records: True for an empty line
     except csv.Error:  # the two parsers disagree on this file: pandas' own reading
         return read()
     finally:
         csv.field_size_limit(limit)
+    _check_header_names(path, header_names)
     # Empty lines before the header are skipped too: else pandas took the first one for a header of no columns
     header = next((i for i, empty in enumerate(records) if not empty), 0)
     frame, records = read(skip_blank_lines=False, skiprows=header), records[header + 1:]
     if len(records) != len(frame):
         return read()
     return frame[~np.array(records, dtype=bool)].reset_index(drop=True)
+
+
+def _scan_records(path: Path, sep: str) -> tuple[list[bool], list[str]]:
+    """Whether each record is an empty line, and the header's names (the first other record). utf-8-sig: a BOM is no
+    part of the first line (a BOM and then an empty line read as a header of no columns). strict: text after a
+    closing quote ("Title" and more, or a text that opens a quote it never closes) is refused: pandas dropped those
+    quotes, or read every line up to the next quote, tabs and line ends included, as that one text, so the rows in
+    between were lost without a word."""
+    records, header = [], []
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle, delimiter=sep, strict=True)
+        while True:
+            line = reader.line_num + 1
+            try:
+                record = next(reader)
+            except StopIteration:
+                return records, header
+            except csv.Error as exc:
+                if "expected after" not in str(exc):
+                    raise
+                writer = "to_csv(sep='\\t')" if sep == "\t" else "to_csv"
+                raise UserError(f"{path}: the record at line {line} has text after a closing quote, so its quotes "
+                                "would be dropped or the rows up to the next quote read as one text; quote that "
+                                f"whole text and double the quotes in it (\"\"\"Title\"\" and more\"), as pandas' "
+                                f"{writer} writes it") from None
+            header = header or record
+            records.append(not record)
+
+
+def _check_header_names(path: Path, names: list[str]) -> None:
+    """pandas renames a repeated column name (text, text.1) and the first was used without a word. Empty names are
+    left to pandas, which names them apart (Unnamed: 2) and nobody selects them."""
+    duplicated = sorted({n for i, n in enumerate(names) if n and n in names[:i]})
+    if duplicated:
+        raise UserError(f"{path} has several columns named {', '.join(map(repr, duplicated))}; rename them apart")
 
 
 def _read_csv(path: Path, sep: str, **options) -> pd.DataFrame:
@@ -246,6 +281,10 @@ def load_hub_split(dataset: str, config_name: Optional[str], split: str, label_c
         ds = datasets.load_dataset(dataset, config_name, split=split)
     except Exception as exc:  # datasets raises many types for network and naming problems
         raise _hub_dataset_error(dataset, config_name, split, exc, local_instead) from None
+    if len(ds) == 0:  # a slice past the end (test[8000:]): evaluate failed on sklearn's traceback, train on the carve
+        config = f" config '{config_name}'" if config_name else ""
+        raise UserError(f"dataset '{dataset}'{config} split '{split}' has no rows; give a split or slice that "
+                        f"holds rows (e.g. {dataset}:{split.split('[', 1)[0]}[:100])")
     # Only the label column's own names: a dataset may hold other ClassLabel columns (TREC: coarse and fine labels)
     feature = ds.features.get(label_column) if label_column else None
     # As text: ClassLabel takes any names (names=[1, 2, 3]), and class names are text everywhere else (labels.json)
