@@ -46,8 +46,8 @@ def check_teachers(value, label_names: Optional[list[str]], setting: str) -> lis
     """The run folders a teacher setting names, each a finished run with exactly the student's labels (in order;
     label_names None: the labels are not known yet and not compared).
 
-    Cheap: reads JSON/YAML and the teacher's base model config.json, and looks for its weights without reading
-    them, so a bad teacher fails before the student's run folder exists."""
+    Cheap: reads JSON/YAML, the teacher's base model config.json and its adapter weights (small), and looks for
+    the base model's weights without reading them, so a bad teacher fails before the student's run folder exists."""
     from lorafit.model import load_model_config
 
     folders = []
@@ -65,8 +65,32 @@ def check_teachers(value, label_names: Optional[list[str]], setting: str) -> lis
         if label_names is not None and checked.labels != [str(n) for n in label_names]:
             raise UserError(f"{setting}: {run_dir} was trained on labels {checked.labels}, but this run's are "
                             f"{list(label_names)}; a teacher must have the same labels in the same order")
+        diverged = _non_finite_weights(run_dir / runs.ADAPTER / runs.ADAPTER_WEIGHTS)
+        if diverged:
+            raise UserError(f"{setting}: {run_dir} diverged: its adapter weights hold NaN or infinite values "
+                            f"({diverged}), so it predicts NaN and would teach nothing; give another teacher, "
+                            "or retrain it with a lower learning rate")
         folders.append(run_dir)
     return folders
+
+
+def _non_finite_weights(weights: Path) -> Optional[str]:
+    """The first adapter tensor holding NaN or inf, and how many do. A run that diverged saves such weights and
+    completes; as a teacher it made every distilled student's loss NaN (exit 0) and let no pseudo-label join."""
+    stat = weights.stat()
+    names = _non_finite_tensors(str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
+    if not names:
+        return None
+    return names[0] + (f" and {len(names) - 1} more" if len(names) > 1 else "")
+
+
+@functools.lru_cache(maxsize=64)
+def _non_finite_tensors(path: str, size: int, mtime_ns: int) -> tuple[str, ...]:
+    """Kept per process by (path, size, mtime): a run checks its teachers several times (prepare, resume, targets)."""
+    from safetensors.torch import load_file
+
+    return tuple(name for name, tensor in load_file(path).items()
+                 if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()))
 
 
 def _missing_base_weights(name: str, revision: Optional[str]) -> Optional[str]:
@@ -346,6 +370,7 @@ def read_unlabelled(cfg: DataConfig, validation_texts: list[str]) -> Unlabelled:
     texts = join_texts(frame, columns, cfg.text_separator, f"data.unlabelled_file {source}", allow_empty=True,
                        fix=f"rename its text column to {wanted} (data.text_columns names the training data's "
                            "columns too)")
+    _refuse_invalid_unicode(texts, source)
     held_out = {t.strip() for t in validation_texts}
     kept, empty, overlap = [], 0, 0
     for text in texts:
@@ -360,6 +385,24 @@ def read_unlabelled(cfg: DataConfig, validation_texts: list[str]) -> Unlabelled:
                         f"and {overlap} are validation texts; give a file of other texts, or remove "
                         "data.unlabelled_file")
     return Unlabelled(source, kept, len(texts), empty, overlap)
+
+
+def _refuse_invalid_unicode(texts: list[str], source: str) -> None:
+    """A text holding a lone surrogate (half of an emoji's pair, from a pickle of cut text) cannot be encoded: it
+    crashed the teacher pass with a raw UnicodeEncodeError after the run folder was written."""
+    broken = [i for i, text in enumerate(texts) if not _encodable(text)]
+    if broken:
+        raise UserError(f"data.unlabelled_file {source} has invalid Unicode (a lone surrogate, half of an emoji's "
+                        f"pair) in {len(broken)} of its {len(texts)} rows, the first at row {broken[0]}; re-save "
+                        "those texts as valid text, e.g. text.encode('utf-8', 'replace').decode('utf-8')")
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def select_pseudo_labels(unlabelled: Unlabelled, log_probs: np.ndarray, threshold: float,
@@ -452,8 +495,9 @@ def report_pseudo_labels(record: dict, ceiling: Optional[float]) -> None:
                     "row joined; lower data.pseudo_label_threshold, or set data.pseudo_label_balance false",
                     record["balanced_by"], threshold)
     if ceiling is not None and threshold >= ceiling:
-        # 0.15 under the ceiling (0.7 for its usual 0.925), not below 0.5, and never one that is not lower
-        lower = max(0.5, np.floor((ceiling - 0.15) * 10) / 10)
+        # 0.15 under the ceiling (0.7 for its usual 0.925), not below 0.5, and never one that is not lower; rounded
+        # before the floor: (0.95 - 0.15) * 10 is 7.999999999999999, which suggested 0.7 to a binary teacher, not 0.8
+        lower = max(0.5, np.floor(round((ceiling - 0.15) * 10, 9)) / 10)
         example = f" (e.g. {lower:g})" if lower < threshold else ""
         log.warning("data.pseudo_label_threshold %g is at or above %.3f, the top probability the teachers' label "
                     "smoothing trains them to give: only %d of %d unlabelled rows joined; lower it%s or use "
