@@ -126,3 +126,24 @@ def test_a_run_is_not_resumed_with_a_teacher_retrained_since(tmp_path, tiny_robe
     weights.write_bytes(saved)
     assert cli("train", config).code == 0
     assert runs.read_json(tmp_path / "runs" / "tiny" / runs.RESULT)["resumed_from_step"] == 2
+
+
+def test_a_damaged_teacher_list_still_compares_the_data(tmp_path, tiny_roberta, small_agnews, finished_tiny, cli,
+                                                        capsys):
+    """A hand-damaged `pseudo_labels.teachers` in the manifest made the resume skip every comparison, the data's
+    fingerprints included: an edited unlabelled file resumed with exit 0. Only the teachers' comparison is skipped
+    now."""
+    unlabelled = tmp_path / "unlabelled.csv"
+    original = "text\n" + "".join(f"news item number {i} about markets\n" for i in range(12))
+    unlabelled.write_text(original)
+    config = _self_training_config(tmp_path, tiny_roberta, small_agnews, unlabelled, finished_tiny)
+    result = run_training(load_config(config), extra_callbacks=[signal_at_step(1)])
+    assert (result["status"], result["global_step"]) == ("interrupted", 2), result
+    capsys.readouterr()
+    manifest_path = tmp_path / "runs" / "self" / runs.MANIFEST
+    manifest = runs.read_json(manifest_path)
+    manifest["pseudo_labels"]["teachers"] = "damaged"
+    runs.atomic_write_json(manifest_path, manifest)
+
+    unlabelled.write_text(original + "one more story about football\n")
+    one_line_error(cli("train", config), "checkpoint-2", "unlabelled rows", str(unlabelled))

@@ -349,10 +349,9 @@ def _refuse_other_data(run_dir: Path, checkpoint: Path, prepared: Prepared) -> N
         saved = {"training": data.get("labelled_train_fingerprint" if "pseudo_labels" in manifest else
                                       "train_fingerprint"), "validation": data.get("eval_fingerprint"),
                  "unlabelled": data.get("unlabelled_fingerprint")}
-        saved_teachers = {section: [t["fingerprint"] for t in manifest[section]["teachers"]]
-                          for section in ("pseudo_labels", "distillation") if section in manifest}
     except (OSError, ValueError, AttributeError, KeyError, TypeError):  # no manifest to compare with
         return
+    saved_teachers = _saved_teacher_fingerprints(manifest)
     now = {"training": (prepared.train_data.source, prepared.train_data.fingerprint()),
            "validation": (prepared.eval_data.source, prepared.eval_data.fingerprint())}
     if prepared.unlabelled is not None:
@@ -369,6 +368,18 @@ def _refuse_other_data(run_dir: Path, checkpoint: Path, prepared: Prepared) -> N
                 raise UserError(f"{run_dir}'s {checkpoint.name} learned from other weights of teacher {folder} than "
                                 "it holds now (the manifest's fingerprint differs): put that teacher back to resume "
                                 "it, or use --overwrite to start over with this one")
+
+
+def _saved_teacher_fingerprints(manifest: dict) -> dict:
+    """{"pseudo_labels" | "distillation": the teachers' fingerprints} as the manifest names them. A section whose
+    teacher list is damaged is skipped alone: the data fingerprints beside it are still compared."""
+    saved = {}
+    for section in ("pseudo_labels", "distillation"):
+        try:
+            saved[section] = [t["fingerprint"] for t in manifest[section]["teachers"]]
+        except (KeyError, TypeError):
+            continue
+    return saved
 
 
 def _saved_values(saved: Path, cfg: RunConfig) -> Any:
