@@ -287,8 +287,12 @@ def check_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Optional[str
     if saved.exists() and not _same_saved_config(saved, cfg):
         raise UserError(f"{run_dir} holds a run with a different config{_config_differences(saved, cfg)}; "
                         "use another --name, or --overwrite to replace it")
-    if (_resumable_json(run_dir, runs.RESULT) or {}).get("status") == "completed":
+    saved_status = (_resumable_json(run_dir, runs.RESULT) or {}).get("status")
+    if saved_status == "completed":
         raise UserError(f"{run_dir} already holds a finished run; use another --name, or --overwrite to replace it")
+    if saved_status == "diverged":
+        raise UserError(f"{run_dir} holds a run that diverged (NaN weights, nothing to resume); lower "
+                        "train.learning_rate and use --overwrite to start over, or use another --name")
     _resumable_json(run_dir, runs.MANIFEST)
     _resumable_curve(run_dir)
     checkpoint = last_complete_checkpoint(run_dir / runs.CHECKPOINTS)
@@ -592,6 +596,25 @@ class EvalCurveCallback(TrainerCallback):
               f"val loss {row.get('loss', float('nan')):.4f}", file=sys.stderr, flush=True)
 
 
+def _finite_loss(loss) -> bool:
+    """A validation loss that is a finite number (None, no loss reported: nothing says otherwise)."""
+    return loss is None or bool(np.isfinite(loss))
+
+
+class StopOnNonFiniteLoss(TrainerCallback):
+    """Stop at the first evaluation whose validation loss is NaN or infinite: the weights have diverged and never
+    come back (every later step trains NaN on), so the steps left would only spend time. The Trainer then restores
+    the best checkpoint as usual, which is the last good one where one was evaluated before."""
+
+    def __init__(self):
+        self.diverged_at: Optional[int] = None
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not _finite_loss((metrics or {}).get("eval_loss")) and self.diverged_at is None:
+            self.diverged_at = state.global_step
+            control.should_training_stop = True
+
+
 class FinalEvaluationCallback(TrainerCallback):
     """Evaluate and checkpoint at the last step too, so 'final' metrics exist whatever eval_steps is."""
 
@@ -732,6 +755,14 @@ class ResumableTrainer(Trainer):
             self.control.should_training_stop = True
             return None
         return super()._run_epoch(*args, **kwargs)
+
+    def _determine_best_metric(self, metrics, trial):
+        # An evaluation of diverged weights (NaN or infinite validation loss) is never the best checkpoint, whatever
+        # its accuracy: NaN logits all argmax to class 0, which outscored a finite step (0.275 against 0.25 in a test)
+        # and was restored as the adapter. StopOnNonFiniteLoss ends training at that evaluation.
+        if not _finite_loss(metrics.get("eval_loss")):
+            return False
+        return super()._determine_best_metric(metrics, trial)
 
     def _finalize_training(self, *args, **kwargs):
         # save_total_limit 1: as training ends the Trainer deletes every checkpoint but the best, so a run stopped
@@ -996,7 +1027,8 @@ def summarize(curve: list[dict], status: str, prepared: Prepared, state, train_s
     steps in another process, whose time is not in train_seconds).
     """
     evals = [row for row in curve if "accuracy" in row]
-    best = max(evals, key=lambda row: (row["accuracy"], -row["step"])) if evals else {}
+    finite = [row for row in evals if _finite_loss(row.get("loss"))]  # a diverged evaluation is never the best
+    best = max(finite, key=lambda row: (row["accuracy"], -row["step"])) if finite else {}
     final = max(evals, key=lambda row: row["step"]) if evals else {}
     eval_seconds = sum(row.get("runtime", 0.0) for row in evals if row["step"] > resumed_from_step)
     pure_train_seconds = max(train_seconds - eval_seconds, 1e-9)
@@ -1115,8 +1147,9 @@ def _train_in_locked_folder(prepared: Prepared, resume: bool, overwrite: bool, e
     if is_main_process():
         write_manifest(prepared, run_dir, started, None)
 
-    interrupt = GracefulInterrupt()
+    interrupt, divergence = GracefulInterrupt(), StopOnNonFiniteLoss()
     trainer = build_trainer(prepared, model, run_dir, interrupt, _checkpoint_step(checkpoint) if checkpoint else 0)
+    trainer.add_callback(divergence)
     for callback in extra_callbacks or []:
         trainer.add_callback(callback)
     interrupt.install()
@@ -1130,8 +1163,19 @@ def _train_in_locked_folder(prepared: Prepared, resume: bool, overwrite: bool, e
     # A signal that came after the last step, or in the step whose evaluation stopped training early, did not cut
     # training short: the run is complete.
     status = "interrupted" if interrupt.stopped_training and not trainer.early_stopped() else "completed"
+    if divergence.diverged_at is not None and status == "completed" and not _finite_trainable(trainer.model):
+        status = "diverged"  # no evaluation before the divergence left finite weights to restore
     result = summarize(runs.read_eval_curve(run_dir), status, prepared, trainer.state, train_seconds,
                        time.time() - started, trainable, _checkpoint_step(checkpoint) if checkpoint else 0)
+    if divergence.diverged_at is not None:
+        result["diverged_at_step"] = divergence.diverged_at
+    if status == "diverged":
+        _end_diverged_run(prepared, run_dir, started, result)
+    if divergence.diverged_at is not None and status == "completed" and is_main_process():
+        log.warning("validation loss became %s at step %d: training stopped there, and the adapter is the best "
+                    "checkpoint's (step %s, accuracy %.4f); a lower train.learning_rate (now %g) may train further",
+                    result["final_eval_loss"], divergence.diverged_at, result["best_step"],
+                    result["best_eval_accuracy"], prepared.cfg.train.learning_rate)
     if status == "interrupted":
         result["signal"] = signal.Signals(interrupt.stop_signal).name
         result["resume_from"] = str(Path(runs.CHECKPOINTS) / f"checkpoint-{trainer.state.global_step}")
@@ -1153,6 +1197,25 @@ def _train_in_locked_folder(prepared: Prepared, resume: bool, overwrite: bool, e
         # all the same. Not in result.json: a caller that would go on (a sweep's next trial) stops instead.
         result["stop_exit_code"] = 128 + interrupt.signal_received
     return result
+
+
+def _finite_trainable(model) -> bool:
+    """Whether every trainable weight (LoRA and head) is a finite number."""
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
+
+
+def _end_diverged_run(prepared: Prepared, run_dir: Path, started: float, result: dict) -> None:
+    """A run whose weights diverged before its first evaluation: result.json says so (status
+    'diverged', the curve shows where), no adapter is saved, and the checkpoints go, since each holds NaN weights that
+    a resume, or a sweep's retry, would only train on. Then a one-line error."""
+    if is_main_process():
+        shutil.rmtree(run_dir / runs.CHECKPOINTS, ignore_errors=True)
+        write_manifest(prepared, run_dir, started, time.time() - started)
+        runs.atomic_write_json(run_dir / runs.RESULT, result)
+    _wait_for_every_rank()
+    raise UserError(f"training diverged: the validation loss was {result['final_eval_loss']} at step "
+                    f"{result['diverged_at_step']}, its first evaluation, so no weights are worth keeping; lower "
+                    f"train.learning_rate (now {prepared.cfg.train.learning_rate:g}) and train again with --overwrite")
 
 
 def _trainable_as_budgeted(model, prepared: Prepared) -> int:
