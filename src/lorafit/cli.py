@@ -240,6 +240,14 @@ def _path_argument(text: str) -> str:
     return _user_path(text)
 
 
+def _column_argument(text: str) -> str:
+    """argparse's type for a column name: blank refused. `predict --text-column "$UNSET"` predicted the run's own
+    text columns, exit 0, as if the option had not been given."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is blank; give a column name")
+    return text
+
+
 def _positive_int(text: str) -> int:
     """--n-trials: 0 or less ran no trial and exited 0 as if the sweep were done."""
     try:
@@ -345,8 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=_path_argument)
     p.add_argument("--input", required=True, type=_path_argument, help=".csv .tsv .jsonl .json .parquet, or .pkl with --trust-pickle")
     p.add_argument("--output", required=True, type=_path_argument, help="CSV to write")
-    p.add_argument("--id-column", help="column to use as ID (default: row position 0..N-1)")
-    p.add_argument("--text-column", help="text column (default: the run's text columns, else 'text')")
+    p.add_argument("--id-column", type=_column_argument, help="column to use as ID (default: row position 0..N-1)")
+    p.add_argument("--text-column", type=_column_argument, help="text column (default: the run's text columns, else 'text')")
     p.add_argument("--probabilities", action="store_true", help="add one prob_<class> column per class")
     p.add_argument("--trust-pickle", action="store_true", help="allow a pickle input (it can run code: only for files you trust)")
     p.add_argument("--batch-size", type=int)

@@ -302,11 +302,13 @@ def class_ids_as_names(frame: pd.DataFrame, column: str, class_names: Optional[l
     """A ClassLabel column's integer labels (a Hub split, a pickled Dataset) are ids in its own class list, and the
     run's ids follow its labels.json, whose order can differ: a run trained on a CSV of text labels has them sorted
     (Business, Sci/Tech, Sports, World), fancyzhx/ag_news lists World, Sports, Business, Sci/Tech, and ids read as
-    positions scored every row against the wrong class without a word. With the same class names the labels are
-    matched by name; otherwise (a run trained on ids, labels.json 0..K-1) ids stay ids, and ids outside the class
-    list are left for encode_labels to refuse."""
+    positions scored every row against the wrong class without a word. Where the lists share only some classes (a
+    split filtered to some classes keeps all its names; a run trained on some of them) the labels are matched by
+    name too, and a class the run lacks is left for encode_labels to refuse. Otherwise (a run trained on ids,
+    labels.json 0..K-1; unrelated names) ids stay ids, and ids outside the class list are left for encode_labels
+    to refuse."""
     if not class_names or not run_names or list(class_names) == list(run_names) \
-            or sorted(class_names) != sorted(run_names):
+            or not _same_classes_by_name(class_names, run_names):
         return frame
     if column not in frame or not all(isinstance(v, (int, np.integer)) and 0 <= v < len(class_names)
                                       for v in frame[column]):
@@ -314,6 +316,15 @@ def class_ids_as_names(frame: pd.DataFrame, column: str, class_names: Optional[l
     named = frame.copy()
     named[column] = [class_names[v] for v in frame[column]]
     return named
+
+
+def _same_classes_by_name(class_names: list[str], run_names: list[str]) -> bool:
+    """Whether a ClassLabel's ids should be read through their names: the same classes, or some classes in common
+    where the run's classes are names (a run trained on ids has 0..K-1, which name none of a dataset's classes)."""
+    classes, run = set(class_names), set(run_names)
+    if classes == run:
+        return True
+    return list(run_names) != [str(i) for i in range(len(run_names))] and bool(classes & run)
 
 
 def _check_columns(frame: pd.DataFrame, columns: list[str], source: str, role: str, setting: str,

@@ -109,8 +109,21 @@ def load_eval_data(spec: str, run, trust_pickle: bool = False) -> tuple[Labelled
         source, name = spec, re.sub(r"[^\w.-]+", "_", "-".join(parts))
     else:
         raise UserError(f"--data {spec}: no such file; give a file path or a Hub split as {HUB_SPEC_FORMS}")
+    check_run_columns(frame, cfg.data, source)
     data = labelled_from_frame(frame, cfg.data, len(run.label_names), source, run.label_names)
     return data, name
+
+
+def check_run_columns(frame, data_cfg, source: str) -> None:
+    """The columns the run was trained on, refused in evaluate's own words: training's message said to name others
+    with data.text_columns or data.label_column, settings evaluate does not take."""
+    for role, setting, columns in (("text", "data.text_columns", data_cfg.text_columns),
+                                   ("label", "data.label_column", [data_cfg.label_column])):
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise UserError(f"{source} has no {role} column {', '.join(map(repr, missing))} (the run's {setting}); "
+                            f"available: {', '.join(map(str, frame.columns))}; rename the column in the data: "
+                            "evaluate reads the columns the run was trained on")
 
 
 def _source_id(spec: str) -> str:
@@ -142,6 +155,9 @@ EVALUATION_LOCK_WAIT_S = 30  # another evaluation's writes take well under a sec
 def evaluate_run(run_dir: str | Path, data_spec: str, model_path: Optional[str] = None, quantize: str = "none",
                  trust_pickle: bool = False) -> dict:
     run = load_run(run_dir, model_path, quantize)
+    out_dir = run.run_dir / "evaluation"
+    if out_dir.exists() and not out_dir.is_dir():  # else a raw FileExistsError, after every row was predicted
+        raise UserError(f"{out_dir} is a file, where evaluate writes its scores; move it away and run this again")
     data, name = load_eval_data(data_spec, run, trust_pickle)
     probs = predict_probabilities(run.model, run.tokenizer, data.texts, run.cfg.data.max_length, run.batch_size,
                                   bf16=run.bf16, progress="evaluating", pad_to_multiple_of=run.pad_multiple)
@@ -151,7 +167,6 @@ def evaluate_run(run_dir: str | Path, data_spec: str, model_path: Optional[str] 
     if quantize != "none":  # scored apart, so a quantized check never overwrites the model's own numbers
         metrics["quantize"] = quantize
         name = f"{name}-{quantize}"
-    out_dir = run.run_dir / "evaluation"
     # Written under the folder's lock, and only into the run that was scored: not beside a training run, not into
     # a folder retrained meanwhile (train --overwrite). Another evaluation writing its scores is waited for.
     with locks.RunLock(run.run_dir, wait_s=EVALUATION_LOCK_WAIT_S, scores_only=True):
