@@ -155,7 +155,9 @@ def test_unlabelled_rows_skipped_as_empty_or_validation_texts_are_warned_about(t
 
 def test_a_threshold_equal_to_a_binary_teachers_smoothing_target_is_warned_about(tmp_path):
     """Label smoothing 0.1 on 2 classes trains a teacher toward 0.95, but 1 - 0.1 + 0.1/2 is 0.9500000000000001 in
-    floats: a threshold of 0.95, at the ceiling, was taken as below it and the warning never came."""
+    floats: a threshold of 0.95, at the ceiling, was taken as below it and the warning never came. The threshold it
+    suggests is 0.15 under the ceiling, floored to a tenth: 0.8 ((0.95 - 0.15) * 10 is 7.999999999999999 in floats,
+    so it said "e.g. 0.7"; third review)."""
     (tmp_path / "smoothed").mkdir()
     (tmp_path / "smoothed" / runs.CONFIG).write_text("train:\n  label_smoothing: 0.1\n")
     ceiling = teacher.smoothing_target([tmp_path / "smoothed"], 2)
@@ -165,6 +167,7 @@ def test_a_threshold_equal_to_a_binary_teachers_smoothing_target_is_warned_about
     with logged_warnings("lorafit.teacher") as warnings:
         teacher.report_pseudo_labels(record, ceiling)
     assert len(warnings) == 1 and "0.95 is at or above 0.950" in warnings[0], warnings
+    assert "lower it (e.g. 0.8) or" in warnings[0], warnings
     with logged_warnings("lorafit.teacher") as warnings:  # just under it: nothing to say
         teacher.report_pseudo_labels({**record, "threshold": 0.9499}, ceiling)
     assert warnings == []

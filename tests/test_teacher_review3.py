@@ -1,7 +1,8 @@
 """Third review of lorafit.teacher and its callers in train.py: a teacher run that diverged (NaN adapter weights)
-taught NaN to its students with exit 0; the lower threshold suggested for a binary teacher's label-smoothing
-ceiling was 0.1 too low; an unlabelled pickle with a lone surrogate crashed after the run folder was written.
-Earlier reviews' cases are in tests/test_teacher_review.py and test_teacher_review2.py."""
+taught NaN to its students with exit 0; an unlabelled pickle with a lone surrogate crashed after the run folder
+was written. (The lower threshold suggested for a binary teacher's label-smoothing ceiling, 0.1 too low, is
+asserted in test_teacher_review2.py's test of that warning.) Earlier reviews' cases are in
+tests/test_teacher_review.py and test_teacher_review2.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import logged_warnings, one_line_error, tiny_run_config
+from conftest import one_line_error, tiny_run_config
 from lorafit import runs, teacher
 from lorafit.errors import UserError
 
@@ -38,22 +39,6 @@ def test_a_teacher_that_diverged_is_refused_before_the_run_folder(finished_copy,
     tensors[name] = torch.zeros_like(tensors[name])  # finite again: accepted
     save_file(tensors, weights)
     assert teacher.check_teachers(str(finished_copy), labels, "train.teacher") == [finished_copy]
-
-
-def test_the_lower_threshold_suggested_for_a_binary_teacher_is_015_under_its_ceiling(tmp_path):
-    """Label smoothing 0.1 on 2 classes puts the ceiling at 0.95; the suggestion is 0.15 under the ceiling, floored to
-    a tenth: 0.8. (0.95 - 0.15) * 10 is 7.999999999999999 in floats, so the warning said "e.g. 0.7"."""
-    (tmp_path / "smoothed").mkdir()
-    (tmp_path / "smoothed" / runs.CONFIG).write_text("train:\n  label_smoothing: 0.1\n")
-    ceiling = teacher.smoothing_target([tmp_path / "smoothed"], 2)
-    record = {"source": "u.csv", "threshold": 0.95, "rows_read": 100, "empty_rows_skipped": 0,
-              "validation_overlap_dropped": 0, "rows_labelled_by_teacher": 100, "joined": 3,
-              "joined_per_class": {"neg": 2, "pos": 1}}
-    with logged_warnings("lorafit.teacher") as warnings:
-        teacher.report_pseudo_labels(record, ceiling)
-        teacher.report_pseudo_labels({**record, "threshold": 0.925}, 0.925)  # four classes: unchanged
-    assert len(warnings) == 2 and "lower it (e.g. 0.8) or" in warnings[0], warnings
-    assert "lower it (e.g. 0.7) or" in warnings[1], warnings
 
 
 def test_an_unlabelled_pickle_with_a_lone_surrogate_is_refused_before_the_run_folder(finished_tiny, tiny_roberta,
