@@ -63,11 +63,12 @@ class RunRecord:
     name: str
     config: dict  # flat: dotted key -> value
     result: dict
-    curve: list  # eval rows with an accuracy
+    curve: list  # eval rows with an accuracy, but not those of diverged weights (see _diverged)
     sweep: dict  # sweep.json, or {} for a plain run
     manifest: dict = field(default_factory=dict)
     problem: Optional[runs.RunFolderError] = None  # why the folder cannot be used as it is (damaged, newer format)
     writer: Optional[dict] = None  # the lock holder of a run being trained now (runs.writer_of), else None
+    diverged_at: Optional[int] = None  # step of the first evaluation with a NaN or infinite validation loss
 
     @property
     def status(self) -> str:
@@ -82,7 +83,8 @@ class RunRecord:
     def _summary(self, key: str) -> Any:
         """result.json's number, unless the run is unfinished: resuming keeps the result.json of its interruption
         (or failure) while the curve goes on, so there the curve is the newer account."""
-        if self.curve and self.result.get("status") != "completed":
+        evaluated = self.curve or self.diverged_at is not None
+        if evaluated and self.result.get("status") != "completed":
             return None
         return finite_number(self.result.get(key))
 
@@ -102,6 +104,8 @@ class RunRecord:
 
     @property
     def final(self) -> Optional[float]:
+        if self.diverged_at is not None:  # training ended at that evaluation, of NaN weights: no model's accuracy
+            return None
         value = self._summary("final_eval_accuracy")
         if value is None and self.curve:
             value = max(self.curve, key=lambda row: row["step"])["accuracy"]
@@ -135,6 +139,8 @@ class RunRecord:
         text = self.result.get("reason") or self.result.get("error") or ""
         if not text and self.status == "pruned" and self.result.get("pruned_at_step") is not None:
             text = f"pruned at step {self.result['pruned_at_step']}"
+        if not text and self.diverged_at is not None:
+            text = _diverged_note(self)
         if not text and self.status == "incomplete":
             text = "no result.json: still running, or stopped"
         return str(text).splitlines()[0] if text else ""
@@ -147,6 +153,24 @@ class RunRecord:
     @property
     def order(self) -> tuple:
         return (*(self.sweep_id or ("", "")), self.sweep.get("trial_number", math.inf), self.name)
+
+
+def _diverged_note(record: RunRecord) -> str:
+    """Why the final accuracy is "–", and which weights a completed run kept."""
+    where = f"diverged at step {record.diverged_at} (validation loss not finite)"
+    return f"{where}; adapter from step {record.peak_step}" if record.status == "completed" else f"{where}: no adapter"
+
+
+def _diverged(row: dict) -> bool:
+    """An evaluation of diverged weights: NaN logits all argmax to one class, so its accuracy (often above a
+    young run's) is no model's; train.summarize never takes it as best either."""
+    loss = row.get("loss")
+    return isinstance(loss, float) and not math.isfinite(loss)
+
+
+def _diverged_at(rows: list[dict], result: dict) -> Optional[int]:
+    step = finite_number(result.get("diverged_at_step"))
+    return step if step is not None else min((row["step"] for row in rows if _diverged(row)), default=None)
 
 
 def _read_json(path: Path) -> dict:
@@ -215,14 +239,15 @@ def _read_run(path: Path) -> RunRecord:
         rows, unreadable = runs.read_eval_curve(path), None
     except OSError as exc:  # a folder in its place, no read permission: the run is damaged, not the report
         rows, unreadable = [], runs.RunFolderError(path, runs.EVAL_CURVE, f"cannot be read ({exc.strerror or exc})")
-    curve = [row for row in rows
-             if finite_number(row.get("accuracy")) is not None and finite_number(row.get("step")) is not None]
+    rows = [row for row in rows
+            if finite_number(row.get("accuracy")) is not None and finite_number(row.get("step")) is not None]
+    curve = [row for row in rows if not _diverged(row)]
     result = _read_json(path / runs.RESULT)
     name = _displayable(str(config.get("name") or path.name))  # drawn in plots too: matplotlib refuses surrogates
     return RunRecord(path=path, name=name, config=flatten_config(config),
                      result=result, curve=sorted(curve, key=lambda row: row["step"]),
                      sweep=_read_sweep(path), manifest=_read_json(path / runs.MANIFEST),
-                     problem=folder_problem(path, result) or unreadable)
+                     problem=folder_problem(path, result) or unreadable, diverged_at=_diverged_at(rows, result))
 
 
 def folder_problem(path: Path, result: dict) -> Optional[runs.RunFolderError]:
@@ -632,6 +657,9 @@ def make_report(root: str | Path, out: Optional[str | Path] = None) -> Report:
     out_dir = Path(out) if out else root / REPORT_DIR
     # the report folder holds no runs; but --out DIR naming DIR itself must not hide every run
     skip = None if out_dir.resolve() == root.resolve() else out_dir
+    if skip is not None and any((out_dir / name).exists() for name in RUN_MARKERS):  # e.g. a run named "report"
+        raise UserError(f"{out_dir} is a run folder: a report there would leave that run out and write among its "
+                        "files; give another folder with --out DIR")
     records = load_runs(root, skip=skip)
     plots: dict[str, list[str]] = {}
     with _writing_to(out_dir), rc_context({"text.parse_math": False}):  # a "$" in a run name is text, not math
