@@ -84,3 +84,14 @@ def test_a_run_that_diverges_before_its_first_evaluation_is_one_line_and_saves_n
     one_line_error(cli("train", config), "diverged", "--overwrite")
     one_line_error(cli("predict", run_dir, "--input", small_agnews, "--output", tmp_path / "p.csv"), "no trained adapter")
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_failed_sweep_trial_records_no_best_accuracy_of_nan_weights(tmp_path):
+    """A sweep trial that diverged is recorded as failed, with best and final figures from its curve: the NaN
+    evaluation's all-class-0 accuracy (0.275) was written as its best_eval_accuracy, above the finite step's."""
+    from lorafit.sweep.runner import _curve_summary
+
+    runs.append_jsonl(tmp_path / runs.EVAL_CURVE, {"step": 2, "accuracy": 0.25, "loss": 3373137.5})
+    runs.append_jsonl(tmp_path / runs.EVAL_CURVE, {"step": 4, "accuracy": 0.275, "loss": float("nan")})
+    assert _curve_summary(tmp_path) == {"best_eval_accuracy": 0.25, "best_step": 2,
+                                        "final_eval_accuracy": 0.275, "final_step": 4}

@@ -163,9 +163,8 @@ def _diverged_note(record: RunRecord) -> str:
 
 def _diverged(row: dict) -> bool:
     """An evaluation of diverged weights: NaN logits all argmax to one class, so its accuracy (often above a
-    young run's) is no model's; train.summarize never takes it as best either."""
-    loss = row.get("loss")
-    return isinstance(loss, float) and not math.isfinite(loss)
+    young run's) is no model's; runs.best_and_final never takes it as best either."""
+    return runs.diverged_loss(row.get("loss"))
 
 
 def _diverged_at(rows: list[dict], result: dict) -> Optional[int]:

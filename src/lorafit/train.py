@@ -596,11 +596,6 @@ class EvalCurveCallback(TrainerCallback):
               f"val loss {row.get('loss', float('nan')):.4f}", file=sys.stderr, flush=True)
 
 
-def _finite_loss(loss) -> bool:
-    """A validation loss that is a finite number (None, no loss reported: nothing says otherwise)."""
-    return loss is None or bool(np.isfinite(loss))
-
-
 class StopOnNonFiniteLoss(TrainerCallback):
     """Stop at the first evaluation whose validation loss is NaN or infinite: the weights have diverged and never
     come back (every later step trains NaN on), so the steps left would only spend time. The Trainer then restores
@@ -610,7 +605,7 @@ class StopOnNonFiniteLoss(TrainerCallback):
         self.diverged_at: Optional[int] = None
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if not _finite_loss((metrics or {}).get("eval_loss")) and self.diverged_at is None:
+        if runs.diverged_loss((metrics or {}).get("eval_loss")) and self.diverged_at is None:
             self.diverged_at = state.global_step
             control.should_training_stop = True
 
@@ -760,7 +755,7 @@ class ResumableTrainer(Trainer):
         # An evaluation of diverged weights (NaN or infinite validation loss) is never the best checkpoint, whatever
         # its accuracy: NaN logits all argmax to class 0, which outscored a finite step (0.275 against 0.25 in a test)
         # and was restored as the adapter. StopOnNonFiniteLoss ends training at that evaluation.
-        if not _finite_loss(metrics.get("eval_loss")):
+        if runs.diverged_loss(metrics.get("eval_loss")):
             return False
         return super()._determine_best_metric(metrics, trial)
 
@@ -1027,9 +1022,7 @@ def summarize(curve: list[dict], status: str, prepared: Prepared, state, train_s
     steps in another process, whose time is not in train_seconds).
     """
     evals = [row for row in curve if "accuracy" in row]
-    finite = [row for row in evals if _finite_loss(row.get("loss"))]  # a diverged evaluation is never the best
-    best = max(finite, key=lambda row: (row["accuracy"], -row["step"])) if finite else {}
-    final = max(evals, key=lambda row: row["step"]) if evals else {}
+    best, final = runs.best_and_final(curve)
     eval_seconds = sum(row.get("runtime", 0.0) for row in evals if row["step"] > resumed_from_step)
     pure_train_seconds = max(train_seconds - eval_seconds, 1e-9)
     examples_seen = _examples_seen(prepared, state.global_step)

@@ -122,12 +122,9 @@ def _config_key(cfg: RunConfig) -> str:
 
 
 def _curve_summary(run_dir: Path) -> dict:
-    evals = [row for row in runs.read_eval_curve(run_dir) if "accuracy" in row]
-    best = max(evals, key=lambda row: (row["accuracy"], -row["step"])) if evals else {}
-    final = max(evals, key=lambda row: row["step"]) if evals else {}
+    best, final = runs.best_and_final(runs.read_eval_curve(run_dir))  # a diverged trial's NaN evaluation: not best
     return {"best_eval_accuracy": best.get("accuracy"), "best_step": best.get("step"),
             "final_eval_accuracy": final.get("accuracy"), "final_step": final.get("step")}
-
 
 
 class SweepRunner:
