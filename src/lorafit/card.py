@@ -61,12 +61,28 @@ def _read_object(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _number(value) -> bool:
+    """A score the card can print: a file edited to hold null or "n/a" there crashed every card write (a traceback
+    from export, and from evaluate after it had scored every row)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _per_class(metrics: dict) -> dict:
+    """evaluate's per-class scores, or {} where they are not in its shape (the card then leaves the table out)."""
+    per_class = metrics.get("per_class")
+    if not isinstance(per_class, dict) or not all(
+            isinstance(c, dict) and all(_number(c.get(k)) for k in ("precision", "recall", "f1"))
+            for c in per_class.values()):
+        return {}
+    return per_class
+
+
 def evaluations(run_dir: Path) -> list[tuple[str, dict]]:
     """(name, metrics) of every `lorafit evaluate` output in RUN/evaluation/, by name."""
     found = []
     for path in sorted((run_dir / EVALUATION).glob("*.json")):
         metrics = _read_json(path)
-        if isinstance(metrics, dict) and "accuracy" in metrics and "macro_f1" in metrics:
+        if isinstance(metrics, dict) and _number(metrics.get("accuracy")) and _number(metrics.get("macro_f1")):
             found.append((path.stem, metrics))
     return found
 
@@ -111,13 +127,13 @@ def _validation_dataset(data: dict) -> tuple[str, str, str]:
 def _eval_results(values: dict, result: dict, evaluated: list[tuple[str, dict]]) -> list[EvalResult]:
     data = values.get("data", {})
     results = []
-    if result.get("best_eval_accuracy") is not None:
+    if _number(result.get("best_eval_accuracy")):
         dataset_type, dataset_name, dataset_split = _validation_dataset(data)
         common = dict(task_type="text-classification", dataset_type=dataset_type, dataset_name=dataset_name,
                       dataset_split=dataset_split, dataset_config=None if data.get("train_file") or data.get("eval_file")
                       else data.get("dataset_config"))
         results.append(EvalResult(metric_type="accuracy", metric_value=result["best_eval_accuracy"], **common))
-        if result.get("best_eval_macro_f1") is not None:
+        if _number(result.get("best_eval_macro_f1")):
             results.append(EvalResult(metric_type="f1", metric_name="macro F1", metric_args={"average": "macro"},
                                       metric_value=result["best_eval_macro_f1"], **common))
     for name, metrics in evaluated:
@@ -201,13 +217,24 @@ def _evaluation_section(evaluated: list[tuple[str, dict]]) -> list[str]:
         lines += [f"### {name}", "",
                   f"Data `{metrics.get('data', name)}`{quantized}: accuracy **{metrics['accuracy']:.4f}**, "
                   f"macro-F1 **{metrics['macro_f1']:.4f}** on {metrics.get('rows', '?')} rows.", ""]
-        per_class = metrics.get("per_class") or {}
+        per_class = _per_class(metrics)
         if per_class:
             lines += ["| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
-            lines += [f"| {label} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |"
-                      for label, c in per_class.items()]
+            lines += [f"| {label} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | "
+                      f"{c.get('support', '?')} |" for label, c in per_class.items()]
             lines.append("")
     return lines
+
+
+def _validation_line(result: dict) -> str:
+    """The best validation scores. A figure result.json lacks is left out: it was printed as macro-F1 0.0000 and
+    'None validation rows', a score the card claimed and nobody measured."""
+    f1, rows, trainable = (result.get(k) for k in ("best_eval_macro_f1", "eval_rows", "trainable_params"))
+    return (f"Validation accuracy **{result['best_eval_accuracy']:.4f}**"
+            + (f" (macro-F1 {f1:.4f})" if _number(f1) else "")
+            + f" at step {result.get('best_step')} of {result.get('global_step')}"
+            + (f", on {rows} validation rows" if _number(rows) else "")
+            + (f"; {trainable:,} trainable parameters." if _number(trainable) else "."))
 
 
 def _usage_section(library: str, base: str, num_labels: int, max_length: int, pooling: str) -> list[str]:
@@ -265,11 +292,8 @@ def card_text(run_dir: str | Path, library: str = "peft") -> str:
     if base_id is None:
         lines += [f"The base model was the local folder `{base}`, so `base_model` is not set in the metadata: "
                   "add its Hub id there before uploading.", ""]
-    if result.get("best_eval_accuracy") is not None:
-        lines += [f"Validation accuracy **{result['best_eval_accuracy']:.4f}** (macro-F1 "
-                  f"{result.get('best_eval_macro_f1') or 0:.4f}) at step {result.get('best_step')} of "
-                  f"{result.get('global_step')}, on {result.get('eval_rows')} validation rows; "
-                  f"{result.get('trainable_params', 0):,} trainable parameters.", ""]
+    if _number(result.get("best_eval_accuracy")):
+        lines += [_validation_line(result), ""]
     lines += _usage_section(library, base, len(labels), max_length, str(model.get("pooling", "cls")))
     if manifest.get("trainable_params"):
         lines += _budget_section(manifest["trainable_params"])

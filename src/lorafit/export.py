@@ -20,10 +20,13 @@ import torch
 from lorafit import card, locks, runs
 from lorafit.config import RunConfig, config_from_dict
 from lorafit.errors import UserError
-from lorafit.model import load_adapter_for_inference, load_tokenizer
+from lorafit.model import head_takes_the_mean, load_adapter_for_inference, load_model_config, load_tokenizer
 
 # Run-folder entries an export must never replace (it would destroy the run's own files).
 _RUN_FOLDERS = (runs.ADAPTER, runs.CHECKPOINTS, card.EVALUATION, "tensorboard")
+# The run's own files, by name: one absent now was made a folder by an export (the lock file exists only while held,
+# and with a `.lock` folder there every command that locks the run failed: IsADirectoryError).
+_RUN_FILES = (locks.LOCK, *runs.LOCKED_FILES)
 
 # Texts the reloaded export is checked on: different lengths, so padding and attention masks are exercised too.
 PROBE_TEXTS = [
@@ -39,12 +42,19 @@ def check_output(output: Path, run_dir: Path, overwrite: bool) -> None:
     if output.name in ("", ".."):  # `.`, `..`, `/`: the export swaps in a folder by name, and these have none
         raise UserError(f"--output {output} names the current or a parent folder; give the export folder's own name, "
                         f"e.g. --output exports/{run_dir.name}")
-    out, run = output.resolve(), run_dir.resolve()
+    try:
+        out, run = output.resolve(), run_dir.resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop: RuntimeError before Python 3.13, OSError (ELOOP) since
+        raise UserError(f"--output {output} goes through a symbolic link that points back to itself; remove it or "
+                        f"choose another folder, e.g. --output exports/{run_dir.name}") from None
     if out == run or run.is_relative_to(out):
         raise UserError(f"--output {output} contains the run folder {run_dir}; export to another folder, "
                         f"e.g. --output exports/{run_dir.name}")
     if out.is_relative_to(run) and out.relative_to(run).parts[0] in _RUN_FOLDERS:
         raise UserError(f"--output {output} is inside the run's {out.relative_to(run).parts[0]}/ folder; "
+                        f"export to another folder, e.g. --output exports/{run_dir.name}")
+    if out.is_relative_to(run) and out.relative_to(run).parts[0] in _RUN_FILES:
+        raise UserError(f"--output {output} would take the name of the run's own {out.relative_to(run).parts[0]}; "
                         f"export to another folder, e.g. --output exports/{run_dir.name}")
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output} is a file; give a folder to create, e.g. --output exports/{run_dir.name}")
@@ -57,15 +67,16 @@ def check_output(output: Path, run_dir: Path, overwrite: bool) -> None:
 
 def check_exportable(cfg: RunConfig) -> None:
     """Settings whose model a plain transformers model cannot reproduce (before any weight is loaded)."""
-    pooling = getattr(cfg.model, "pooling", "cls")
-    if pooling != "cls":
-        # Mean pooling is a lorafit forward hook; transformers' classifier would read the first token instead.
-        raise UserError(f"cannot export a run with model.pooling: {pooling}: plain transformers models read the "
-                        "first token, so the export would predict differently; use the run with `lorafit predict`, "
-                        "or train with model.pooling: cls to export")
     if cfg.model.trust_remote_code:
         raise UserError("cannot export a run whose model needs trust_remote_code: the export would need that Hub code "
                         "to load; use the run's adapter/ with `lorafit predict` instead")
+    pooling = getattr(cfg.model, "pooling", "cls")
+    # Mean pooling is a lorafit forward hook; transformers' classifier would read the first token instead. Not where
+    # the model's own head takes the mean (ModernBERT): install_pooling adds no hook there, the export is exact.
+    if pooling != "cls" and not head_takes_the_mean(load_model_config(cfg.model)):
+        raise UserError(f"cannot export a run with model.pooling: {pooling}: plain transformers models read the "
+                        "first token, so the export would predict differently; use the run with `lorafit predict`, "
+                        "or train with model.pooling: cls to export")
 
 
 def save_plain_model(model: torch.nn.Module, tokenizer, max_length: int, folder: Path) -> None:

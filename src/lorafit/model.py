@@ -321,6 +321,11 @@ def pools_the_sequence(model: torch.nn.Module) -> bool:
     return len(getattr(model.config, "block_sizes", None) or ()) > 1
 
 
+def head_takes_the_mean(config: PretrainedConfig) -> bool:
+    """The model's own head averages the token states (ModernBERT's classifier_pooling: mean): no hook needed."""
+    return getattr(config, "classifier_pooling", None) == "mean"
+
+
 def install_pooling(model: torch.nn.Module, pooling: str) -> torch.nn.Module:
     """Make the model read the sentence representation `pooling` names. 'cls' is the model as transformers built it.
 
@@ -332,7 +337,7 @@ def install_pooling(model: torch.nn.Module, pooling: str) -> torch.nn.Module:
     model.lorafit_pooling = pooling
     if pooling == "cls":
         return model
-    if getattr(model.config, "classifier_pooling", None) == "mean":
+    if head_takes_the_mean(model.config):
         return model  # the head takes the masked mean itself (ModernBERT): the hook's mean would be averaged again
     if pools_the_sequence(model):
         raise UserError(f"model.pooling: mean needs one hidden state per token, but {type(model).__name__} pools "
