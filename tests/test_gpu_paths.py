@@ -273,7 +273,8 @@ def test_bf16_run_predicts_like_its_fp32_weights(bf16_and_fp32_runs, small_agnew
 
     loaded = load_run(runs_dir / "bf16")
     assert loaded.bf16 and loaded.model.classifier.out_proj.weight.dtype == torch.bfloat16
-    reference = load_adapter_for_inference(runs_dir / "bf16" / "adapter", loaded.cfg.model, loaded.label_names)
+    reference = load_adapter_for_inference(runs_dir / "bf16" / "adapter", loaded.cfg.model, loaded.label_names,
+                                           loaded.cfg.train.seed)
     texts = pd.read_csv(small_agnews)["text"].tolist()[:64]
     mine = predict_probabilities(loaded.model, loaded.tokenizer, texts, 128, 16, bf16=True)
     theirs = predict_probabilities(reference, loaded.tokenizer, texts, 128, 16, bf16=True)

@@ -120,7 +120,7 @@ def load_merged_fp32(checked: runs.RunFolder, model_path: Optional[str]):
     check_exportable(cfg)
     adapter = checked.path / runs.ADAPTER
     tokenizer = load_tokenizer(str(adapter) if (adapter / "tokenizer_config.json").exists() else cfg.model.name_or_path)
-    model = load_adapter_for_inference(adapter, cfg.model, checked.labels)
+    model = load_adapter_for_inference(adapter, cfg.model, checked.labels, cfg.train.seed)
     return model.float().eval(), tokenizer, cfg
 
 

@@ -661,15 +661,28 @@ def frozen_linear_weights_to_bf16(model: torch.nn.Module) -> int:
     return cast
 
 
-def load_adapter_for_inference(adapter_dir: Path, model_cfg: ModelConfig, label_names: list[str]) -> torch.nn.Module:
-    """Base model + saved adapter (LoRA and head), merged into plain weights for fast inference."""
+def load_adapter_for_inference(adapter_dir: Path, model_cfg: ModelConfig, label_names: list[str],
+                               seed: int) -> torch.nn.Module:
+    """Base model + saved adapter (LoRA and head), merged into plain weights for fast inference. seed: the run's
+    train.seed, from which any layer the checkpoint lacks is drawn (load_base_as_trained)."""
     model_config = load_model_config(model_cfg, label_names)
-    base = load_pretrained_model(model_cfg, model_config)
+    base = load_base_as_trained(model_cfg, model_config, seed)
     try:
         peft_model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
     except RuntimeError as exc:  # size mismatch: adapter made for another label count / model
         raise UserError(f"the adapter in {adapter_dir} does not match {model_cfg.name_or_path} with {len(label_names)} labels: {str(exc).splitlines()[0]}") from None
     return unwrap_saved_modules(peft_model.merge_and_unload()).eval()
+
+
+def load_base_as_trained(model_cfg: ModelConfig, model_config: PretrainedConfig, seed: int) -> torch.nn.Module:
+    """The base model with every layer its checkpoint lacks (a BERT saved without its pooler, under head: full or
+    linear a frozen layer the adapter does not hold) drawn as training drew it: training seeds torch with train.seed
+    just before it loads the base model (train.run_training), so the same seed here gives the same weights. Unseeded,
+    each load drew another pooler, and two predicts of one run differed (by 3e-3 in probability on a tiny BERT).
+    The caller's own random state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return load_pretrained_model(model_cfg, model_config)
 
 
 def unwrap_saved_modules(model: torch.nn.Module) -> torch.nn.Module:

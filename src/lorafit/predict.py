@@ -91,7 +91,7 @@ def load_run(run_dir: str | Path, model_path: Optional[str] = None, quantize: st
     with runs.unchanged_while_loading(checked):  # a training run writing the folder meanwhile: one line, no mix
         tokenizer = load_tokenizer(str(adapter)) if (adapter / "tokenizer_config.json").exists() else load_tokenizer(cfg.model.name_or_path)
         say(f"loading {cfg.model.name_or_path} and merging the LoRA adapter of {run_dir.name} ...")
-        model = load_adapter_for_inference(adapter, cfg.model, label_names)
+        model = load_adapter_for_inference(adapter, cfg.model, label_names, cfg.train.seed)
     if quantize == "int8":  # int8 kernels are CPU kernels: the model stays on the CPU, in fp32 around them
         say("quantizing to int8 ...")
         model, bf16 = quantize_int8(model), False

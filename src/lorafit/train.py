@@ -1118,7 +1118,9 @@ def _train_in_locked_folder(prepared: Prepared, resume: bool, overwrite: bool, e
         if checkpoint is not None:
             _refuse_other_data(cfg.run_dir, Path(checkpoint), prepared)
     _wait_for_every_rank()  # every rank has read the folder before rank 0 changes it (open_run_dir)
-    torch.manual_seed(cfg.train.seed)  # LoRA init is drawn here: same seed, same starting point
+    # LoRA init is drawn from here: same seed, same starting point. So are the layers the checkpoint lacks, as
+    # the model loads next, which predict and export draw again the same way (model.load_base_as_trained).
+    torch.manual_seed(cfg.train.seed)
     model_config = load_model_config(cfg.model, prepared.train_data.label_names)
     say(f"loading {cfg.model.name_or_path} ...")
     model = wrap_with_lora(load_pretrained_model(cfg.model, model_config), cfg.lora, int(cfg.lora.r), cfg.model.head)
