@@ -168,9 +168,9 @@ def load_model_config(model_cfg: ModelConfig, label_names: Optional[list[str]] =
 # (hidden_dropout_prob, attention_probs_dropout_prob); DistilBERT (dropout, attention_dropout); ModernBERT
 # (embedding_dropout, attention_dropout, mlp_dropout); Funnel and BART also activation_dropout; GPT-2 (resid_pdrop,
 # embd_pdrop, attn_pdrop). (A fixed list of the BERT and DistilBERT names left ModernBERT's embedding and MLP
-# dropout on.)
+# dropout on.) DeBERTa's classifier reads cls_dropout where a checkpoint sets it (else hidden_dropout_prob).
 HEAD_DROPOUT_NAMES = ("classifier_dropout", "classifier_dropout_prob", "seq_classif_dropout", "qa_dropout",
-                      "summary_first_dropout", "summary_last_dropout", "pooler_dropout")
+                      "summary_first_dropout", "summary_last_dropout", "pooler_dropout", "cls_dropout")
 
 
 def encoder_dropout_names(config: PretrainedConfig) -> list[str]:
@@ -388,12 +388,20 @@ def _within(path: str, module: str) -> bool:
     return path == module or path.startswith(module + ".")
 
 
+def _is_linear(module: torch.nn.Module) -> bool:
+    """A layer LoRA adapts as a linear map: nn.Linear, or transformers' Conv1D (GPT-2's c_attn, c_proj, c_fc: a
+    Linear with its weight transposed, which peft adapts too; left out, every GPT-2 target was 'not found')."""
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, (torch.nn.Linear, Conv1D))
+
+
 def linear_module_paths(model: torch.nn.Module) -> list[str]:
     """Full paths of the encoder's Linear layers (the head's own layers excluded)."""
     head = head_module_names(model)
     return [
         name for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and not any(_within(name, h) for h in head)
+        if _is_linear(module) and not any(_within(name, h) for h in head)
     ]
 
 
@@ -515,9 +523,17 @@ def build_lora_config(model: torch.nn.Module, spec: LoraSpec, r: int, head: str)
         bias=spec.bias,
         use_dora=spec.use_dora,
         use_rslora=spec.use_rslora,
+        fan_in_fan_out=_targets_transposed_weights(model, targets),
         modules_to_save=to_save or None,
         **lora_init_settings(spec.init),
     )
+
+
+def _targets_transposed_weights(model: torch.nn.Module, targets: list[str]) -> bool:
+    """Whether the targets are Conv1D layers (GPT-2), which store their weight as (in, out): peft's fan_in_fan_out.
+    peft sets it itself, with a warning at every build."""
+    return any(_is_linear(m) and not isinstance(m, torch.nn.Linear) for path, m in model.named_modules()
+               if any(target_matches(path, t) for t in targets))
 
 
 def lora_init_settings(init: str) -> dict:
@@ -669,7 +685,9 @@ def load_adapter_for_inference(adapter_dir: Path, model_cfg: ModelConfig, label_
     base = load_base_as_trained(model_cfg, model_config, seed)
     try:
         peft_model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
-    except RuntimeError as exc:  # size mismatch: adapter made for another label count / model
+    # RuntimeError: sizes differ (another label count or width); KeyError, ValueError: another architecture (a
+    # --model of another kind), whose layers the adapter's names miss
+    except (RuntimeError, KeyError, ValueError) as exc:
         raise UserError(f"the adapter in {adapter_dir} does not match {model_cfg.name_or_path} with {len(label_names)} labels: {str(exc).splitlines()[0]}") from None
     return unwrap_saved_modules(peft_model.merge_and_unload()).eval()
 
