@@ -154,10 +154,10 @@ EVALUATION_LOCK_WAIT_S = 30  # another evaluation's writes take well under a sec
 
 def evaluate_run(run_dir: str | Path, data_spec: str, model_path: Optional[str] = None, quantize: str = "none",
                  trust_pickle: bool = False) -> dict:
-    run = load_run(run_dir, model_path, quantize)
-    out_dir = run.run_dir / "evaluation"
+    out_dir = Path(run_dir) / "evaluation"
     if out_dir.exists() and not out_dir.is_dir():  # else a raw FileExistsError, after every row was predicted
         raise UserError(f"{out_dir} is a file, where evaluate writes its scores; move it away and run this again")
+    run = load_run(run_dir, model_path, quantize)
     data, name = load_eval_data(data_spec, run, trust_pickle)
     probs = predict_probabilities(run.model, run.tokenizer, data.texts, run.cfg.data.max_length, run.batch_size,
                                   bf16=run.bf16, progress="evaluating", pad_to_multiple_of=run.pad_multiple)
@@ -167,6 +167,7 @@ def evaluate_run(run_dir: str | Path, data_spec: str, model_path: Optional[str] 
     if quantize != "none":  # scored apart, so a quantized check never overwrites the model's own numbers
         metrics["quantize"] = quantize
         name = f"{name}-{quantize}"
+    out_dir = run.run_dir / "evaluation"
     # Written under the folder's lock, and only into the run that was scored: not beside a training run, not into
     # a folder retrained meanwhile (train --overwrite). Another evaluation writing its scores is waited for.
     with locks.RunLock(run.run_dir, wait_s=EVALUATION_LOCK_WAIT_S, scores_only=True):
