@@ -716,6 +716,9 @@ def unwrap_saved_modules(model: torch.nn.Module) -> torch.nn.Module:
     for name, module in list(model.named_modules()):
         if isinstance(module, ModulesToSaveWrapper):
             parent, _, child = name.rpartition(".")
-            plain = module.unload_and_optionally_merge_module(merge=False, safe_merge=False, adapter_names=None)
+            # merge=True: the active copy, which holds the merged LoRA update. peft 0.22 returns the unused
+            # original_module for merge=False (as unload() should; 0.21 returned the copy either way), and predict
+            # then ran head: lora runs without their head's update (tests/test_heads.py)
+            plain = module.unload_and_optionally_merge_module(merge=True, safe_merge=False, adapter_names=None)
             setattr(model.get_submodule(parent) if parent else model, child, plain)
     return model
