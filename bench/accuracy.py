@@ -243,7 +243,7 @@ def finished_result(folder: Path, wanted: dict, ignore_name: bool = False):
     ignore_name), with `run` naming the folder, else None."""
     import yaml
 
-    from lorafit.report import finite_number
+    from lorafit.runs import finite_number
 
     result, config = folder / "result.json", folder / "config.yaml"
     if not (result.exists() and config.exists()):

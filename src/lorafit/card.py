@@ -61,17 +61,11 @@ def _read_object(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _number(value) -> bool:
-    """A score the card can print: a file edited to hold null or "n/a" there crashed every card write (a traceback
-    from export, and from evaluate after it had scored every row)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _per_class(metrics: dict) -> dict:
     """evaluate's per-class scores, or {} where they are not in its shape (the card then leaves the table out)."""
     per_class = metrics.get("per_class")
     if not isinstance(per_class, dict) or not all(
-            isinstance(c, dict) and all(_number(c.get(k)) for k in ("precision", "recall", "f1"))
+            isinstance(c, dict) and all(runs.is_number(c.get(k)) for k in ("precision", "recall", "f1"))
             for c in per_class.values()):
         return {}
     return per_class
@@ -82,7 +76,7 @@ def evaluations(run_dir: Path) -> list[tuple[str, dict]]:
     found = []
     for path in sorted((run_dir / EVALUATION).glob("*.json")):
         metrics = _read_json(path)
-        if isinstance(metrics, dict) and _number(metrics.get("accuracy")) and _number(metrics.get("macro_f1")):
+        if isinstance(metrics, dict) and all(runs.is_number(metrics.get(k)) for k in ("accuracy", "macro_f1")):
             found.append((path.stem, metrics))
     return found
 
@@ -127,13 +121,13 @@ def _validation_dataset(data: dict) -> tuple[str, str, str]:
 def _eval_results(values: dict, result: dict, evaluated: list[tuple[str, dict]]) -> list[EvalResult]:
     data = values.get("data", {})
     results = []
-    if _number(result.get("best_eval_accuracy")):
+    if runs.is_number(result.get("best_eval_accuracy")):
         dataset_type, dataset_name, dataset_split = _validation_dataset(data)
         common = dict(task_type="text-classification", dataset_type=dataset_type, dataset_name=dataset_name,
                       dataset_split=dataset_split, dataset_config=None if data.get("train_file") or data.get("eval_file")
                       else data.get("dataset_config"))
         results.append(EvalResult(metric_type="accuracy", metric_value=result["best_eval_accuracy"], **common))
-        if _number(result.get("best_eval_macro_f1")):
+        if runs.is_number(result.get("best_eval_macro_f1")):
             results.append(EvalResult(metric_type="f1", metric_name="macro F1", metric_args={"average": "macro"},
                                       metric_value=result["best_eval_macro_f1"], **common))
     for name, metrics in evaluated:
@@ -231,10 +225,10 @@ def _validation_line(result: dict) -> str:
     'None validation rows', a score the card claimed and nobody measured."""
     f1, rows, trainable = (result.get(k) for k in ("best_eval_macro_f1", "eval_rows", "trainable_params"))
     return (f"Validation accuracy **{result['best_eval_accuracy']:.4f}**"
-            + (f" (macro-F1 {f1:.4f})" if _number(f1) else "")
+            + (f" (macro-F1 {f1:.4f})" if runs.is_number(f1) else "")
             + f" at step {result.get('best_step')} of {result.get('global_step')}"
-            + (f", on {rows} validation rows" if _number(rows) else "")
-            + (f"; {trainable:,} trainable parameters." if _number(trainable) else "."))
+            + (f", on {rows} validation rows" if runs.is_number(rows) else "")
+            + (f"; {trainable:,} trainable parameters." if runs.is_number(trainable) else "."))
 
 
 def _usage_section(library: str, base: str, num_labels: int, max_length: int, pooling: str) -> list[str]:
@@ -292,7 +286,7 @@ def card_text(run_dir: str | Path, library: str = "peft") -> str:
     if base_id is None:
         lines += [f"The base model was the local folder `{base}`, so `base_model` is not set in the metadata: "
                   "add its Hub id there before uploading.", ""]
-    if _number(result.get("best_eval_accuracy")):
+    if runs.is_number(result.get("best_eval_accuracy")):
         lines += [_validation_line(result), ""]
     lines += _usage_section(library, base, len(labels), max_length, str(model.get("pooling", "cls")))
     if manifest.get("trainable_params"):

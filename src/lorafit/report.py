@@ -86,7 +86,7 @@ class RunRecord:
         evaluated = self.curve or self.diverged_at is not None
         if evaluated and self.result.get("status") != "completed":
             return None
-        return finite_number(self.result.get(key))
+        return runs.finite_number(self.result.get(key))
 
     @property
     def peak(self) -> Optional[float]:
@@ -113,15 +113,15 @@ class RunRecord:
 
     @property
     def trainable_params(self) -> Optional[int]:
-        total = finite_number(self.result.get("trainable_params"))
+        total = runs.finite_number(self.result.get("trainable_params"))
         counts = self.manifest.get("trainable_params")
         if total is None and isinstance(counts, dict):
-            total = finite_number(counts.get("total"))
+            total = runs.finite_number(counts.get("total"))
         return int(total) if total is not None else None
 
     @property
     def budget(self) -> Optional[int]:
-        return finite_number(self.config.get("budget"))
+        return runs.finite_number(self.config.get("budget"))
 
     @property
     def settings(self) -> dict:
@@ -168,7 +168,7 @@ def _diverged(row: dict) -> bool:
 
 
 def _diverged_at(rows: list[dict], result: dict) -> Optional[int]:
-    step = finite_number(result.get("diverged_at_step"))
+    step = runs.finite_number(result.get("diverged_at_step"))
     return step if step is not None else min((row["step"] for row in rows if _diverged(row)), default=None)
 
 
@@ -180,20 +180,12 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def finite_number(value: Any) -> Optional[float]:
-    """A finite number (not true / false) from a run's files, else None: a hand-edited or damaged field ("0.9", NaN)
-    shows as "–"."""
-    if not _numeric(value) or (isinstance(value, float) and not math.isfinite(value)):
-        return None
-    return value
-
-
 def _read_sweep(path: Path) -> dict:
     """sweep.json as lorafit.sweep writes it, else {} (the run is listed as a plain run)."""
     info = _read_json(path / SWEEP_INFO)
     if not isinstance(info.get("sweep"), str) or not isinstance(info.get("settings") or {}, dict):
         return {}
-    return info if finite_number(info.get("trial_number", 0)) is not None else {}
+    return info if runs.finite_number(info.get("trial_number", 0)) is not None else {}
 
 
 RUN_MARKERS = (runs.CONFIG, runs.RESULT, runs.MANIFEST)  # any one makes a run folder (a damaged one may lack the rest)
@@ -239,7 +231,7 @@ def _read_run(path: Path) -> RunRecord:
     except OSError as exc:  # a folder in its place, no read permission: the run is damaged, not the report
         rows, unreadable = [], runs.RunFolderError(path, runs.EVAL_CURVE, f"cannot be read ({exc.strerror or exc})")
     rows = [row for row in rows
-            if finite_number(row.get("accuracy")) is not None and finite_number(row.get("step")) is not None]
+            if runs.finite_number(row.get("accuracy")) is not None and runs.finite_number(row.get("step")) is not None]
     curve = [row for row in rows if not _diverged(row)]
     result = _read_json(path / runs.RESULT)
     name = _displayable(str(config.get("name") or path.name))  # drawn in plots too: matplotlib refuses surrogates
@@ -293,13 +285,9 @@ def _hashable(value: Any) -> Any:
     return repr(value) if isinstance(value, dict) else value  # only in a hand-written config; still one value
 
 
-def _numeric(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _ordered(members: list) -> list:
     """Numbers low to high; anything else (scopes, names) keeps the sweep's order, base first."""
-    if all(_numeric(value) for value, _, _ in members):
+    if all(runs.is_number(value) for value, _, _ in members):
         return sorted(members, key=lambda m: m[0])
     return sorted(members, key=lambda m: (not m[2], m[1].order))
 
@@ -466,7 +454,7 @@ def _line_label(key: str, value: Any, record: RunRecord, is_base: bool) -> str:
 def plot_curves(comparison: Comparison, path: Path) -> list[str]:
     """Validation accuracy vs step, one line per value of the setting, the peak of each marked."""
     figure, axes = _new_figure()
-    numeric = all(_numeric(value) for value, _, _ in comparison.members)
+    numeric = all(runs.is_number(value) for value, _, _ in comparison.members)
     names = []
     for index, (value, record, is_base) in enumerate(comparison.members):
         steps = [row["step"] for row in record.curve]
@@ -588,8 +576,8 @@ def markdown_table(root: Path, records: list[RunRecord], keys: list[str]) -> str
               "step of peak", "wall time", "examples/s", "note"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     for r in records:
-        eps = finite_number(r.result.get("train_examples_per_second"))
-        wall = finite_number(r.result.get("wall_seconds")) or finite_number(r.manifest.get("wall_seconds"))
+        eps = runs.finite_number(r.result.get("train_examples_per_second"))
+        wall = runs.finite_number(r.result.get("wall_seconds")) or runs.finite_number(r.manifest.get("wall_seconds"))
         cells = [_relative(r.path, root), r.status, varied_text(r, keys),
                  f"{r.trainable_params:,}" if r.trainable_params is not None else "–",
                  _fmt_accuracy(r.peak), _fmt_accuracy(r.final), r.peak_step if r.peak_step is not None else "–",

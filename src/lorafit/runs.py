@@ -272,6 +272,19 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8-sig"))
 
 
+def is_number(value: Any) -> bool:
+    """An int or float from a run's files (not true / false, which JSON and YAML also give)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def finite_number(value: Any) -> Optional[float]:
+    """A finite number (not true / false) from a run's files, else None: a hand-edited or damaged field ("0.9", NaN)
+    shows as "–"."""
+    if not is_number(value) or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    return value
+
+
 def diverged_loss(loss: Any) -> bool:
     """A validation loss that says the weights diverged: a NaN or infinite number (None or anything else: no)."""
     return isinstance(loss, numbers.Real) and not math.isfinite(loss)
