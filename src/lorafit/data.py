@@ -114,10 +114,14 @@ def read_table(path: str | Path, trust_pickle: bool = False) -> pd.DataFrame:
     named = [n for n in frame.index.names if n is not None and n not in frame.columns]
     if named:  # parquet and pickles keep a DataFrame's named index (df.set_index("id")) out of its columns
         frame = frame.reset_index(level=named)
-    duplicated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
-    if duplicated:  # frame[name] would be a table, not a column (a pickled DataFrame can hold such names)
-        raise UserError(f"{path} has several columns named {', '.join(map(repr, duplicated))}; rename them apart")
+    # frame[name] would be a table, not a column (a pickled DataFrame can hold such names)
+    _refuse_repeated_names(path, {str(c) for c in frame.columns[frame.columns.duplicated()]})
     return frame
+
+
+def _refuse_repeated_names(path: Path, repeated: set) -> None:
+    if repeated:
+        raise UserError(f"{path} has several columns named {', '.join(map(repr, sorted(repeated)))}; rename them apart")
 
 
 def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
@@ -133,7 +137,9 @@ def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
         return read()
     finally:
         csv.field_size_limit(limit)
-    _check_header_names(path, header_names)
+    # pandas renames a repeated name (text, text.1), and the first was used without a word. Empty names (trailing
+    # commas) are left to pandas, which names them apart (Unnamed: 2), and nobody selects them.
+    _refuse_repeated_names(path, {n for i, n in enumerate(header_names) if n and n in header_names[:i]})
     # Empty lines before the header are skipped too: else pandas took the first one for a header of no columns
     header = next((i for i, empty in enumerate(records) if not empty), 0)
     frame, records = read(skip_blank_lines=False, skiprows=header), records[header + 1:]
@@ -167,14 +173,6 @@ def _scan_records(path: Path, sep: str) -> tuple[list[bool], list[str]]:
                                 f"{writer} writes it") from None
             header = header or record
             records.append(not record)
-
-
-def _check_header_names(path: Path, names: list[str]) -> None:
-    """pandas renames a repeated column name (text, text.1) and the first was used without a word. Empty names are
-    left to pandas, which names them apart (Unnamed: 2) and nobody selects them."""
-    duplicated = sorted({n for i, n in enumerate(names) if n and n in names[:i]})
-    if duplicated:
-        raise UserError(f"{path} has several columns named {', '.join(map(repr, duplicated))}; rename them apart")
 
 
 def _read_csv(path: Path, sep: str, **options) -> pd.DataFrame:
@@ -348,10 +346,34 @@ def join_texts(frame: pd.DataFrame, columns: list[str], separator: str, source: 
         missing = values.isna().to_numpy()
         parts.append(["" if m else str(v) for v, m in zip(values.tolist(), missing)])
     texts = [separator.join(p for p in row if p) for row in zip(*parts)]
+    _refuse_invalid_unicode(texts, source)
     blank = [i for i, t in enumerate(texts) if not t.strip()]
     if blank and not allow_empty:
         raise UserError(f"{source} has {len(blank)} empty or missing texts at rows {_rows(blank)}; fill or remove those rows")
     return texts
+
+
+def _refuse_invalid_unicode(texts: list[str], source: str) -> None:
+    """A text holding a lone surrogate (half of an emoji's pair: a pickle of cut text; CSV, JSON and parquet cannot
+    hold one) cannot be encoded: the tokenizer failed with a TypeError traceback, in training and predict alike, and a
+    teacher's pass over unlabelled text with a UnicodeEncodeError, after the run folder was written."""
+    try:
+        "".join(texts).encode("utf-8")  # one pass in C; lone surrogates stay lone when joined
+        return
+    except UnicodeEncodeError:
+        pass
+    broken = [i for i, text in enumerate(texts) if not _encodable(text)]
+    raise UserError(f"{source} has invalid Unicode (a lone surrogate, half of an emoji's pair) in {len(broken)} of "
+                    f"its {len(texts)} rows, the first at row {broken[0]}; re-save those texts as valid text, e.g. "
+                    "text.encode('utf-8', 'replace').decode('utf-8')")
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _label_value(value):
@@ -415,9 +437,10 @@ def encode_labels(values, label_names: Optional[list[str]], num_labels: int, sou
 
 
 def labelled_from_frame(frame: pd.DataFrame, cfg: DataConfig, num_labels: int, source: str,
-                        label_names: Optional[list[str]] = None) -> LabelledData:
-    texts = join_texts(frame, cfg.text_columns, cfg.text_separator, source, allow_empty=False)
-    _check_columns(frame, [cfg.label_column], source, "label", "data.label_column")
+                        label_names: Optional[list[str]] = None, column_fix: Optional[str] = None) -> LabelledData:
+    """column_fix: what to do about a missing column where naming another with a data setting is not the way."""
+    texts = join_texts(frame, cfg.text_columns, cfg.text_separator, source, allow_empty=False, fix=column_fix)
+    _check_columns(frame, [cfg.label_column], source, "label", "data.label_column", column_fix)
     labels, names = encode_labels(frame[cfg.label_column].tolist(), cfg.label_names or label_names, num_labels, source)
     return LabelledData(texts, labels, names, source)
 

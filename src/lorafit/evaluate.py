@@ -109,21 +109,11 @@ def load_eval_data(spec: str, run, trust_pickle: bool = False) -> tuple[Labelled
         source, name = spec, re.sub(r"[^\w.-]+", "_", "-".join(parts))
     else:
         raise UserError(f"--data {spec}: no such file; give a file path or a Hub split as {HUB_SPEC_FORMS}")
-    check_run_columns(frame, cfg.data, source)
-    data = labelled_from_frame(frame, cfg.data, len(run.label_names), source, run.label_names)
+    # evaluate takes no data.text_columns / data.label_column: the data must have the run's columns
+    data = labelled_from_frame(frame, cfg.data, len(run.label_names), source, run.label_names,
+                               column_fix="rename the column in the data: evaluate reads the columns the run was "
+                                          "trained on")
     return data, name
-
-
-def check_run_columns(frame, data_cfg, source: str) -> None:
-    """The columns the run was trained on, refused in evaluate's own words: training's message said to name others
-    with data.text_columns or data.label_column, settings evaluate does not take."""
-    for role, setting, columns in (("text", "data.text_columns", data_cfg.text_columns),
-                                   ("label", "data.label_column", [data_cfg.label_column])):
-        missing = [c for c in columns if c not in frame.columns]
-        if missing:
-            raise UserError(f"{source} has no {role} column {', '.join(map(repr, missing))} (the run's {setting}); "
-                            f"available: {', '.join(map(str, frame.columns))}; rename the column in the data: "
-                            "evaluate reads the columns the run was trained on")
 
 
 def _source_id(spec: str) -> str:
