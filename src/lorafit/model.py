@@ -695,9 +695,9 @@ def load_adapter_for_inference(adapter_dir: Path, model_cfg: ModelConfig, label_
 def load_base_as_trained(model_cfg: ModelConfig, model_config: PretrainedConfig, seed: int) -> torch.nn.Module:
     """The base model with every layer its checkpoint lacks (a BERT saved without its pooler, under head: full or
     linear a frozen layer the adapter does not hold) drawn as training drew it: training seeds torch with train.seed
-    just before it loads the base model (train.run_training), so the same seed here gives the same weights. Unseeded,
-    each load drew another pooler, and two predicts of one run differed (by 3e-3 in probability on a tiny BERT).
-    The caller's own random state is left as it was."""
+    just before it loads the base model (train._train_in_locked_folder), so the same seed here gives the same
+    weights. Unseeded, each load drew another pooler, and two predicts of one tiny-BERT run disagreed on every row
+    (tests/test_model_loading_review2.py). The caller's own random state is left as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return load_pretrained_model(model_cfg, model_config)
