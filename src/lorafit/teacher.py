@@ -370,7 +370,6 @@ def read_unlabelled(cfg: DataConfig, validation_texts: list[str]) -> Unlabelled:
     texts = join_texts(frame, columns, cfg.text_separator, f"data.unlabelled_file {source}", allow_empty=True,
                        fix=f"rename its text column to {wanted} (data.text_columns names the training data's "
                            "columns too)")
-    _refuse_invalid_unicode(texts, source)
     held_out = {t.strip() for t in validation_texts}
     kept, empty, overlap = [], 0, 0
     for text in texts:
@@ -385,24 +384,6 @@ def read_unlabelled(cfg: DataConfig, validation_texts: list[str]) -> Unlabelled:
                         f"and {overlap} are validation texts; give a file of other texts, or remove "
                         "data.unlabelled_file")
     return Unlabelled(source, kept, len(texts), empty, overlap)
-
-
-def _refuse_invalid_unicode(texts: list[str], source: str) -> None:
-    """A text holding a lone surrogate (half of an emoji's pair, from a pickle of cut text) cannot be encoded: it
-    crashed the teacher pass with a raw UnicodeEncodeError after the run folder was written."""
-    broken = [i for i, text in enumerate(texts) if not _encodable(text)]
-    if broken:
-        raise UserError(f"data.unlabelled_file {source} has invalid Unicode (a lone surrogate, half of an emoji's "
-                        f"pair) in {len(broken)} of its {len(texts)} rows, the first at row {broken[0]}; re-save "
-                        "those texts as valid text, e.g. text.encode('utf-8', 'replace').decode('utf-8')")
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def select_pseudo_labels(unlabelled: Unlabelled, log_probs: np.ndarray, threshold: float,
