@@ -231,27 +231,76 @@ def _validation_line(result: dict) -> str:
             + (f"; {trainable:,} trainable parameters." if runs.is_number(trainable) else "."))
 
 
-def _usage_section(library: str, base: str, num_labels: int, max_length: int, pooling: str) -> list[str]:
-    if library == "peft":
-        # Mean pooling is a lorafit hook that peft does not rebuild: the snippet alone reads the first token
-        mean_warning = ["**This run's head reads the mean of the token states (`model.pooling: mean`), a lorafit "
-                        "hook that peft does not rebuild**: loaded as below, the model reads the first token and "
-                        "predicts otherwise. Use `lorafit predict` / `lorafit evaluate` on the run folder instead.", ""]
-        return ["## Use", "", *(mean_warning if pooling == "mean" else []),
-                "LoRA adapter and classification head; it needs the base model "
-                f"(`{base}`), which peft loads by itself:", "", "```python",
-                "from peft import AutoPeftModelForSequenceClassification",
-                "from transformers import AutoTokenizer", "",
-                f'model = AutoPeftModelForSequenceClassification.from_pretrained("PATH_OR_REPO", num_labels={num_labels})',
-                'tokenizer = AutoTokenizer.from_pretrained("PATH_OR_REPO")', "```", "",
-                "(`num_labels` is needed because peft rebuilds the base model from its own config.)", ""]
+def _own_head_takes_the_mean(model: dict) -> bool:
+    """Whether the base model's own head averages the token states (ModernBERT), where model.pooling: mean adds no
+    hook and peft alone rebuilds the run. Its config is read from the local folder or the Hub cache only (a card is
+    written offline); False where it cannot be read, so the card keeps the warning."""
+    from transformers import AutoConfig
+
+    from lorafit.model import head_takes_the_mean
+
+    if model.get("trust_remote_code"):  # a card never runs a model's Hub code
+        return False
+    try:
+        config = AutoConfig.from_pretrained(str(model.get("name_or_path", "")), revision=model.get("revision"),
+                                            local_files_only=True)
+    except (OSError, ValueError, KeyError):  # moved, not cached, or a model type this transformers does not know
+        return False
+    return head_takes_the_mean(config)
+
+
+def _joined_texts_note(columns: list[str], separator: str) -> list[str]:
+    """Several text columns: the model read them joined (data.join_texts), so its users must join them too."""
+    if len(columns) < 2:
+        return []
+    return [f"It was trained on the columns {', '.join(f'`{c}`' for c in columns)} joined with `{separator!r}` "
+            "(empty ones left out): give it texts joined the same way.", ""]
+
+
+def _classify_lines(columns: list[str], separator: str) -> list[str]:
+    """The example's pipeline call, on a row of the run's text columns joined as training joined them."""
+    if len(columns) < 2:
+        return ['print(classify(["Stocks rallied after the central bank held rates."], truncation=True))']
+    samples = ["Wall St. rallies", "Stocks rallied after the central bank held rates.", "Markets closed higher."]
+    row = {column: samples[min(i, len(samples) - 1)] for i, column in enumerate(columns)}
+    return [f"row = {row!r}",
+            f"text = {separator!r}.join(row[column] for column in {columns!r} if row[column])  # as in training",
+            "print(classify([text], truncation=True))"]
+
+
+def _peft_usage(values: dict, num_labels: int) -> list[str]:
+    model, data = values.get("model", {}), values.get("data", {})
+    # Mean pooling is a lorafit hook that peft does not rebuild, except where the model's own head takes the mean
+    mean_warning = ["**This run's head reads the mean of the token states (`model.pooling: mean`), a lorafit "
+                    "hook that peft does not rebuild**: loaded as below, the model reads the first token and "
+                    "predicts otherwise. Use `lorafit predict` / `lorafit evaluate` on the run folder instead.", ""]
+    warn = model.get("pooling", "cls") == "mean" and not _own_head_takes_the_mean(model)
+    return ["## Use", "", *(mean_warning if warn else []),
+            "LoRA adapter and classification head; it needs the base model "
+            f"(`{model.get('name_or_path', '')}`), which peft loads by itself:", "", "```python",
+            "from peft import AutoPeftModelForSequenceClassification",
+            "from transformers import AutoTokenizer", "",
+            f'model = AutoPeftModelForSequenceClassification.from_pretrained("PATH_OR_REPO", num_labels={num_labels})',
+            'tokenizer = AutoTokenizer.from_pretrained("PATH_OR_REPO")', "```", "",
+            "(`num_labels` is needed because peft rebuilds the base model from its own config.)", "",
+            *_joined_texts_note(*_text_columns(data))]
+
+
+def _pipeline_usage(values: dict) -> list[str]:
+    data = values.get("data", {})
+    max_length = int(data.get("max_length", 512))
     return ["## Use", "",
             "A plain transformers model (LoRA merged into the weights, head included); no peft or lorafit needed:", "",
             "```python", "from transformers import pipeline", "",
             'classify = pipeline("text-classification", model="PATH_OR_REPO")',
-            'print(classify(["Stocks rallied after the central bank held rates."], truncation=True))', "```", "",
+            *_classify_lines(*_text_columns(data)), "```", "",
             f"`truncation=True` cuts texts at {max_length} tokens, as in training (the tokenizer's model_max_length).",
-            ""]
+            "", *_joined_texts_note(*_text_columns(data))]
+
+
+def _text_columns(data: dict) -> tuple[list[str], str]:
+    """(data.text_columns, data.text_separator) as training read them."""
+    return [str(c) for c in data.get("text_columns") or ["text"]], str(data.get("text_separator", " "))
 
 
 def card_text(run_dir: str | Path, library: str = "peft") -> str:
@@ -266,7 +315,6 @@ def card_text(run_dir: str | Path, library: str = "peft") -> str:
     model = values.get("model", {})
     base = str(model.get("name_or_path", ""))
     name = str(values.get("name", run_dir.name))
-    max_length = int(values.get("data", {}).get("max_length", 512))
 
     base_id = base_model_id(manifest, base)
     metadata = ModelCardData(
@@ -288,7 +336,7 @@ def card_text(run_dir: str | Path, library: str = "peft") -> str:
                   "add its Hub id there before uploading.", ""]
     if runs.is_number(result.get("best_eval_accuracy")):
         lines += [_validation_line(result), ""]
-    lines += _usage_section(library, base, len(labels), max_length, str(model.get("pooling", "cls")))
+    lines += _peft_usage(values, len(labels)) if library == "peft" else _pipeline_usage(values)
     if manifest.get("trainable_params"):
         lines += _budget_section(manifest["trainable_params"])
     lines += ["## Recipe", "", "The resolved config (`lorafit train` this file to retrain):", "", "```yaml",

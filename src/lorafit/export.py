@@ -13,7 +13,7 @@ import contextlib
 import signal
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -37,8 +37,35 @@ PROBE_TEXTS = [
 ]
 
 
-def check_output(output: Path, run_dir: Path, overwrite: bool) -> None:
-    """Refuse an output that exists (without --overwrite), is a file, or would replace the run's own files."""
+def local_base_models(config: dict, model_path: Optional[str]) -> list[Path]:
+    """The run's base model folders that exist here, resolved: the config's model.name_or_path and --model. Read
+    before loading (load_merged_fp32 writes --model into the config)."""
+    model = config.get("model")
+    names = [model.get("name_or_path") if isinstance(model, dict) else None, model_path]
+    found = []
+    for name in filter(None, names):
+        folder = Path(str(name)).expanduser()  # relative: to the working folder, as transformers loads it
+        with contextlib.suppress(OSError, RuntimeError):
+            if folder.is_dir():
+                found.append(folder.resolve())
+    return found
+
+
+def _refuse_base_model(output: Path, out: Path, models: Sequence[Path], run_dir: Path) -> None:
+    """An export swapped in for the base model (or a folder holding it) destroyed the model the run loads, and one
+    inside it mixed files into that model's folder."""
+    for model in models:
+        where = "is" if out == model else "contains" if model.is_relative_to(out) else \
+            "is inside" if out.is_relative_to(model) else None
+        if where:
+            raise UserError(f"--output {output} {where} the run's base model folder {model}; the export would "
+                            "replace or change that model: export to another folder, "
+                            f"e.g. --output exports/{run_dir.name}")
+
+
+def check_output(output: Path, run_dir: Path, overwrite: bool, models: Sequence[Path] = ()) -> None:
+    """Refuse an output that exists (without --overwrite), is a file, or would replace the run's own files or its
+    base model (`models`: local_base_models)."""
     if output.name in ("", ".."):  # `.`, `..`, `/`: the export swaps in a folder by name, and these have none
         raise UserError(f"--output {output} names the current or a parent folder; give the export folder's own name, "
                         f"e.g. --output exports/{run_dir.name}")
@@ -56,6 +83,7 @@ def check_output(output: Path, run_dir: Path, overwrite: bool) -> None:
     if out.is_relative_to(run) and out.relative_to(run).parts[0] in _RUN_FILES:
         raise UserError(f"--output {output} would take the name of the run's own {out.relative_to(run).parts[0]}; "
                         f"export to another folder, e.g. --output exports/{run_dir.name}")
+    _refuse_base_model(output, out, models, run_dir)
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output} is a file; give a folder to create, e.g. --output exports/{run_dir.name}")
     if output.is_dir():  # a run folder another process trains or evaluates: never swapped away from under it
@@ -129,7 +157,8 @@ def export_run(run_dir: str | Path, output: str | Path, model_path: Optional[str
     """Write the run as a plain transformers model into `output`; returns the folder."""
     checked = runs.check_run_folder(run_dir, runs.INFERENCE)  # config, labels, adapter: one line if damaged
     run_dir, output = checked.path, Path(output)
-    check_output(output, run_dir, overwrite)
+    models = local_base_models(checked.config, model_path)
+    check_output(output, run_dir, overwrite, models)
     locks.check_not_being_replaced(output)
     with runs.unchanged_while_loading(checked):  # a training run writing the folder meanwhile: one line, no mix
         model, tokenizer, cfg = load_merged_fp32(checked, model_path)
@@ -142,7 +171,7 @@ def export_run(run_dir: str | Path, output: str | Path, model_path: Optional[str
         runs.atomic_write_text(folder / card.CARD, card.card_text(run_dir, library="transformers"))
 
     with _sigterm_as_interrupt():  # the check again, under the output's lock: another export may have written it
-        runs.atomic_replace_dir(build, output, check=lambda: check_output(output, run_dir, overwrite))
+        runs.atomic_replace_dir(build, output, check=lambda: check_output(output, run_dir, overwrite, models))
     return output
 
 
