@@ -113,6 +113,14 @@ def _trained_on(dataset: str, config=None) -> SimpleNamespace:
                            label_names=["0", "1"])
 
 
+def _folder_trained_on(monkeypatch, dataset: str) -> None:
+    """evaluate reads --data with the run folder's config and labels before it loads the model: a folder of a run
+    trained on `dataset`, as runs.check_run_folder returns it."""
+    run = _trained_on(dataset)
+    monkeypatch.setattr(runs, "check_run_folder", lambda run_dir, need=None: runs.RunFolder(
+        Path(run_dir), run.cfg.to_dict(), labels=run.label_names))
+
+
 def test_a_config_of_another_hub_dataset_is_named_in_the_data_spec(hub):
     """A run trained on ag_news had no way to be evaluated on glue's sst2: `glue:sst2:validation` asked for split
     'sst2:validation' of glue without a configuration."""
@@ -138,7 +146,7 @@ def test_the_card_reads_the_config_out_of_an_evaluations_data_spec():
                                         ("C:\\data\\test.csv", "no such file"),
                                         (":validation", "'' is no dataset id")])
 def test_a_malformed_hub_data_spec_is_one_line(spec, says, hub, monkeypatch, tmp_path, cli):
-    monkeypatch.setattr(evaluate, "load_run", lambda *args, **kwargs: _trained_on("fancyzhx/ag_news"))
+    _folder_trained_on(monkeypatch, "fancyzhx/ag_news")
     line = one_line_error(cli("evaluate", tmp_path, "--data", spec), says, "DATASET_ID:CONFIG:SPLIT")
     assert hub == [], line
 
@@ -152,7 +160,7 @@ def test_a_missing_file_read_as_a_hub_split_names_the_data_option(monkeypatch, t
         raise ConnectionError("offline")
 
     monkeypatch.setattr(datasets, "load_dataset", unreachable)
-    monkeypatch.setattr(evaluate, "load_run", lambda *args, **kwargs: _trained_on("fancyzhx/ag_news"))
+    _folder_trained_on(monkeypatch, "fancyzhx/ag_news")
     line = one_line_error(cli("evaluate", tmp_path, "--data", "data/news:test.csv"), "cannot load dataset 'data/news'",
                           "--data PATH")
     assert "--train-file" not in line

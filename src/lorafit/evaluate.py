@@ -9,16 +9,18 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from lorafit import card, locks, runs
+from lorafit.config import RunConfig, config_from_dict
 from lorafit.data import (HUB_SPEC_FORMS, LabelledData, class_ids_as_names, file_class_names, labelled_from_frame,
                           load_hub_split, parse_hub_spec, read_table)
 from lorafit.errors import UserError
-from lorafit.predict import load_run, predict_probabilities
+from lorafit.predict import check_quantize, load_run, predict_probabilities
 
 
 def classification_metrics(labels: np.ndarray, predictions: np.ndarray, label_names: list[str]) -> dict:
@@ -89,9 +91,17 @@ def plot_confusion(metrics: dict, path: Path, title: str) -> None:
     runs.atomic_write_bytes(path, buffer.getvalue())  # a full disk is one line and leaves no half-written file
 
 
+@dataclass
+class RunColumns:
+    """What load_eval_data reads of a run (a LoadedRun has it too): read from the folder, without the model."""
+
+    cfg: RunConfig
+    label_names: list[str]
+
+
 def load_eval_data(spec: str, run, trust_pickle: bool = False) -> tuple[LabelledData, str]:
     """`spec` is a local file, or a Hub dataset split written `dataset_id:split` (e.g. fancyzhx/ag_news:test) or
-    `dataset_id:config:split` (glue:sst2:validation)."""
+    `dataset_id:config:split` (glue:sst2:validation). `run`: a RunColumns or LoadedRun."""
     cfg = run.cfg
     if Path(spec).exists():
         frame, source, name = read_table(spec, trust_pickle=trust_pickle), spec, Path(spec).stem
@@ -142,21 +152,36 @@ EVALUATION_FILES = r".+(\.json|-confusion\.png)"  # what evaluate writes in eval
 EVALUATION_LOCK_WAIT_S = 30  # another evaluation's writes take well under a second; a training run is refused after
 
 
+def _refuse_folders(out_dir: Path, name: str) -> None:
+    """evaluation/NAME.json or its chart as a folder: replacing it failed with a raw IsADirectoryError, after every
+    row was predicted (and the chart was written beside no scores). A link to a folder is replaced as a link."""
+    for path, what in ((out_dir / f"{name}-confusion.png", "confusion chart"), (out_dir / f"{name}.json", "scores")):
+        if path.is_dir() and not path.is_symlink():
+            raise UserError(f"{path} is a folder, where evaluate writes its {what}; move it away and run this again")
+
+
 def evaluate_run(run_dir: str | Path, data_spec: str, model_path: Optional[str] = None, quantize: str = "none",
                  trust_pickle: bool = False) -> dict:
     out_dir = Path(run_dir) / "evaluation"
     if out_dir.exists() and not out_dir.is_dir():  # else a raw FileExistsError, after every row was predicted
         raise UserError(f"{out_dir} is a file, where evaluate writes its scores; move it away and run this again")
-    run = load_run(run_dir, model_path, quantize)
-    data, name = load_eval_data(data_spec, run, trust_pickle)
+    check_quantize(quantize)
+    checked = runs.check_run_folder(run_dir, runs.INFERENCE)  # damaged: one line, before any loading
+    # The data first, read with the folder's config and labels: a bad --data is one line before the model loads
+    # (a minute and more for a base-size model), not after
+    data, name = load_eval_data(data_spec, RunColumns(config_from_dict(checked.config), checked.labels), trust_pickle)
+    if quantize != "none":  # scored apart, so a quantized check never overwrites the model's own numbers
+        name = f"{name}-{quantize}"
+    source = _source_id(data_spec)
+    _refuse_folders(out_dir, _unclaimed_name(out_dir, name, source))  # again under the lock, for the final name
+    run = load_run(checked.path, model_path, quantize, checked=checked)
     probs = predict_probabilities(run.model, run.tokenizer, data.texts, run.cfg.data.max_length, run.batch_size,
                                   bf16=run.bf16, progress="evaluating", pad_to_multiple_of=run.pad_multiple)
     metrics = classification_metrics(data.labels, probs.argmax(axis=1), run.label_names)
     metrics["data"] = data.source
-    metrics["source"] = _source_id(data_spec)
-    if quantize != "none":  # scored apart, so a quantized check never overwrites the model's own numbers
+    metrics["source"] = source
+    if quantize != "none":
         metrics["quantize"] = quantize
-        name = f"{name}-{quantize}"
     out_dir = run.run_dir / "evaluation"
     # Written under the folder's lock, and only into the run that was scored: not beside a training run, not into
     # a folder retrained meanwhile (train --overwrite). Another evaluation writing its scores is waited for.
@@ -167,7 +192,8 @@ def evaluate_run(run_dir: str | Path, data_spec: str, model_path: Optional[str] 
         # no such file belongs to a live writer. Other names may: `lorafit predict --output` (a .csv) aimed here.
         runs.remove_interrupted_writes(out_dir, name_pattern=EVALUATION_FILES)
         runs.remove_interrupted_writes(run.run_dir / runs.ADAPTER, [card.CARD])
-        name = _unclaimed_name(out_dir, name, metrics["source"])
+        name = _unclaimed_name(out_dir, name, source)
+        _refuse_folders(out_dir, name)  # before the chart: neither file is written if one cannot be
         # The chart first: its JSON (what the card and report read) never stands without it
         plot_confusion(metrics, out_dir / f"{name}-confusion.png", f"{run.run_dir.name} on {name}")
         runs.atomic_write_json(out_dir / f"{name}.json", metrics)

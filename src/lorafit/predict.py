@@ -75,12 +75,16 @@ def to_inference_precision(model: torch.nn.Module, bf16: bool) -> torch.nn.Modul
     return model
 
 
+def check_quantize(quantize: str) -> None:
+    if quantize not in QUANTIZE_CHOICES:
+        raise UserError(f"--quantize {quantize} is not known; use one of: {', '.join(QUANTIZE_CHOICES)}")
+
+
 def load_run(run_dir: str | Path, model_path: Optional[str] = None, quantize: str = "none",
              checked: Optional[runs.RunFolder] = None) -> LoadedRun:
     """A finished run ready for inference; model_path replaces the base model's location if it moved.
     checked: the folder as runs.check_run_folder(run_dir) returned it, if the caller checked it already."""
-    if quantize not in QUANTIZE_CHOICES:
-        raise UserError(f"--quantize {quantize} is not known; use one of: {', '.join(QUANTIZE_CHOICES)}")
+    check_quantize(quantize)
     checked = checked or runs.check_run_folder(run_dir, runs.INFERENCE)  # damaged: one line, before any loading
     run_dir, values = checked.path, checked.config
     if model_path:
