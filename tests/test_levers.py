@@ -338,7 +338,8 @@ def test_a_killed_cache_save_leaves_no_copy_behind_once_the_cache_is_written(dis
 def test_confident_pseudo_labels_join_training_and_validation_texts_never_do(teacher_run, tiny_roberta, small_agnews,
                                                                              agnews_pool, tmp_path):
     """train.teacher both labels the unlabelled rows (no data.pseudo_label_teacher) and teaches: its predictions on
-    the rows that joined are reused for distillation."""
+    the rows that joined are reused for distillation. Rows whose text is a labelled training text are not labelled
+    again (they train with their real label already)."""
     from lorafit.train import add_teacher_targets, prepare
 
     plain = _student(tmp_path, "selftrain", tiny_roberta, small_agnews, max_steps=2, eval_steps=2)
@@ -347,8 +348,9 @@ def test_confident_pseudo_labels_join_training_and_validation_texts_never_do(tea
     used = set(pd.read_csv(small_agnews).text)
     new = [t for t in pd.read_csv(agnews_pool).text if t not in used][:60]
     leaked = validation[:8]
+    known = [f" {text} " for text in prepared.train_data.texts[:5]]  # compared as stripped, as validation texts are
     unlabelled = tmp_path / "unlabelled.csv"
-    pd.DataFrame({"text": new[:30] + leaked + [""] + new[30:]}).to_csv(unlabelled, index=False)
+    pd.DataFrame({"text": new[:30] + leaked + [""] + known + new[30:]}).to_csv(unlabelled, index=False)
 
     # The teacher's probabilities, computed here independently of the self-training code.
     probs = _probabilities(teacher_run, new + leaked)
@@ -368,8 +370,9 @@ def test_confident_pseudo_labels_join_training_and_validation_texts_never_do(tea
     manifest = json.loads((run / "manifest.json").read_text())
     labels = probs[expected].argmax(axis=1)
     assert manifest["pseudo_labels"] == {
-        "source": str(unlabelled), "threshold": threshold, "rows_read": 69, "empty_rows_skipped": 1,
-        "validation_overlap_dropped": 8, "rows_labelled_by_teacher": 60, "joined": len(expected),
+        "source": str(unlabelled), "threshold": threshold, "rows_read": 74, "empty_rows_skipped": 1,
+        "validation_overlap_dropped": 8, "labelled_overlap_dropped": 5, "rows_labelled_by_teacher": 60,
+        "joined": len(expected),
         "joined_per_class": {str(c): int((labels == c).sum()) for c in range(NUM_LABELS)},
         "cache": "pseudo_label_logits.npy", "labelled_rows": labelled_rows,
         "teachers": [{"run_dir": str(teacher_run), "fingerprint": teacher.teacher_fingerprint(teacher_run)}],

@@ -124,7 +124,7 @@ def test_an_unlabelled_file_with_no_row_to_label_is_refused_before_the_run_folde
     try:
         teacher.read_unlabelled(cfg, ["a validation text", " another one "])
     except UserError as exc:
-        assert "1 empty" in str(exc) and "2 are validation texts" in str(exc), exc
+        assert "1 empty" in str(exc) and "2 validation texts" in str(exc), exc
     else:
         raise AssertionError("an unlabelled file of validation texts only was accepted")
 
@@ -134,9 +134,9 @@ def test_unlabelled_rows_skipped_as_empty_or_validation_texts_are_warned_about(t
     only, and the run's one line (on a terminal) counted the rows left, so a file that lost most of its rows read
     as if it had never held them."""
     unlabelled = tmp_path / "unlabelled.csv"
-    pd.DataFrame({"text": ["news one", "", "held out", "news two"]}).to_csv(unlabelled, index=False)
+    pd.DataFrame({"text": ["news one", "", "held out", "news two", "trained on "]}).to_csv(unlabelled, index=False)
     cfg = DataConfig(train_file=str(small_agnews), unlabelled_file=str(unlabelled))
-    rows = teacher.read_unlabelled(cfg, ["held out"])
+    rows = teacher.read_unlabelled(cfg, ["held out"], ["trained on"])
     assert rows.texts == ["news one", "news two"]
     log_probs = np.log(np.array([[[0.97, 0.01, 0.01, 0.01], [0.4, 0.3, 0.2, 0.1]]]))
     _, record, chosen = teacher.select_pseudo_labels(rows, log_probs, 0.9, ["0", "1", "2", "3"])
@@ -144,10 +144,11 @@ def test_unlabelled_rows_skipped_as_empty_or_validation_texts_are_warned_about(t
     with logged_warnings("lorafit.teacher") as warnings:
         teacher.report_pseudo_labels(record, None)
     assert len(warnings) == 1 and str(unlabelled) in warnings[0], warnings
-    assert "2 of its 4 rows" in warnings[0] and "1 empty" in warnings[0] and "1 the text of a validation row" in \
-        warnings[0], warnings[0]
+    assert "3 of its 5 rows" in warnings[0] and "1 empty" in warnings[0] and "1 the text of a validation row" in \
+        warnings[0] and "1 the text of a labelled training row" in warnings[0], warnings[0]
     with logged_warnings("lorafit.teacher") as warnings:  # nothing skipped: nothing to say
-        teacher.report_pseudo_labels({**record, "empty_rows_skipped": 0, "validation_overlap_dropped": 0}, None)
+        teacher.report_pseudo_labels({**record, "empty_rows_skipped": 0, "validation_overlap_dropped": 0,
+                                      "labelled_overlap_dropped": 0}, None)
     assert warnings == []
 
 

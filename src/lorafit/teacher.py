@@ -370,20 +370,23 @@ def distillation_loss(student_logits: torch.Tensor, teacher_log_probs: torch.Ten
 
 @dataclass
 class Unlabelled:
-    """The unlabelled texts that may join training: not empty, and not a validation text."""
+    """The unlabelled texts that may join training: not empty, not a validation text, not a labelled text."""
 
     source: str
     texts: list[str]
     rows_read: int
     empty_rows: int
     validation_overlap: int  # rows dropped because their text is a validation text
+    labelled_overlap: int = 0  # rows dropped because their text is a labelled training text
 
 
-def read_unlabelled(cfg: DataConfig, validation_texts: list[str]) -> Unlabelled:
+def read_unlabelled(cfg: DataConfig, validation_texts: list[str], training_texts: list[str] = ()) -> Unlabelled:
     """data.unlabelled_file's texts, as `lorafit predict` reads a file (data.text_columns, else a `text` column).
 
     Rows whose text equals a validation text are dropped here, before any teacher sees them: a pseudo-labelled
-    copy of a validation row would leak it into training and inflate validation accuracy."""
+    copy of a validation row would leak it into training and inflate validation accuracy. So are rows whose text
+    is a labelled training text (the file to predict often shares some): that row trains with its real label
+    already, and a copy would train it again, under the teacher's label where the two disagree."""
     from lorafit.predict import input_text_columns
 
     source = str(cfg.unlabelled_file)
@@ -394,20 +397,22 @@ def read_unlabelled(cfg: DataConfig, validation_texts: list[str]) -> Unlabelled:
     texts = join_texts(frame, columns, cfg.text_separator, f"data.unlabelled_file {source}", allow_empty=True,
                        fix=f"rename its text column to {wanted} (data.text_columns names the training data's "
                            "columns too)")
-    held_out = {t.strip() for t in validation_texts}
-    kept, empty, overlap = [], 0, 0
+    held_out, labelled = {t.strip() for t in validation_texts}, {t.strip() for t in training_texts}
+    kept, empty, overlap, known = [], 0, 0, 0
     for text in texts:
         if not text.strip():
             empty += 1
         elif text.strip() in held_out:
             overlap += 1
+        elif text.strip() in labelled:
+            known += 1
         else:
             kept.append(text)
     if not kept:  # nothing to label: the run would load the teachers and train without self-training
-        raise UserError(f"data.unlabelled_file {source} has no text to label: of its {len(texts)} rows, {empty} empty "
-                        f"and {overlap} are validation texts; give a file of other texts, or remove "
-                        "data.unlabelled_file")
-    return Unlabelled(source, kept, len(texts), empty, overlap)
+        raise UserError(f"data.unlabelled_file {source} has no text to label: of its {len(texts)} rows, {empty} empty, "
+                        f"{overlap} validation texts and {known} labelled training texts; give a file of other texts, "
+                        "or remove data.unlabelled_file")
+    return Unlabelled(source, kept, len(texts), empty, overlap, known)
 
 
 def select_pseudo_labels(unlabelled: Unlabelled, log_probs: np.ndarray, threshold: float,
@@ -431,6 +436,7 @@ def select_pseudo_labels(unlabelled: Unlabelled, log_probs: np.ndarray, threshol
         "rows_read": unlabelled.rows_read,
         "empty_rows_skipped": unlabelled.empty_rows,
         "validation_overlap_dropped": unlabelled.validation_overlap,
+        "labelled_overlap_dropped": unlabelled.labelled_overlap,
         "rows_labelled_by_teacher": len(unlabelled.texts),
         "joined": int(len(chosen)),
         "joined_per_class": {str(name): int(n) for name, n in zip(label_names, per_class)},
@@ -491,10 +497,12 @@ def report_pseudo_labels(record: dict, ceiling: Optional[float]) -> None:
     say(f"self-training: {joined:,} of {offered:,} unlabelled rows joined at probability >= {threshold:g} "
         f"({per_class}{balanced})")
     empty, overlap = record["empty_rows_skipped"], record["validation_overlap_dropped"]
-    if empty or overlap:  # not labelled at all: said, not only counted in the manifest
+    known = record.get("labelled_overlap_dropped", 0)
+    if empty or overlap or known:  # not labelled at all: said, not only counted in the manifest
         log.warning("data.unlabelled_file %s: %d of its %d rows were not labelled (%d empty, %d the text of a "
-                    "validation row, which would leak it into training)", record["source"], empty + overlap,
-                    record["rows_read"], empty, overlap)
+                    "validation row, which would leak it into training, %d the text of a labelled training row, "
+                    "which trains with its own label)", record["source"], empty + overlap + known,
+                    record["rows_read"], empty, overlap, known)
     if record.get("balanced_share") == 0:  # one class has no confident row, so balance lets no row of any class join
         log.warning("data.pseudo_label_balance: no row the teachers call %s reaches probability %g, so no unlabelled "
                     "row joined; lower data.pseudo_label_threshold, or set data.pseudo_label_balance false",

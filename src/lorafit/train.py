@@ -105,7 +105,8 @@ def prepare(cfg: RunConfig) -> Prepared:
     # Teachers and unlabelled text are checked here too, so a mistake in them writes nothing; their predictions
     # need the run folder (they are cached there) and come in add_teacher_targets.
     teacher_folders(cfg, train_data.label_names)
-    unlabelled = teacher.read_unlabelled(cfg.data, eval_data.texts) if cfg.data.unlabelled_file else None
+    unlabelled = (teacher.read_unlabelled(cfg.data, eval_data.texts, train_data.texts) if cfg.data.unlabelled_file
+                  else None)
     return Prepared(cfg, budget, train_data, eval_data, tokenizer, train_ds, eval_ds, unlabelled)
 
 
