@@ -75,6 +75,12 @@ def lock_holder(run_dir: str | Path) -> Optional[dict]:
     return _lock_state(run_dir)[0]
 
 
+def lock_state(run_dir: str | Path) -> tuple[Optional[dict], bool]:
+    """(lock_holder's answer, whether it is live): False where only the lock file names the holder (another
+    machine's run, or no flock here), which a killed run leaves behind for good."""
+    return _lock_state(run_dir)
+
+
 def _lock_state(run_dir: str | Path) -> tuple[Optional[dict], bool]:
     """(lock_holder's answer, whether a held flock or this process's own lock says the holder is live, rather than
     only the lock file's details, which a killed run leaves behind)."""

@@ -45,7 +45,7 @@ from lorafit.locks import (
     ReplaceLock,
     describe_holder,
     disk_errors_explained,
-    lock_holder,
+    lock_state,
 )
 
 CONFIG = "config.yaml"
@@ -314,14 +314,18 @@ def read_eval_curve(run_dir: str | Path) -> list[dict]:
 
 def _curve_row(line: str) -> Optional[dict]:
     """One eval_curve.jsonl line as its row, or None when it is none: not a JSON object, or a step that is no whole
-    number (a hand edit), which readers would compare with the other steps (a TypeError, not a damaged file)."""
+    number (a hand edit), which readers would compare with the other steps (a TypeError, not a damaged file). So
+    too a row without its step, or whose accuracy is no number: best_and_final compares them, and a resumed run
+    trained to its end before it died there (KeyError 'step', TypeError) instead of being refused up front."""
     try:
         row = json.loads(line)
     except ValueError:
         return None
     if not isinstance(row, dict):
         return None
-    step = row.get("step", 0)
+    step = row.get("step")
+    if "accuracy" in row and not is_number(row["accuracy"]):
+        return None
     return row if isinstance(step, int) and not isinstance(step, bool) else None
 
 
@@ -388,26 +392,53 @@ def check_run_folder(run_dir: str | Path, need=INFERENCE) -> RunFolder:
     "manifest", "curve"} (INFERENCE, FINISHED). A result.json or manifest.json from a newer lorafit is refused
     whatever is needed; other files the command does not need may be damaged without stopping it."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run folder not found: {run_dir} (train one with `lorafit train CONFIG.yaml`)")
-    before = snapshot(run_dir)
     try:
-        folder = _check_run_folder(run_dir, need)
-    except RunFolderError as exc:
-        raise _busy_not_damaged(exc) from None
+        if not run_dir.is_dir():
+            raise UserError(f"run folder not found: {run_dir} (train one with `lorafit train CONFIG.yaml`)")
+        before = snapshot(run_dir)
+        try:
+            folder = _check_run_folder(run_dir, need)
+        except RunFolderError as exc:
+            raise _busy_not_damaged(exc) from None
+    except PermissionError as exc:
+        # Looking a file up (exists, is_file) fails only where a folder on its path may not be searched: another
+        # user's private run folder (0700) or adapter/, or a run inside their home. Was a raw PermissionError.
+        raise _unsearchable(run_dir, exc) from None
     folder.snapshot = before
     return folder
+
+
+def _unsearchable(run_dir: Path, exc: PermissionError) -> UserError:
+    """The one line for a lookup refused under run_dir (its folder, or one of its subfolders, named) or elsewhere."""
+    looked_up = Path(exc.filename) if isinstance(exc.filename, str) else run_dir
+    fix = "ask its owner to make it readable to you (chmod a+rx)"
+    if looked_up != run_dir and run_dir not in looked_up.parents:  # not the run's own path: name what was refused
+        return UserError(f"cannot read {looked_up} ({exc.strerror or exc}); {fix}")
+    inside = looked_up.parent != run_dir and run_dir in looked_up.parent.parents  # e.g. adapter/
+    folder = f"{looked_up.parent.relative_to(run_dir).as_posix()}/" if inside else ""
+    where = "" if inside else ": it, or a folder above it, is not open to you"
+    return RunFolderError(run_dir, folder, f"cannot be read ({exc.strerror or exc}{where})", fix, status="unreadable")
+
+
+UNREADABLE_FIX = "make it readable to you (chmod a+r, or ask its owner)"
+
+
+def _unreadable(run_dir: Path, name: str, exc: OSError) -> RunFolderError:
+    """A file of the run this user may not read (another user's private file): not damage, and no backup or
+    retraining fixes it (it was 'damaged: ... truncated or overwritten; restore it from a backup')."""
+    return RunFolderError(run_dir, name, f"cannot be read ({exc.strerror or exc})", UNREADABLE_FIX,
+                          status="unreadable")
 
 
 def _busy_not_damaged(exc: RunFolderError) -> RunFolderError:
     """A file missing or cut while a writer holds the folder (train --overwrite clearing it, a resumed run writing
     it) is work in progress: say who writes it, not 'damaged, restore it from a backup'. Not where this process
     holds the lock (a sweep checking a trial's folder before reusing it): there the damage is real."""
-    holder = writer_of(exc.run_dir) if exc.status == "damaged" and not held_here(exc.run_dir) else None
+    holder, live = _writer(exc.run_dir) if exc.status == "damaged" and not held_here(exc.run_dir) else (None, True)
     if holder is None:
         return exc
     return RunFolderError(exc.run_dir, exc.file, exc.problem, f"{describe_holder(holder)} holds its lock and is "
-                          "writing it now; wait for that run to finish", status="busy")
+                          f"writing it now; {_wait_for_writer(exc.run_dir, live)}", status="busy")
 
 
 def _check_run_folder(run_dir: Path, need) -> RunFolder:
@@ -438,6 +469,10 @@ def read_run_json(run_dir: Path, name: str, required: bool) -> Optional[dict]:
         return None
     try:
         data = read_json(path)
+    except PermissionError as exc:
+        if required:
+            raise _unreadable(run_dir, name, exc) from None
+        data = None
     except (OSError, ValueError):  # ValueError: bad JSON or not UTF-8
         data = None
     if not isinstance(data, dict):
@@ -474,6 +509,8 @@ def _check_config(run_dir: Path, manifest: Optional[dict]):
         raise UserError(f"{run_dir} is not a lorafit run folder (no {CONFIG}); give a folder made by `lorafit train`")
     try:
         text = path.read_text(encoding="utf-8")
+    except PermissionError as exc:
+        raise _unreadable(run_dir, CONFIG, exc) from None
     except (OSError, ValueError):
         raise RunFolderError(run_dir, CONFIG, "is not readable UTF-8 text") from None
     expected = (manifest or {}).get("config_sha256")
@@ -509,6 +546,8 @@ def _check_labels(run_dir: Path, cfg) -> list[str]:
         raise RunFolderError(run_dir, LABELS, "is missing")
     try:
         labels = read_json(path)
+    except PermissionError as exc:
+        raise _unreadable(run_dir, LABELS, exc) from None
     except (OSError, ValueError):
         raise RunFolderError(run_dir, LABELS, "is not valid JSON (truncated or overwritten)") from None
     if not isinstance(labels, list) or not all(isinstance(n, (str, int)) for n in labels):
@@ -546,14 +585,15 @@ def _check_adapter(run_dir: Path, cfg) -> None:
     try:
         problem = safetensors_problem(weights)
     except OSError as exc:  # e.g. another user's private file: not damage, and no backup or retraining fixes it
-        raise RunFolderError(run_dir, f"{ADAPTER}/{ADAPTER_WEIGHTS}", f"cannot be read ({exc.strerror or exc})",
-                             "make it readable to you (chmod a+r, or ask its owner)") from None
+        raise _unreadable(run_dir, f"{ADAPTER}/{ADAPTER_WEIGHTS}", exc) from None
     if problem:
         raise RunFolderError(run_dir, f"{ADAPTER}/{ADAPTER_WEIGHTS}", problem)
     _check_tokenizer_files(run_dir, adapter)
     for path in sorted(adapter.glob("*.json")):  # adapter and tokenizer settings: all read when loading
         try:
             read_json(path)
+        except PermissionError as exc:
+            raise _unreadable(run_dir, f"{ADAPTER}/{path.name}", exc) from None
         except (OSError, ValueError):
             raise RunFolderError(run_dir, f"{ADAPTER}/{path.name}", "is not valid JSON (truncated or overwritten)") from None
     _check_adapter_matches(run_dir, read_json(adapter / "adapter_config.json"), cfg)
@@ -604,6 +644,8 @@ def check_eval_curve(run_dir: Path, finished: bool) -> list[dict]:
         return []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
+    except PermissionError as exc:
+        raise _unreadable(run_dir, EVAL_CURVE, exc) from None
     except (OSError, ValueError):
         raise RunFolderError(run_dir, EVAL_CURVE, "is not readable UTF-8 text") from None
     rows = []
@@ -613,7 +655,7 @@ def check_eval_curve(run_dir: Path, finished: bool) -> list[dict]:
             rows.append(row)
         elif finished or number < len(lines):
             raise RunFolderError(run_dir, EVAL_CURVE, f"line {number} is not a JSON object with a whole-number step "
-                                 "(truncated or overwritten)")
+                                 "and a numeric accuracy (truncated or overwritten)")
     if finished and not any("accuracy" in row for row in rows):
         raise RunFolderError(run_dir, EVAL_CURVE, "holds no evaluation")
     return rows
@@ -717,17 +759,31 @@ def writer_of(run_dir: str | Path) -> Optional[dict]:
     """The details of the process writing the run folder now ({} when it has not written them yet), or None when
     no process writes what a loader reads (an evaluation writing its scores does not). Writes nothing; holds a
     shared flock on .lock for a moment (RunLock waits that out)."""
-    holder = lock_holder(run_dir)
-    return None if holder and holder.get("scores_only") is True else holder
+    return _writer(run_dir)[0]
+
+
+def _writer(run_dir: str | Path) -> tuple[Optional[dict], bool]:
+    """(writer_of's answer, whether a held flock says that writer is live: lock_state)."""
+    holder, live = lock_state(run_dir)
+    return (None, live) if holder and holder.get("scores_only") is True else (holder, live)
+
+
+def _wait_for_writer(run_dir: str | Path, live: bool) -> str:
+    """What to do about the folder's writer. One that only the lock file names (another machine's run, which no
+    flock here vouches for; no flock at all) may have been killed, leaving that file for good: readers said "wait
+    for that run to finish" forever, where `lorafit train` says which file to delete."""
+    if live:
+        return "wait for that run to finish"
+    return f"wait for that run to finish, or, if it is no longer running, delete {Path(run_dir) / LOCK}"
 
 
 def confirm_unchanged(folder: RunFolder, locked: bool = False) -> None:
     """Refuse, in one line, what was read from the folder since check_run_folder began when a writer holds it now
     or replaced a file a loader reads. locked: this process holds the folder's lock (RunLock), so no other does."""
-    holder = None if locked else writer_of(folder.path)
+    holder, live = (None, True) if locked else _writer(folder.path)
     if holder is not None:
-        raise RunFolderChanged(f"{folder.path} is being written: {describe_holder(holder)} holds its lock; wait for "
-                               "that run to finish, then run this again (nothing was written)")
+        raise RunFolderChanged(f"{folder.path} is being written: {describe_holder(holder)} holds its lock; "
+                               f"{_wait_for_writer(folder.path, live)}, then run this again (nothing was written)")
     if snapshot(folder.path) != folder.snapshot:
         raise RunFolderChanged(f"{folder.path} was rewritten while it was read (a run trained into it meanwhile); "
                                "run this again (nothing was written)")
@@ -790,12 +846,17 @@ def writable_dir_check(folder: Path, need_bytes: int = 50 * 2**20, option: str =
     """
     folder = Path(folder)
     probe_root = folder
-    while not probe_root.exists() and probe_root != probe_root.parent:
-        if probe_root.is_symlink():  # mkdir cannot make a folder there (FileExistsError), nor through it
-            raise UserError(f"cannot write to {folder}: {probe_root} is a broken symbolic link (to "
-                            f"{os.readlink(probe_root)}); mount or create its target, or choose another {option}")
-        probe_root = probe_root.parent
-    if not probe_root.is_dir():
+    try:
+        while not probe_root.exists() and probe_root != probe_root.parent:
+            if probe_root.is_symlink():  # mkdir cannot make a folder there (FileExistsError), nor through it
+                raise UserError(f"cannot write to {folder}: {probe_root} is a broken symbolic link (to "
+                                f"{os.readlink(probe_root)}); mount or create its target, or choose another {option}")
+            probe_root = probe_root.parent
+        is_dir = probe_root.is_dir()
+    except PermissionError as exc:  # a folder above it that may not be searched (another user's home): no traceback
+        raise UserError(f"cannot write to {folder}: a folder above {probe_root} is not open to you "
+                        f"({exc.strerror}); choose a writable {option}") from None
+    if not is_dir:
         raise UserError(f"cannot write to {folder}: {probe_root} is a file, not a folder; choose a writable {option}")
     try:
         with tempfile.TemporaryFile(dir=probe_root, prefix=".lorafit-write-probe."):
