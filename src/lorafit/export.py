@@ -69,6 +69,7 @@ def check_output(output: Path, run_dir: Path, overwrite: bool, models: Sequence[
     if output.name in ("", ".."):  # `.`, `..`, `/`: the export swaps in a folder by name, and these have none
         raise UserError(f"--output {output} names the current or a parent folder; give the export folder's own name, "
                         f"e.g. --output exports/{run_dir.name}")
+    runs.check_name_fits(output, "--output", extra=runs.TEMP_FOLDER_EXTRA)
     try:
         out, run = output.resolve(), run_dir.resolve()
     except (OSError, RuntimeError):  # a symbolic link loop: RuntimeError before Python 3.13, OSError (ELOOP) since

@@ -199,6 +199,7 @@ def check_output_path(output_path: Path, input_path: Optional[Path] = None) -> N
     """Refuse an output the CSV could not be written to, or that would replace the input, before any prediction."""
     if output_path.suffix.lower() != ".csv":
         raise UserError(f"--output {output_path} must end in .csv; e.g. --output submission.csv")
+    runs.check_name_fits(output_path, "--output")
     if output_path.is_dir():
         raise UserError(f"--output {output_path} is a folder; give a file name, e.g. {output_path / 'submission.csv'}")
     if input_path is not None and output_path.exists() and input_path.exists() and output_path.samefile(input_path):

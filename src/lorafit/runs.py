@@ -839,6 +839,21 @@ def clear_run_dir(run_dir: Path) -> None:
             path.unlink()
 
 
+NAME_MAX_BYTES = 255  # a file name's limit on ext4, XFS, btrfs, tmpfs, APFS and NTFS
+TEMP_FILE_EXTRA = len("..XXXXXXXX.tmp")  # what atomic_write_bytes's temporary copy adds: .NAME.XXXXXXXX.tmp
+TEMP_FOLDER_EXTRA = len("..XXXXXXXX")  # atomic_replace_dir's: .NAME.XXXXXXXX (its .NAME.lock, .NAME.old: less)
+
+
+def check_name_fits(path: Path, option: str, extra: int = TEMP_FILE_EXTRA) -> None:
+    """Refuse an output name too long for its temporary copy's name (`extra` bytes longer), before the work: a
+    242-byte --output was a raw 'File name too long' traceback once every row was predicted."""
+    size, limit = len(os.fsencode(path.name)), NAME_MAX_BYTES - extra
+    if size > limit:
+        raise UserError(f"{option} names a file or folder of {size} bytes; lorafit writes it through a temporary "
+                        f"copy whose name is {extra} bytes longer, past the {NAME_MAX_BYTES}-byte limit of file "
+                        f"names: give a name of at most {limit} bytes")
+
+
 def writable_dir_check(folder: Path, need_bytes: int = 50 * 2**20, option: str = "--output-dir") -> None:
     """Fail up front when the folder cannot be made or written, or the disk is nearly full.
 
