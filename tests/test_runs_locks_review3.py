@@ -197,3 +197,28 @@ def test_resuming_a_run_whose_curve_row_was_edited_is_refused_before_training(cl
     kept = runs.read_eval_curve(run_dir)  # what a sweep and report read: the edited row left out, no traceback
     assert [row["step"] for row in kept] == [row["step"] for row in rows[1:]]
     assert runs.best_and_final(kept)[1]["step"] == rows[-1]["step"]
+
+
+def test_report_and_an_unfinished_folder_name_the_lock_file_a_killed_run_left(cli, finished_copy, tmp_path):
+    """The same lock file made `lorafit report` list the run as 'running, being trained by process 4242' for good, and
+    predict on a folder with no adapter or config yet say 'holds its lock: training it now' with nothing to do."""
+    from lorafit import report
+
+    lock = _left_by_another_machine(finished_copy)
+    record = report.load_run(finished_copy)
+    assert record.status == "running" and f"if it is no longer running, delete {lock}" in record.note
+
+    starting = tmp_path / "starting"  # a run killed after taking its lock, before it wrote its config
+    starting.mkdir()
+    lock = _left_by_another_machine(starting)
+    with pytest.raises(runs.UserError) as caught:
+        runs.check_run_folder(starting)
+    assert "training it now" in str(caught.value) and f"delete {lock}" in str(caught.value)
+
+
+def test_report_tells_nothing_to_delete_while_the_writer_is_live(finished_copy):
+    from lorafit import report
+
+    with lock_held_by_another_process(finished_copy) as pid:
+        record = report.load_run(finished_copy)
+    assert record.status == "running" and f"process {pid}" in record.note and "delete" not in record.note

@@ -68,6 +68,7 @@ class RunRecord:
     manifest: dict = field(default_factory=dict)
     problem: Optional[runs.RunFolderError] = None  # why the folder cannot be used as it is (damaged, newer format)
     writer: Optional[dict] = None  # the lock holder of a run being trained now (runs.writer_of), else None
+    writer_live: bool = True  # whether a held flock vouches for it (runs.writer_state), not only the lock file
     diverged_at: Optional[int] = None  # step of the first evaluation with a NaN or infinite validation loss
 
     @property
@@ -133,7 +134,8 @@ class RunRecord:
     @property
     def note(self) -> str:
         if self.writer is not None:
-            return f"being trained by {locks.describe_holder(self.writer)}"
+            hint = runs.stale_lock_hint(self.path, self.writer_live)
+            return f"being trained by {locks.describe_holder(self.writer)}{hint}"
         if self.problem is not None:
             return "; ".join(filter(None, [self.problem.reason, self.problem.fix]))
         text = self.result.get("reason") or self.result.get("error") or ""
@@ -213,10 +215,10 @@ def find_run_dirs(root: Path, skip: Optional[Path] = None) -> list[Path]:
 def load_run(path: Path) -> RunRecord:
     """The run as its files say, or as `running` where a training process holds the folder: its files are then a
     moment of a run in progress (or of the run an --overwrite is replacing), not its outcome."""
-    writer = runs.writer_of(path)
+    writer = runs.writer_state(path)
     record = _read_run(path)
-    record.writer = writer if writer is not None else runs.writer_of(path)  # also one that started while we read
-    return record
+    record.writer, record.writer_live = writer if writer[0] is not None else runs.writer_state(path)  # also one
+    return record  # that started while we read
 
 
 def _read_run(path: Path) -> RunRecord:

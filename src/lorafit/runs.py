@@ -434,7 +434,7 @@ def _busy_not_damaged(exc: RunFolderError) -> RunFolderError:
     """A file missing or cut while a writer holds the folder (train --overwrite clearing it, a resumed run writing
     it) is work in progress: say who writes it, not 'damaged, restore it from a backup'. Not where this process
     holds the lock (a sweep checking a trial's folder before reusing it): there the damage is real."""
-    holder, live = _writer(exc.run_dir) if exc.status == "damaged" and not held_here(exc.run_dir) else (None, True)
+    holder, live = writer_state(exc.run_dir) if exc.status == "damaged" and not held_here(exc.run_dir) else (None, True)
     if holder is None:
         return exc
     return RunFolderError(exc.run_dir, exc.file, exc.problem, f"{describe_holder(holder)} holds its lock and is "
@@ -561,8 +561,10 @@ def _check_labels(run_dir: Path, cfg) -> list[str]:
 def _lock_note(run_dir: Path) -> str:
     """Who trains the folder now, if another process does: not this one (a sweep worker checks a trial's folder
     while it holds that folder's lock, and would name itself)."""
-    holder = None if held_here(run_dir) else writer_of(run_dir)
-    return f" ({describe_holder(holder)} holds its lock: training it now)" if holder is not None else ""
+    holder, live = (None, True) if held_here(run_dir) else writer_state(run_dir)
+    if holder is None:
+        return ""
+    return f" ({describe_holder(holder)} holds its lock: training it now{stale_lock_hint(run_dir, live)})"
 
 
 def _check_trained(run_dir: Path) -> None:
@@ -759,28 +761,31 @@ def writer_of(run_dir: str | Path) -> Optional[dict]:
     """The details of the process writing the run folder now ({} when it has not written them yet), or None when
     no process writes what a loader reads (an evaluation writing its scores does not). Writes nothing; holds a
     shared flock on .lock for a moment (RunLock waits that out)."""
-    return _writer(run_dir)[0]
+    return writer_state(run_dir)[0]
 
 
-def _writer(run_dir: str | Path) -> tuple[Optional[dict], bool]:
+def writer_state(run_dir: str | Path) -> tuple[Optional[dict], bool]:
     """(writer_of's answer, whether a held flock says that writer is live: lock_state)."""
     holder, live = lock_state(run_dir)
     return (None, live) if holder and holder.get("scores_only") is True else (holder, live)
 
 
+def stale_lock_hint(run_dir: str | Path, live: bool) -> str:
+    """A writer only the lock file names (another machine's run, which no flock here vouches for; no flock at all)
+    may have been killed, leaving that file for good: readers said "wait for that run to finish" (and report said
+    "running") forever, where `lorafit train` says which file to delete."""
+    return "" if live else f", or, if it is no longer running, delete {Path(run_dir) / LOCK}"
+
+
 def _wait_for_writer(run_dir: str | Path, live: bool) -> str:
-    """What to do about the folder's writer. One that only the lock file names (another machine's run, which no
-    flock here vouches for; no flock at all) may have been killed, leaving that file for good: readers said "wait
-    for that run to finish" forever, where `lorafit train` says which file to delete."""
-    if live:
-        return "wait for that run to finish"
-    return f"wait for that run to finish, or, if it is no longer running, delete {Path(run_dir) / LOCK}"
+    """What to do about the folder's writer."""
+    return f"wait for that run to finish{stale_lock_hint(run_dir, live)}"
 
 
 def confirm_unchanged(folder: RunFolder, locked: bool = False) -> None:
     """Refuse, in one line, what was read from the folder since check_run_folder began when a writer holds it now
     or replaced a file a loader reads. locked: this process holds the folder's lock (RunLock), so no other does."""
-    holder, live = (None, True) if locked else _writer(folder.path)
+    holder, live = (None, True) if locked else writer_state(folder.path)
     if holder is not None:
         raise RunFolderChanged(f"{folder.path} is being written: {describe_holder(holder)} holds its lock; "
                                f"{_wait_for_writer(folder.path, live)}, then run this again (nothing was written)")
