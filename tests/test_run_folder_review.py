@@ -465,7 +465,7 @@ def test_a_flock_error_other_than_no_locks_is_one_line(tmp_path, monkeypatch):
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(fcntl, "flock", broken)
-    with pytest.raises(UserError, match="cannot lock .*Input/output error; put output_dir on a local disk"):
+    with pytest.raises(UserError, match="cannot lock .*Input/output error; keep run folders on a local disk"):
         locks.RunLock(tmp_path / "out" / "run").acquire()
     assert not (tmp_path / "out").exists()
 

@@ -382,7 +382,8 @@ def _flock_past_probes(fd: int, path: Path) -> Optional[bool]:
             if state is not None or (_read_fd(fd) and not _readers_only(fd)):
                 return state
         except OSError as exc:  # EIO, EINVAL...: a file system to keep runs off
-            raise UserError(f"cannot lock {path}: {exc.strerror or exc}; put output_dir on a local disk") from None
+            raise UserError(f"cannot lock {path}: {exc.strerror or exc}; keep run folders on a local disk "
+                            "(--output-dir when training; a copy of the run folder otherwise)") from None
         time.sleep(0.05)
     return None
 
