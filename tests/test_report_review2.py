@@ -132,5 +132,8 @@ def test_an_unreadable_eval_curve_marks_the_run_damaged(tmp_path, cli, monkeypat
         curve.chmod(0o755)
     assert outcome.code == 0, outcome.err
     row = table_rows(tmp_path / "runs" / "report")["a"]
-    assert row["status"] == "damaged" and row["note"].startswith("eval_curve.jsonl cannot be read")
+    # no read permission: another user's file, which neither a backup nor retraining fixes (runs.unreadable)
+    status, fix = ("damaged", "restore it") if how == "folder" else ("unreadable", "make it readable")
+    assert row["status"] == status and row["note"].startswith("eval_curve.jsonl cannot be read"), row
+    assert fix in row["note"], row
     assert table_rows(tmp_path / "runs" / "report")["b"]["peak val acc"] == "0.6000"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +153,24 @@ EVALUATION_FILES = r".+(\.json|-confusion\.png)"  # what evaluate writes in eval
 EVALUATION_LOCK_WAIT_S = 30  # another evaluation's writes take well under a second; a training run is refused after
 
 
+# The longest name evaluate gives its files: NAME-XXXXXXXX (_unclaimed_name), its chart NAME-XXXXXXXX-confusion.png,
+# whose temporary copy (.NAME-XXXXXXXX-confusion.png.XXXXXXXX.tmp) must fit a file name's 255 bytes
+EVALUATION_NAME_MAX_BYTES = runs.NAME_MAX_BYTES - runs.TEMP_FILE_EXTRA - len("-confusion.png") - len("-XXXXXXXX")
+
+
+def fitting_name(name: str, reserve: int = 0) -> str:
+    """`name`, or as much of it as fits (with `reserve` bytes left for a suffix) and a hash of it all: the name
+    comes from the --data file's, and a legal one whose stem had 228 bytes or more gave the chart's temporary copy
+    a name past the limit: a raw 'File name too long' after every row was predicted. Cut between characters."""
+    limit = EVALUATION_NAME_MAX_BYTES - reserve
+    if len(os.fsencode(name)) <= limit:
+        return name
+    head = name
+    while len(os.fsencode(head)) > limit - len("-XXXXXXXX"):
+        head = head[:-1]
+    return f"{head}-{hashlib.sha256(os.fsencode(name)).hexdigest()[:8]}"
+
+
 def _refuse_folders(out_dir: Path, name: str) -> None:
     """evaluation/NAME.json or its chart as a folder: replacing it failed with a raw IsADirectoryError, after every
     row was predicted (and the chart was written beside no scores). A link to a folder is replaced as a link."""
@@ -170,8 +189,8 @@ def evaluate_run(run_dir: str | Path, data_spec: str, model_path: Optional[str] 
     # The data first, read with the folder's config and labels: a bad --data is one line before the model loads
     # (a minute and more for a base-size model), not after
     data, name = load_eval_data(data_spec, RunColumns(config_from_dict(checked.config), checked.labels), trust_pickle)
-    if quantize != "none":  # scored apart, so a quantized check never overwrites the model's own numbers
-        name = f"{name}-{quantize}"
+    suffix = f"-{quantize}" if quantize != "none" else ""  # scored apart: a quantized check never overwrites the
+    name = fitting_name(name, reserve=len(suffix)) + suffix  # model's own numbers
     source = _source_id(data_spec)
     _refuse_folders(out_dir, _unclaimed_name(out_dir, name, source))  # again under the lock, for the final name
     run = load_run(checked.path, model_path, quantize, checked=checked)

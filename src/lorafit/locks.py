@@ -213,7 +213,7 @@ class RunLock:
         # one made here): a start interrupted meanwhile must not remove that holder's lock file
         self._os_locked = None
         try:
-            self._os_locked = _flock_past_probes(fd, path)
+            self._os_locked = _flock_past_probes(fd, path, self._local_disk_fix())
         except UserError:
             self._os_locked = False  # flock itself fails here, so no process holds this file
             raise
@@ -239,6 +239,10 @@ class RunLock:
         holder, live = _lock_state(self.run_dir)
         if holder is not None:  # only the file names it (another machine's, or no flock): say which file to delete
             raise self._busy(holder) if live else self._refused(holder, self.run_dir / LOCK)
+
+    def _local_disk_fix(self) -> str:
+        """What to do where this lock cannot be taken at all (EIO): the run folder moves to a local disk."""
+        return "keep run folders on a local disk (--output-dir when training; a copy of the run folder otherwise)"
 
     def _busy(self, info: Optional[dict]) -> "RunFolderBusy":
         return RunFolderBusy(f"{self.run_dir} is in use by {describe_holder(info)}; wait for that run to finish or "
@@ -316,6 +320,10 @@ class ReplaceLock(RunLock):
         super().__init__(target.with_name(f".{target.name}.lock"))
         self.target = target
 
+    def _local_disk_fix(self) -> str:
+        # The lock beside an export's --output, not the run folder's: moving the run folder would not help
+        return f"write {self.target.name} to a folder on a local disk (another --output)"
+
     def _busy(self, info: Optional[dict]) -> "RunFolderBusy":
         return RunFolderBusy(f"{self.target} is being written by {describe_holder(info)}; wait for it to finish, "
                              "or write to another folder (nothing was written)")
@@ -372,7 +380,7 @@ def _remove_lock_file(fd: int, path: Path) -> None:
     aside.unlink(missing_ok=True)
 
 
-def _flock_past_probes(fd: int, path: Path) -> Optional[bool]:
+def _flock_past_probes(fd: int, path: Path, local_disk_fix: str) -> Optional[bool]:
     """_try_flock, tried again for up to a second while the holder has written no details or holds only a shared
     flock: a reader's check (writer_of) holds one for a few microseconds, and must not turn a training run away,
     even from a killed run's lock file (whose details are still there)."""
@@ -382,8 +390,7 @@ def _flock_past_probes(fd: int, path: Path) -> Optional[bool]:
             if state is not None or (_read_fd(fd) and not _readers_only(fd)):
                 return state
         except OSError as exc:  # EIO, EINVAL...: a file system to keep runs off
-            raise UserError(f"cannot lock {path}: {exc.strerror or exc}; keep run folders on a local disk "
-                            "(--output-dir when training; a copy of the run folder otherwise)") from None
+            raise UserError(f"cannot lock {path}: {exc.strerror or exc}; {local_disk_fix}") from None
         time.sleep(0.05)
     return None
 

@@ -230,7 +230,9 @@ def _read_run(path: Path) -> RunRecord:
         config = {}
     try:
         rows, unreadable = runs.read_eval_curve(path), None
-    except OSError as exc:  # a folder in its place, no read permission: the run is damaged, not the report
+    except PermissionError as exc:  # another user's private file: no backup or retraining fixes it (check_run_folder)
+        rows, unreadable = [], runs.unreadable(path, runs.EVAL_CURVE, exc)
+    except OSError as exc:  # a folder in its place: the run is damaged, not the report
         rows, unreadable = [], runs.RunFolderError(path, runs.EVAL_CURVE, f"cannot be read ({exc.strerror or exc})")
     rows = [row for row in rows
             if runs.finite_number(row.get("accuracy")) is not None and runs.finite_number(row.get("step")) is not None]

@@ -423,7 +423,7 @@ def _unsearchable(run_dir: Path, exc: PermissionError) -> UserError:
 UNREADABLE_FIX = "make it readable to you (chmod a+r, or ask its owner)"
 
 
-def _unreadable(run_dir: Path, name: str, exc: OSError) -> RunFolderError:
+def unreadable(run_dir: Path, name: str, exc: OSError) -> RunFolderError:
     """A file of the run this user may not read (another user's private file): not damage, and no backup or
     retraining fixes it (it was 'damaged: ... truncated or overwritten; restore it from a backup')."""
     return RunFolderError(run_dir, name, f"cannot be read ({exc.strerror or exc})", UNREADABLE_FIX,
@@ -471,7 +471,7 @@ def read_run_json(run_dir: Path, name: str, required: bool) -> Optional[dict]:
         data = read_json(path)
     except PermissionError as exc:
         if required:
-            raise _unreadable(run_dir, name, exc) from None
+            raise unreadable(run_dir, name, exc) from None
         data = None
     except (OSError, ValueError):  # ValueError: bad JSON or not UTF-8
         data = None
@@ -510,7 +510,7 @@ def _check_config(run_dir: Path, manifest: Optional[dict]):
     try:
         text = path.read_text(encoding="utf-8")
     except PermissionError as exc:
-        raise _unreadable(run_dir, CONFIG, exc) from None
+        raise unreadable(run_dir, CONFIG, exc) from None
     except (OSError, ValueError):
         raise RunFolderError(run_dir, CONFIG, "is not readable UTF-8 text") from None
     expected = (manifest or {}).get("config_sha256")
@@ -547,7 +547,7 @@ def _check_labels(run_dir: Path, cfg) -> list[str]:
     try:
         labels = read_json(path)
     except PermissionError as exc:
-        raise _unreadable(run_dir, LABELS, exc) from None
+        raise unreadable(run_dir, LABELS, exc) from None
     except (OSError, ValueError):
         raise RunFolderError(run_dir, LABELS, "is not valid JSON (truncated or overwritten)") from None
     if not isinstance(labels, list) or not all(isinstance(n, (str, int)) for n in labels):
@@ -587,7 +587,7 @@ def _check_adapter(run_dir: Path, cfg) -> None:
     try:
         problem = safetensors_problem(weights)
     except OSError as exc:  # e.g. another user's private file: not damage, and no backup or retraining fixes it
-        raise _unreadable(run_dir, f"{ADAPTER}/{ADAPTER_WEIGHTS}", exc) from None
+        raise unreadable(run_dir, f"{ADAPTER}/{ADAPTER_WEIGHTS}", exc) from None
     if problem:
         raise RunFolderError(run_dir, f"{ADAPTER}/{ADAPTER_WEIGHTS}", problem)
     _check_tokenizer_files(run_dir, adapter)
@@ -595,7 +595,7 @@ def _check_adapter(run_dir: Path, cfg) -> None:
         try:
             read_json(path)
         except PermissionError as exc:
-            raise _unreadable(run_dir, f"{ADAPTER}/{path.name}", exc) from None
+            raise unreadable(run_dir, f"{ADAPTER}/{path.name}", exc) from None
         except (OSError, ValueError):
             raise RunFolderError(run_dir, f"{ADAPTER}/{path.name}", "is not valid JSON (truncated or overwritten)") from None
     _check_adapter_matches(run_dir, read_json(adapter / "adapter_config.json"), cfg)
@@ -647,7 +647,7 @@ def check_eval_curve(run_dir: Path, finished: bool) -> list[dict]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except PermissionError as exc:
-        raise _unreadable(run_dir, EVAL_CURVE, exc) from None
+        raise unreadable(run_dir, EVAL_CURVE, exc) from None
     except (OSError, ValueError):
         raise RunFolderError(run_dir, EVAL_CURVE, "is not readable UTF-8 text") from None
     rows = []

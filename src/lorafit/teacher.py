@@ -6,10 +6,11 @@ with confidence join the training data with the teacher's label.
 
 Teacher predictions come from lorafit's own prediction path (predict.load_run + predict_probabilities: merged
 adapter, length-sorted batches, the teacher's own pooling and max_length) and are computed once, then cached in the
-student's run folder next to a JSON naming the teachers' and the texts' fingerprints and the teachers' precision: a
-resumed run reuses them, a run beside it in the same parent folder copies them (other seeds, sweep trials), a
-retrained teacher, changed data or another precision (bf16 or fp32) recomputes them. Only the student is trained,
-so only the student counts toward the budget; a teacher may be any size (a run with `budget: null`).
+student's run folder next to a JSON naming the teachers' and the texts' fingerprints: a resumed run reuses them, a
+run beside it in the same parent folder copies them (other seeds, sweep trials), a retrained teacher or changed
+data recomputes them (not another precision or device: they change predictions by rounding only, and a resumed
+run must keep the rows it started with). Only the student is trained, so only the student counts toward
+the budget; a teacher may be any size (a run with `budget: null`).
 """
 
 from __future__ import annotations
@@ -223,26 +224,9 @@ def texts_fingerprint(texts: list[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def inference_precision(run_dir: Path) -> str:
-    """"bf16" or "fp32": what the teacher predicts in on this machine, as predict.load_run decides it. Its config's
-    train.precision alone does not say: `auto` is bf16 on a GPU or CPU that runs it fast and fp32 elsewhere."""
-    from lorafit.config import TrainConfig
-    from lorafit.model import use_bf16
-
-    precision = _config_section(run_dir, "train").get("precision", TrainConfig.precision)
-    return "bf16" if use_bf16(str(precision)) else "fp32"
-
-
 def describe_teachers(run_dirs: list[Path]) -> list[dict]:
     """For the manifest and the cache key: where each teacher is and exactly which weights it had."""
     return [{"run_dir": str(d), "fingerprint": teacher_fingerprint(d)} for d in run_dirs]
-
-
-def _cache_teachers(run_dirs: list[Path]) -> list[dict]:
-    """The cache key's teachers: described, and the precision each predicts in here (bf16 gives other numbers than
-    fp32, and near the threshold other rows join)."""
-    return [{**described, "precision": inference_precision(d)}
-            for d, described in zip(run_dirs, describe_teachers(run_dirs))]
 
 
 def predict_log_probs(run_dirs: list[Path], texts: list[str]) -> np.ndarray:
@@ -275,15 +259,14 @@ def cached_log_probs(run_dirs: list[Path], texts: list[str], run_dir: Path, name
     disk) in between leaves no key and a recomputation, never an array beside a key it does not match (an old key
     kept beside a new array was matched again once the old teachers and texts came back). Under DDP only rank 0
     writes (write=True); the other ranks read after it."""
-    key = {"teachers": _cache_teachers(run_dirs), "texts": len(texts), "texts_fingerprint": texts_fingerprint(texts)}
+    key = {"teachers": describe_teachers(run_dirs), "texts": len(texts), "texts_fingerprint": texts_fingerprint(texts)}
     meta_path, array_path = run_dir / f"{name}.json", run_dir / f"{name}.npy"
     if meta_path.exists() and array_path.exists():
         values = _read_matching_cache(run_dir, name, key)
         if values is not None:
             return values
         if write:
-            log.warning("%s was made by other teacher weights, in another precision or for other texts; recomputing "
-                        "it", array_path)
+            log.warning("%s was made by other teacher weights or for other texts; recomputing it", array_path)
     if not write:
         raise RuntimeError(f"{array_path} should have been written by the main process")
     # a killed save's temporary copies: only this lock holder writes here
@@ -299,8 +282,8 @@ def cached_log_probs(run_dirs: list[Path], texts: list[str], run_dir: Path, name
 
 
 def _read_matching_cache(folder: Path, name: str, key: dict) -> Optional[np.ndarray]:
-    """<folder>/<name>.npy when its JSON names the same teachers (by fingerprint and precision: _cache_identity) and
-    the same texts, with a row per text; else None.
+    """<folder>/<name>.npy when its JSON names the same teachers (by fingerprint: a teacher folder that moved still
+    makes the same predictions) and the same texts, with a row per text; else None.
 
     The key is read again after the array: a writer removes the key before it replaces the array, so a key that
     matches both before and after means the array read in between is the one it describes."""
@@ -310,8 +293,8 @@ def _read_matching_cache(folder: Path, name: str, key: dict) -> Optional[np.ndar
         except (OSError, ValueError):
             return False
         return isinstance(saved, dict) and isinstance(saved.get("teachers"), list) and \
-            [_cache_identity(t) for t in saved["teachers"] if isinstance(t, dict)] == \
-            [_cache_identity(t) for t in key["teachers"]] and saved.get("texts_fingerprint") == key["texts_fingerprint"]
+            [t.get("fingerprint") for t in saved["teachers"] if isinstance(t, dict)] == \
+            [t["fingerprint"] for t in key["teachers"]] and saved.get("texts_fingerprint") == key["texts_fingerprint"]
 
     if not matches():
         return None
@@ -322,12 +305,6 @@ def _read_matching_cache(folder: Path, name: str, key: dict) -> Optional[np.ndar
     if values.ndim != 3 or values.shape[:2] != (len(key["teachers"]), key["texts"]) or not matches():
         return None
     return values
-
-
-def _cache_identity(described: dict) -> tuple:
-    """What makes a teacher's predictions: its fingerprint (a teacher folder that moved predicts the same) and its
-    precision (a cache from before it was recorded has none, so it is made again once)."""
-    return described.get("fingerprint"), described.get("precision")
 
 
 def _sibling_cache(run_dir: Path, name: str, key: dict) -> Optional[np.ndarray]:
