@@ -134,8 +134,8 @@ class RunRecord:
     @property
     def note(self) -> str:
         if self.writer is not None:
-            hint = runs.stale_lock_hint(self.path, self.writer_live)
-            return f"being trained by {locks.describe_holder(self.writer)}{hint}"
+            stale = "" if self.writer_live else f" (if it is no longer running, delete {self.path / locks.LOCK})"
+            return f"being trained by {locks.describe_holder(self.writer)}{stale}"
         if self.problem is not None:
             return "; ".join(filter(None, [self.problem.reason, self.problem.fix]))
         text = self.result.get("reason") or self.result.get("error") or ""
