@@ -165,9 +165,7 @@ def fitting_name(name: str, reserve: int = 0) -> str:
     limit = EVALUATION_NAME_MAX_BYTES - reserve
     if len(os.fsencode(name)) <= limit:
         return name
-    head = name
-    while len(os.fsencode(head)) > limit - len("-XXXXXXXX"):
-        head = head[:-1]
+    head = os.fsencode(name)[:limit - len("-XXXXXXXX")].decode("utf-8", "ignore")  # a cut character is dropped
     return f"{head}-{hashlib.sha256(os.fsencode(name)).hexdigest()[:8]}"
 
 

@@ -72,16 +72,10 @@ def read_lock(run_dir: Path) -> Optional[dict]:
 
 
 def lock_holder(run_dir: str | Path) -> Optional[dict]:
-    return _lock_state(run_dir)[0]
+    return lock_state(run_dir)[0]
 
 
 def lock_state(run_dir: str | Path) -> tuple[Optional[dict], bool]:
-    """(lock_holder's answer, whether it is live): False where only the lock file names the holder (another
-    machine's run, or no flock here), which a killed run leaves behind for good."""
-    return _lock_state(run_dir)
-
-
-def _lock_state(run_dir: str | Path) -> tuple[Optional[dict], bool]:
     """(lock_holder's answer, whether a held flock or this process's own lock says the holder is live, rather than
     only the lock file's details, which a killed run leaves behind)."""
     path = Path(run_dir) / LOCK
@@ -236,7 +230,7 @@ class RunLock:
 
     def refuse_if_held(self) -> None:
         """Raise what acquire would when another process holds this lock now, without taking it."""
-        holder, live = _lock_state(self.run_dir)
+        holder, live = lock_state(self.run_dir)
         if holder is not None:  # only the file names it (another machine's, or no flock): say which file to delete
             raise self._busy(holder) if live else self._refused(holder, self.run_dir / LOCK)
 

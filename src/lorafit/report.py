@@ -217,8 +217,10 @@ def load_run(path: Path) -> RunRecord:
     moment of a run in progress (or of the run an --overwrite is replacing), not its outcome."""
     writer = runs.writer_state(path)
     record = _read_run(path)
-    record.writer, record.writer_live = writer if writer[0] is not None else runs.writer_state(path)  # also one
-    return record  # that started while we read
+    if writer[0] is None:  # also one that started while we read
+        writer = runs.writer_state(path)
+    record.writer, record.writer_live = writer
+    return record
 
 
 def _read_run(path: Path) -> RunRecord:

@@ -377,11 +377,12 @@ def read_unlabelled(cfg: DataConfig, validation_texts: list[str], training_texts
     held_out, labelled = {t.strip() for t in validation_texts}, {t.strip() for t in training_texts}
     kept, empty, overlap, known = [], 0, 0, 0
     for text in texts:
-        if not text.strip():
+        stripped = text.strip()
+        if not stripped:
             empty += 1
-        elif text.strip() in held_out:
+        elif stripped in held_out:
             overlap += 1
-        elif text.strip() in labelled:
+        elif stripped in labelled:
             known += 1
         else:
             kept.append(text)
