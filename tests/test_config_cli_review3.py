@@ -119,8 +119,8 @@ def test_budget_null_on_the_command_line_means_no_limit(cli, roberta_dir, value)
 
 
 def test_budget_option_still_takes_numbers_and_refuses_words(cli, roberta_dir, tmp_path):
-    result = cli("budget", "--model", roberta_dir, "--budget", "5000", "--json")
-    assert result.code == 0 and json.loads(result.out)["budget"] == 5000
+    result = cli("budget", "--model", roberta_dir, "--budget", "5000", "--json")  # read as a number: over it
+    assert result.code == 1 and json.loads(result.out)["budget"] == 5000
     config = write_config(tmp_path / "c.yaml", model={"name_or_path": str(roberta_dir)}, budget=None)
     result = cli("budget", config, "--json")  # unset on the command line: the file's null stands
     assert result.code == 0 and json.loads(result.out)["budget"] is None

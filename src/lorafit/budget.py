@@ -217,12 +217,15 @@ def check_budget(cfg: RunConfig, model_config=None) -> BudgetReport:
     """Refuse an over-budget config before any weight is loaded, saying what would fit."""
     report = budget_report(cfg, model_config=model_config)
     if not report.fits:
-        try:
-            hint = f"largest rank that fits: r={largest_fitting_rank(cfg, model_config)}"
-        except UserError as exc:
-            hint = str(exc)
-        raise UserError(
-            f"over budget: {report.total:,} trainable parameters > budget {cfg.budget:,} "
-            f"(r={report.r}, targets {','.join(cfg.lora.target_modules)}, head {cfg.model.head}); {hint}"
-        )
+        raise UserError(over_budget_message(cfg, report, model_config))
     return report
+
+
+def over_budget_message(cfg: RunConfig, report: BudgetReport, model_config=None) -> str:
+    """One line: how far over, and the largest rank that would fit (or why none does)."""
+    try:
+        hint = f"largest rank that fits: r={largest_fitting_rank(cfg, model_config)}"
+    except UserError as exc:
+        hint = str(exc)
+    return (f"over budget: {report.total:,} trainable parameters > budget {cfg.budget:,} "
+            f"(r={report.r}, targets {','.join(cfg.lora.target_modules)}, head {cfg.model.head}); {hint}")

@@ -109,7 +109,7 @@ def _shortcut_overrides(args) -> dict:
 
 
 def cmd_budget(args, extra) -> int:
-    from lorafit.budget import budget_report
+    from lorafit.budget import budget_report, over_budget_message
     from lorafit.config import load_config
 
     overrides = parse_dotted_overrides(extra)
@@ -120,8 +120,12 @@ def cmd_budget(args, extra) -> int:
     overrides.update(_budget_override(args))
     if isinstance(overrides.get("lora.r"), str) and overrides["lora.r"] != "auto":
         overrides["lora.r"] = int(overrides["lora.r"]) if overrides["lora.r"].isdigit() else overrides["lora.r"]
-    report = budget_report(load_config(args.config, overrides), fit=args.fit)
+    cfg = load_config(args.config, overrides)
+    report = budget_report(cfg, fit=args.fit)
     print(json.dumps(report.to_dict()) if args.json else report.table())
+    if not report.fits:  # the count is printed all the same; the exit status lets a script gate on it, as train does
+        print(f"lorafit: {over_budget_message(cfg, report)}", file=sys.stderr)
+        return 1
     return 0
 
 

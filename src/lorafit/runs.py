@@ -838,10 +838,15 @@ def clear_run_dir(run_dir: Path) -> None:
     folder is a run's: check_is_run_folder; a sweep clears only its own trial folders). The marks of a run go last,
     config.yaml the very last: a clear killed halfway leaves a folder check_is_run_folder still takes for a run's."""
     for path in sorted(run_content(run_dir), key=lambda p: (p.name in RUN_MARKERS, p.name == CONFIG)):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except PermissionError as exc:  # a file of another user's in a shared folder: it was a raw traceback
+            where = exc.filename or path
+            raise UserError(f"--overwrite cannot remove {where} from the run folder {run_dir} ({exc.strerror or exc}); "
+                            f"remove it yourself or ask its owner (ls -l shows who), or choose another --name") from None
 
 
 NAME_MAX_BYTES = 255  # a file name's limit on ext4, XFS, btrfs, tmpfs, APFS and NTFS
