@@ -171,7 +171,7 @@ def atomic_replace_dir(build, target: str | Path, check=None, locked_by_caller: 
         try:
             os.chmod(tmp, 0o777 & ~_umask())
             build(tmp)
-            _share_tree(tmp)
+            share_tree(tmp)
             _fsync_tree(tmp)
             if target.exists() or target.is_symlink():
                 os.replace(target, old)
@@ -205,7 +205,7 @@ def _remove_leftovers(target: Path) -> None:
             _remove_path(path)
 
 
-def _share_tree(folder: Path) -> None:
+def share_tree(folder: Path) -> None:
     """Give what build wrote the modes the umask gives new files and folders: safetensors writes its files owner-only
     (0600), so a shared run folder's adapter (or an export) was unreadable to every other user who could read the
     rest of it. Execute bits stay only where the build set one."""

@@ -300,8 +300,24 @@ def check_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Optional[str
     if checkpoint is None and resume:
         raise UserError(f"{run_dir} has no complete checkpoint to resume from; drop --resume to train it from the start")
     if checkpoint is not None:
+        _refuse_unrecorded_checkpoint(run_dir, Path(checkpoint), cfg)
         _refuse_other_process_count(run_dir, Path(checkpoint))
     return checkpoint
+
+
+def _refuse_unrecorded_checkpoint(run_dir: Path, checkpoint: Path, cfg: RunConfig) -> None:
+    """A checkpoint resumes only beside the manifest.json and config.yaml that say what it trained with. Without the
+    manifest the data and teachers went unchecked (_refuse_other_data compared nothing) and an edited training file
+    resumed; without config.yaml any config resumed it (another learning rate, max_steps, ...) and the config.yaml
+    written then named that one for the whole run. A missing config.yaml is fine where the manifest's checksum
+    names this very config (open_run_dir writes it again)."""
+    manifest = _resumable_json(run_dir, runs.MANIFEST)
+    if manifest is None:
+        raise runs.RunFolderError(run_dir, runs.MANIFEST, f"is missing, so what {checkpoint.name} trained on cannot "
+                                  "be checked", RESUME_FIX)
+    if not (run_dir / runs.CONFIG).exists() and manifest.get("config_sha256") != runs.config_digest(cfg.to_yaml()):
+        raise runs.RunFolderError(run_dir, runs.CONFIG, f"is missing, and {runs.MANIFEST} says {checkpoint.name} "
+                                  "trained with another config than this one", RESUME_FIX)
 
 
 def open_run_dir(cfg: RunConfig, overwrite: bool, checkpoint: Optional[str]) -> Path:
@@ -496,6 +512,8 @@ def checkpoint_problem(folder: Path, processes: Optional[int] = None) -> Optiona
         absent = [rank for rank in range(max(max(ranks, default=0) + 1, processes or 2)) if rank not in ranks]
         if absent:
             return f"half-written (rng_state_{absent[0]}.pth missing)"
+    for path in [folder / name for name in CHECKPOINT_FILES] + rng_states:
+        _refuse_unreadable(path)
     for name in ("trainer_state.json", "adapter_config.json"):
         try:
             if not isinstance(runs.read_json(folder / name), dict):
@@ -510,6 +528,17 @@ def checkpoint_problem(folder: Path, processes: Optional[int] = None) -> Optiona
         if problem:
             return f"{path.name} {problem}"
     return None
+
+
+def _refuse_unreadable(path: Path) -> None:
+    """A checkpoint file this user may not read (another user's, in a shared run folder: the Trainer wrote the
+    weights owner-only) is no damage: it was a raw PermissionError traceback, or, for the torch archives, read as
+    corrupt and skipped, and the resume then started over and deleted that user's later checkpoints."""
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except PermissionError as exc:
+        run_dir = path.parent.parent.parent
+        raise runs.unreadable(run_dir, str(path.relative_to(run_dir)), exc) from None
 
 
 def _is_complete_checkpoint(folder: Path) -> bool:
@@ -739,6 +768,15 @@ class ResumableTrainer(Trainer):
             loraplus_weight_decay=self.args.weight_decay, **kwargs,
         )
         return self.optimizer
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        # safetensors writes the checkpoint's weights owner-only (0600): another user of a shared run folder, who may
+        # take over a killed run's lock, could not resume it. The modes the umask gives, as for the adapter.
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+            with contextlib.suppress(OSError):  # a file of another user's there (chmod: EPERM) must not stop training
+                runs.share_tree(folder)
 
     def _run_epoch(self, *args, **kwargs):
         # Resumed from the last step's checkpoint (killed while saving the adapter): the Trainer checks max_steps
