@@ -439,15 +439,22 @@ def _same_saved_config(saved: Path, cfg: RunConfig) -> bool:
                                   RESUME_FIX) from None
     if text == cfg.to_yaml():
         return True
-    return _saved_settings(saved, cfg) == cfg.to_dict()
+    return _without_location(_saved_settings(saved, cfg)) == _without_location(cfg.to_dict())
+
+
+def _without_location(values: Any) -> Any:
+    """Settings less output_dir: the folder found is the run wherever it lies, and a moved run folder (or one named
+    `runs` once and `/abs/runs` next) was refused as 'a different config' with --overwrite offered, which deleted the
+    checkpoint the user moved to keep. open_run_dir saves the config with today's output_dir."""
+    return {k: v for k, v in values.items() if k != "output_dir"} if isinstance(values, dict) else values
 
 
 def _config_differences(saved: Path, cfg: RunConfig, shown: int = 3) -> str:
     """' (train.batch_size: 128 there, 32 here)': the settings that differ, so a user sees why a rerun is refused.
     batch_size auto is the usual surprise: it resolves per device, so a run begun on a GPU differs on a CPU."""
-    values = _saved_settings(saved, cfg)
+    values = _without_location(_saved_settings(saved, cfg))
     there = flatten_config(values) if isinstance(values, dict) else {}
-    here = flatten_config(cfg.to_dict())
+    here = flatten_config(_without_location(cfg.to_dict()))
     # key=str: a damaged file's key may be no string (`on:` reads as True), which sorts with no str
     keys = [k for k in sorted(set(there) | set(here), key=str) if there.get(k) != here.get(k)]
     if not keys:
