@@ -300,6 +300,17 @@ def test_balanced_arm_alone_sets_pseudo_label_balance(bench):
     assert others == ["default_with_unlabelled_mpnet_teacher_balanced"]
 
 
+def test_noised_arm_alone_turns_the_students_encoder_dropout_on(bench):
+    """The students' model.dropout, not their recipe's: the labelled-only runs they are compared with (and every other
+    arm's students, whose committed runs the bench reuses) keep the recipe's dropout off."""
+    arms = bench.SELF_TRAINING_ARMS
+    noised = arms["default_2x_with_unlabelled_mpnet_2x_teacher_noised"]
+    assert noised.student_settings(Path("u.csv"), [Path("t")])["model"] == {"dropout": 0.1}
+    assert noised.student_recipe == arms["default_2x_with_unlabelled_mpnet_2x_teacher"].student_recipe
+    others = [name for name, arm in arms.items() if "model" in arm.student_settings(Path("u.csv"), [Path("t")])]
+    assert others == ["default_2x_with_unlabelled_mpnet_2x_teacher_noised"]
+
+
 def test_self_training_arms_reuse_their_recipes_runs(bench, committed, tmp_path):
     """Each students' recipe is compared with its own labelled-only runs: a finished run of the first recipe is not
     reported as one of today's default, nor the other way round."""
