@@ -36,3 +36,28 @@ def test_another_setting_is_still_refused_and_says_what_differs(tmp_path, tiny_r
     result = cli("train", config, "--train.learning_rate", "0.002")
     assert result.code == 2 and "train.learning_rate: 0.001 there, 0.002 here" in result.err
     assert "output_dir" not in result.err
+
+
+def test_a_moved_run_ends_with_its_best_checkpoint_from_before_the_move(tmp_path, tiny_roberta, small_agnews, cli,
+                                                                        capsys):
+    """The Trainer records the best checkpoint by absolute path, which a move makes stale (it drops that path on
+    resume, and finds the best again by its step at the next save): the finished adapter must still be the best
+    checkpoint's. Checkpoint-2 is made the best by its recorded metric (1.0: no later evaluation beats it)."""
+    from safetensors.torch import load_file
+
+    config = tiny_run_config(tmp_path, small_agnews, model=tiny_roberta)
+    run_training(load_config(config), extra_callbacks=[signal_at_step(1)])
+    capsys.readouterr()
+    state_file = tmp_path / "runs" / "tiny" / runs.CHECKPOINTS / "checkpoint-2" / "trainer_state.json"
+    state = runs.read_json(state_file)
+    assert state["best_model_checkpoint"].startswith(str(tmp_path / "runs"))  # absolute: the old place
+    state["best_metric"] = 1.0
+    state_file.write_text(runs.json.dumps(state))
+    moved = tmp_path / "elsewhere"
+    shutil.move(tmp_path / "runs", moved)
+
+    assert cli("train", config, "--output-dir", str(moved)).code == 0
+    run_dir = moved / "tiny"
+    best = load_file(run_dir / runs.CHECKPOINTS / "checkpoint-2" / runs.ADAPTER_WEIGHTS)
+    final = load_file(run_dir / runs.ADAPTER / runs.ADAPTER_WEIGHTS)
+    assert best.keys() == final.keys() and all(best[k].equal(final[k]) for k in best)
