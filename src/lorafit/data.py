@@ -103,6 +103,15 @@ def read_table(path: str | Path, trust_pickle: bool = False) -> pd.DataFrame:
         raise UserError(f"{path} is empty; it needs a header row and at least one data row") from None
     except pd.errors.ParserError as exc:
         raise UserError(f"{path} is not a well-formed table: {str(exc).strip().splitlines()[-1]}; fix the ragged rows") from None
+    except TypeError as exc:
+        # pandas' JSON readers raise TypeError for an item that is no object (`null`, `42`, `[1, 2]` as a line of a
+        # .jsonl or an element of a .json array): it was a traceback, not a line naming the file
+        if suffix not in (".json", ".jsonl"):
+            raise
+        item = "line" if suffix == ".jsonl" else "record (array element or line)"
+        raise UserError(f"cannot read {path}: a {item} is not a JSON object ({exc}); make every {item} one "
+                        'object of column values, e.g. {"text": "...", "label": 0}, with no null, number or list '
+                        "in their place") from None
     except (ValueError, OSError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         fix = {".json": "make it a JSON array of records, or one JSON object per line",
