@@ -47,6 +47,20 @@ def point_part(key: str, value: Any) -> str:
     return f"{key}={safe}-{hashlib.sha256(text.encode()).hexdigest()[:6]}"
 
 
+# A point's run folder name must fit the file system's 255 bytes: a product grid of many axes (or long values such
+# as a list of target modules) named folders past it, and every such trial failed with a raw 'File name too long'.
+POINT_NAME_MAX_BYTES = 200
+
+
+def fitting_point_name(name: str) -> str:
+    """`name`, or its start cut between characters and a hash of it all, so that two long names never share a folder."""
+    raw = name.encode()
+    if len(raw) <= POINT_NAME_MAX_BYTES:
+        return name
+    head = raw[:POINT_NAME_MAX_BYTES - len("-XXXXXXXXXXXX")].decode("utf-8", "ignore")
+    return f"{head}-{hashlib.sha256(raw).hexdigest()[:12]}"
+
+
 @dataclass(frozen=True)
 class Point:
     """One grid point: its trial name and the settings that differ from the base."""
@@ -84,7 +98,8 @@ class TrialFactory:
             keys = list(axes)
             points = [Point("__".join(point_part(k, v) for k, v in zip(keys, combo)), dict(zip(keys, combo)))
                       for combo in itertools.product(*axes.values())]
-        unique = list({p.name: p for p in points}.values())  # an axis listing a value twice runs it once
+        unique = [dataclasses.replace(p, name=fitting_point_name(p.name))  # an axis listing a value twice runs it once
+                  for p in {p.name: p for p in points}.values()]
         for point in unique:
             self.config(point.settings, point.name)  # every point must be a valid config before anything runs
         return unique

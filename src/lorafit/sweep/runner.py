@@ -99,12 +99,30 @@ def _finished_result(run_dir: Path, cfg: RunConfig) -> Optional[dict]:
     """The result of a completed run of exactly this config already in the folder (e.g. a study recreated), checked
     like any finished run before it is reused (a damaged one raises runs.RunFolderError)."""
     try:
-        same = (run_dir / runs.CONFIG).read_text(encoding="utf-8") == cfg.to_yaml()
+        same = _same_config_text((run_dir / runs.CONFIG).read_text(encoding="utf-8"), cfg)
     except OSError:
         return None
     if not same or _completed_result(run_dir) is None:
         return None
     return runs.check_run_folder(run_dir, runs.FINISHED).result
+
+
+def _same_config_text(text: str, cfg: RunConfig) -> bool:
+    """Whether a folder's config.yaml is this config, wherever the folder lies: output_dir is where the run is, not
+    what it trained with (as train takes it). A worker whose shared folder is mounted at another path (or a rerun
+    given --output-dir another way) found the finished run 'different' here, and training then refused it as
+    'already holds a finished run': the trial failed."""
+    if text == cfg.to_yaml():
+        return True
+    import yaml
+
+    try:
+        saved = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return False
+    if not isinstance(saved, dict) or not isinstance(saved.get("output_dir"), str):
+        return False
+    return text == dataclasses.replace(cfg, output_dir=saved["output_dir"]).to_yaml()
 
 
 def _held_by_other(run_dir: Path) -> Optional[dict]:
@@ -330,8 +348,11 @@ class SweepRunner:
         original = same.user_attrs.get("duplicate_of", same.number)
         trial.set_user_attr("run_dir", same.user_attrs.get("run_dir"))
         trial.set_user_attr("duplicate_of", original)
-        return TrialOutcome(DUPLICATE, same.value, f"the same config as trial {original}, whose "
-                            f"{'result' if same.value is not None else 'pruned run'} is reused")
+        # A pruned trial has a value too (Optuna records its last reported accuracy): passed on, it made the
+        # duplicate a COMPLETE trial, which could then be the sweep's best while its run was cut short. Pruned stays.
+        value = same.value if same.state == TrialState.COMPLETE else None
+        return TrialOutcome(DUPLICATE, value, f"the same config as trial {original}, whose "
+                            f"{'result' if value is not None else 'pruned run'} is reused")
 
     def _train(self, trial, run_dir: Path, cfg: RunConfig, name: str, settings: dict) -> TrialOutcome:
         from lorafit.train import run_training  # torch/transformers load only when a trial trains

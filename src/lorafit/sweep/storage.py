@@ -25,6 +25,7 @@ from lorafit.sweep.spec import SweepSpec, pruner_from
 
 DEFAULT_STORAGE_FILE = "optuna.db"
 LOCK_FILE = ".sweep.lock"
+DROPPED = "dropped"  # status of a queued grid point that is no longer in the sweep file
 
 
 def default_storage_url(sweep_dir: Path) -> str:
@@ -210,6 +211,13 @@ def _stale_trials_failed(study: optuna.Study) -> None:
 def queue_grid_points(study: optuna.Study, points: list[Point]) -> int:
     """Queue each point that has no live or finished trial; failed and interrupted points are queued again."""
     alive = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+    # A point queued by an earlier run of the file but taken out of it since (a value removed or changed) was still
+    # trained by the next worker: it leaves the queue (failed with status 'dropped', queued again if it comes back).
+    wanted = {point.name for point in points}
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if frozen.user_attrs.get("point") not in wanted:
+            study._storage.set_trial_user_attr(frozen._trial_id, "status", DROPPED)
+            study._storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)
     taken = {t.user_attrs.get("point") for t in study.get_trials(deepcopy=False, states=alive)}
     queued = 0
     for point in points:
@@ -284,11 +292,17 @@ def _changed_space(old: dict, new: dict) -> str:
                      for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key))
 
 
-def _refuse_changed(spec: SweepSpec, url: str, changes: str) -> None:
+def _another_sweep(spec: SweepSpec, url: str) -> str:
+    """How to start a new study beside this one. Not 'another study_name' alone: the sweep folder is named after
+    'name', so the new study's trials met this one's run folders (a grid's point names, a search's trial-0000...)
+    and every trial failed on 'a run with a different config'."""
     elsewhere = "" if url.startswith("postgresql") else ", or use another --output-dir"  # its own SQLite
+    return f"give this sweep another name{' and study_name' if spec.study_name else ''}{elsewhere}"
+
+
+def _refuse_changed(spec: SweepSpec, url: str, changes: str) -> None:
     raise UserError(f"study '{spec.study}' in {_redact(url)} ran its trials with other settings ({changes}); "
-                    "its finished trials would be kept as they are: give this sweep another name (or study_name)"
-                    f"{elsewhere}")
+                    f"its finished trials would be kept as they are: {_another_sweep(spec, url)}")
 
 
 def open_study(spec: SweepSpec, url: str, sweep_dir: Path, points: list[Point], base: dict):
@@ -301,7 +315,7 @@ def open_study(spec: SweepSpec, url: str, sweep_dir: Path, points: list[Point], 
         recorded_mode = study.user_attrs.get("mode")
         if recorded_mode not in (None, spec.mode):
             raise UserError(f"study '{spec.study}' in {_redact(url)} holds a {recorded_mode} sweep, not {spec.mode}; "
-                            "give this sweep another name (or study_name)")
+                            f"{_another_sweep(spec, url)}")
         # finished points are never rerun, so a changed base (or budget policy: its skipped points stay skipped)
         # would silently keep the old results
         recorded_base = study.user_attrs.get("base")
