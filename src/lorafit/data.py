@@ -410,8 +410,10 @@ def _label_value(value):
     return int(number) if number.is_integer() else text
 
 
-def encode_labels(values, label_names: Optional[list[str]], num_labels: int, source: str) -> tuple[np.ndarray, list[str]]:
-    """Class ids for a label column of ints or names; names map through label_names (else sorted)."""
+def encode_labels(values, label_names: Optional[list[str]], num_labels: int, source: str,
+                  class_label: bool = False) -> tuple[np.ndarray, list[str]]:
+    """Class ids for a label column of ints or names; names map through label_names (else sorted). class_label: the
+    column is a ClassLabel's (a Hub split, a pickled Dataset), whose integers are ids whatever the names."""
     parsed = [_label_value(v) for v in values]
     missing = [i for i, v in enumerate(parsed) if v is None]
     if missing:
@@ -423,6 +425,8 @@ def encode_labels(values, label_names: Optional[list[str]], num_labels: int, sou
             f"{source} mixes integer and text labels (first text label {parsed[first_str]!r} at row {first_str}); "
             "use one kind throughout"
         )
+    if kinds == {int} and label_names and not class_label and _numbered_names(label_names):
+        parsed = _ids_of_numbered_names(parsed, list(label_names), source)
     if kinds == {int}:
         names = list(label_names) if label_names else [str(i) for i in range(num_labels)]
         bad = [i for i, v in enumerate(parsed) if not 0 <= v < len(names)]  # before int64: 1e20 would overflow it
@@ -445,12 +449,37 @@ def encode_labels(values, label_names: Optional[list[str]], num_labels: int, sou
     return np.asarray([index[v] for v in parsed], dtype=np.int64), names
 
 
+def _numbered_names(names: list[str]) -> bool:
+    """Class names that are whole numbers other than their own ids (['1', '2', '3', '4']): a label 1 may be either."""
+    return all(re.fullmatch(r"-?\d+", str(n)) for n in names) and [int(n) for n in names] != list(range(len(names)))
+
+
+def _ids_of_numbered_names(parsed: list[int], names: list[str], source: str) -> list[int]:
+    """Integer labels under numbered class names: ids where only ids fit (0 with names 1..4), names where only names
+    fit (4 with names 1..4, as AG News's own files number World..Sci/Tech), and refused where both fit. A file whose
+    labels were 1..3 under names '1'..'4' was read as ids, every row shifted one class with no word."""
+    by_name = {int(n): i for i, n in enumerate(names)}
+    as_names = all(v in by_name for v in parsed)
+    as_ids = all(0 <= v < len(names) for v in parsed)
+    if as_names and not as_ids:
+        return [by_name[v] for v in parsed]
+    if as_names and as_ids:
+        raise UserError(f"{source}'s labels ({', '.join(map(str, sorted(set(parsed))[:6]))}) could be class ids or "
+                        f"the numbered class names of data.label_names {names}, which put them in different classes; "
+                        f"give the classes names that are not numbers (e.g. 'class {names[0]}'), and the labels as "
+                        f"class ids 0..{len(names) - 1} or as those names")
+    return parsed
+
+
 def labelled_from_frame(frame: pd.DataFrame, cfg: DataConfig, num_labels: int, source: str,
-                        label_names: Optional[list[str]] = None, column_fix: Optional[str] = None) -> LabelledData:
-    """column_fix: what to do about a missing column where naming another with a data setting is not the way."""
+                        label_names: Optional[list[str]] = None, column_fix: Optional[str] = None,
+                        class_label: bool = False) -> LabelledData:
+    """column_fix: what to do about a missing column where naming another with a data setting is not the way;
+    class_label: the label column is a ClassLabel's (encode_labels)."""
     texts = join_texts(frame, cfg.text_columns, cfg.text_separator, source, allow_empty=False, fix=column_fix)
     _check_columns(frame, [cfg.label_column], source, "label", "data.label_column", column_fix)
-    labels, names = encode_labels(frame[cfg.label_column].tolist(), cfg.label_names or label_names, num_labels, source)
+    labels, names = encode_labels(frame[cfg.label_column].tolist(), cfg.label_names or label_names, num_labels, source,
+                                  class_label)
     return LabelledData(texts, labels, names, source)
 
 
@@ -466,7 +495,8 @@ def load_labelled(cfg: DataConfig, num_labels: int, path: Optional[str] = None, 
         source = f"{cfg.dataset}:{split}"
     # data.label_names in another order than the ClassLabel's (sorted, say): ids are matched by name, not position
     frame = class_ids_as_names(frame, cfg.label_column, class_names, cfg.label_names or label_names)
-    return labelled_from_frame(frame, cfg, num_labels, source, label_names or class_names)
+    return labelled_from_frame(frame, cfg, num_labels, source, label_names or class_names,
+                               class_label=class_names is not None)
 
 
 def check_class_count(data: LabelledData, num_labels: int) -> None:

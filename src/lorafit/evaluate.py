@@ -106,16 +106,16 @@ def load_eval_data(spec: str, run, trust_pickle: bool = False) -> tuple[Labelled
     cfg = run.cfg
     if Path(spec).exists():
         frame, source, name = read_table(spec, trust_pickle=trust_pickle), spec, Path(spec).stem
-        frame = class_ids_as_names(frame, cfg.data.label_column, file_class_names(frame, cfg.data.label_column),
-                                   run.label_names)
+        class_names = file_class_names(frame, cfg.data.label_column)
+        frame = class_ids_as_names(frame, cfg.data.label_column, class_names, run.label_names)
     elif ":" in spec and not spec.startswith((".", "/")):
         dataset, given, split = parse_hub_spec(spec)
         # Without a config in the spec, the run's dataset_config only for its own dataset (glue's sst2 is no
         # configuration of ag_news)
         config_name = given or (cfg.data.dataset_config if dataset == cfg.data.dataset else None)
-        frame, hub_names = load_hub_split(dataset, config_name, split, cfg.data.label_column,
-                                          local_instead="--data PATH, a file that exists")
-        frame = class_ids_as_names(frame, cfg.data.label_column, hub_names, run.label_names)
+        frame, class_names = load_hub_split(dataset, config_name, split, cfg.data.label_column,
+                                            local_instead="--data PATH, a file that exists")
+        frame = class_ids_as_names(frame, cfg.data.label_column, class_names, run.label_names)
         parts = filter(None, [dataset.replace("/", "_"), given, split])  # a given config names the file too
         source, name = spec, re.sub(r"[^\w.-]+", "_", "-".join(parts))
     else:
@@ -123,7 +123,7 @@ def load_eval_data(spec: str, run, trust_pickle: bool = False) -> tuple[Labelled
     # evaluate takes no data.text_columns / data.label_column: the data must have the run's columns
     data = labelled_from_frame(frame, cfg.data, len(run.label_names), source, run.label_names,
                                column_fix="rename the column in the data: evaluate reads the columns the run was "
-                                          "trained on")
+                                          "trained on", class_label=class_names is not None)
     return data, name
 
 
