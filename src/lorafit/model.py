@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 from peft import EvaConfig, LoraConfig, PeftModel, TaskType, get_peft_model
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig
 
 from lorafit.config import LoraSpec, ModelConfig
@@ -77,6 +78,9 @@ def use_bf16(precision: str) -> bool:
 def local_folder_problem(what: str, folder: Path) -> Optional[str]:
     """What a local model folder lacks, with the fix; None when it is not that (transformers' own text then).
     Looks at file names only, so a teacher check can ask before anything loads."""
+    if what in ("model config", "model") and folder.is_file():  # transformers: "... is not a valid JSON file"
+        return (f"it is a file, not a model folder; point model.name_or_path at the folder that holds "
+                f"config.json and the weights ({folder.parent})")
     if what not in ("model config", "model") or not folder.is_dir():
         return None
     if not (folder / "config.json").is_file():  # transformers says only "Unrecognized model ... model_type key"
@@ -116,6 +120,10 @@ def _uncached_revision(name: str, revision: Optional[str]) -> Optional[str]:
 def _hub_error(what: str, name: str, exc: Exception, revision: Optional[str] = None) -> UserError:
     """Turn a loading failure into one actionable line: missing local folder, unreachable Hub, or unknown id."""
     text = str(exc)
+    if isinstance(exc, ValueError) and "trust_remote_code=True" in text:
+        # transformers' fix (`trust_remote_code=True`) is on a later line, which the one-line message cut off
+        return UserError(f"cannot load the {what} '{name}': it needs its own Python code from the model's files; "
+                         "set model.trust_remote_code: true if you trust that code")
     local = Path(name).expanduser()
     if not local.exists() and name.startswith((".", "/", "~")):  # transformers would call it a malformed Hub id
         return UserError(f"cannot load the {what}: local path '{name}' does not exist; check the path")
@@ -127,6 +135,9 @@ def _hub_error(what: str, name: str, exc: Exception, revision: Optional[str] = N
     reason = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else "the Hugging Face Hub could not be reached"
     # Only missing files (OSError) are the network's or the cache's fault; a ValueError means they were found but
     # not understood, e.g. a model type this transformers does not know.
+    if "gated repo" in text and not offline:  # its URL (.../resolve/main/...) read as a network failure below
+        return UserError(f"cannot load the {what} '{name}': it is a gated model; request access at "
+                         f"https://huggingface.co/{name} and log in (hf auth login), or pass a local folder")
     unreachable = offline or any(s in text for s in ("connect", "Connection", "resolve", "offline", "Network", "timed out", "couldn't"))
     if unreachable and isinstance(exc, OSError):
         uncached = _uncached_revision(name, revision)
@@ -191,9 +202,10 @@ def set_encoder_dropout(config: PretrainedConfig, p: float) -> None:
 
 
 # Model types whose position ids start after the padding id (RoBERTa's create_position_ids_from_input_ids): of
-# max_position_embeddings 514, roberta-base and all-mpnet-base-v2 read 512 tokens.
+# max_position_embeddings 514, roberta-base and all-mpnet-base-v2 read 512 tokens. (roberta-prelayernorm, xmod and
+# luke were missing: data.max_length 513 or 514 passed and failed at the first long batch.)
 POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "data2vec-text",
-                           "longformer", "ibert")
+                           "longformer", "ibert", "roberta-prelayernorm", "xmod", "luke")
 
 
 def position_limit(config: PretrainedConfig) -> Optional[int]:
@@ -251,11 +263,30 @@ def load_pretrained_model(model_cfg: ModelConfig, model_config: PretrainedConfig
         )
     except (OSError, ValueError) as exc:
         raise _hub_error("model", model_cfg.name_or_path, exc, model_cfg.revision) from None
+    except SafetensorError as exc:  # a weights file cut short or a Git LFS pointer: was a raw traceback
+        raise _damaged_weights_error(model_cfg.name_or_path, exc) from None
     # Remembered so the head options can say when they build on a randomly initialised layer.
     mismatched = [m[0] if isinstance(m, (tuple, list)) else m for m in info.get("mismatched_keys", [])]
     model.lorafit_new_weights = frozenset(info.get("missing_keys", [])) | frozenset(mismatched)
     model.lorafit_revision = model_cfg.revision  # recorded in the adapter by wrap_with_lora
     return install_pooling(model, model_cfg.pooling)
+
+
+def _damaged_weights_error(name: str, exc: Exception) -> UserError:
+    """safetensors could not read the weights (SafetensorError is no OSError, so it escaped as a traceback): a copy
+    or download cut short, or a clone without git-lfs, whose model.safetensors is a small text pointer."""
+    folder = Path(name).expanduser()
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if not folder.is_dir():
+        return UserError(f"cannot load the model '{name}': its safetensors weights in the Hub cache are damaged "
+                         f"({detail}); remove it from the cache (hf cache rm model/{name}) and download it again")
+    for weights in sorted(folder.glob("*.safetensors")):
+        with contextlib.suppress(OSError), weights.open("rb") as f:
+            if f.read(64).startswith(b"version https://git-lfs"):
+                return UserError(f"cannot load the model from local path '{name}': {weights.name} is a Git LFS "
+                                 f"pointer, not the weights; run `git lfs pull` in {name}")
+    return UserError(f"cannot load the model from local path '{name}': its safetensors weights are damaged or "
+                     f"incomplete ({detail}); copy or download them again")
 
 
 def masked_mean(hidden: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
