@@ -210,7 +210,7 @@ CASES = [
     Case("resume-with-nothing-to-resume", lambda e: e.train("--resume"), ["nothing to resume", "drop --resume"]),
     Case("train-into-a-finished-run", _finished_run_again, ["already holds a finished run", "--overwrite"]),
     # trust_remote_code is off: the model's own code must not run (its marker file would show in the tree check)
-    Case("remote-code-not-trusted", _remote_code_model, ["contains custom code"]),
+    Case("remote-code-not-trusted", _remote_code_model, ["needs its own Python code", "model.trust_remote_code: true"]),
     # --- accuracy levers: pooling, distillation, self-training, LoRA+ ----------------------------------------------
     Case("pooling-unknown", lambda e: e.train(model={"pooling": "max"}), ["model.pooling is 'max'", "cls, mean"]),
     Case("encoder-dropout-above-1", lambda e: e.train(model={"dropout": 1.5}), ["model.dropout is 1.5", "[0, 1)"]),
