@@ -125,3 +125,19 @@ def test_a_weights_file_given_as_the_model_names_its_folder(tiny_saved, cli):
     result = cli("budget", "--model", weights, "--target-modules", "query", "--r", "2")
     line = one_line_error(result, "it is a file, not a model folder", f"({tiny_saved})")
     assert "JSON" not in line
+
+
+def test_a_config_value_transformers_does_not_know_is_one_line(cli, tmp_path):
+    """hidden_act: foo in config.json: `lorafit budget` (and train, which counts first) ended in a KeyError traceback
+    from transformers' activation table."""
+    import json
+
+    config = {"model_type": "roberta", "vocab_size": 100, "hidden_size": 8, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 40, "pad_token_id": 1,
+              "hidden_act": "foo"}
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    result = cli("budget", "--model", str(folder), "--r", "4")
+    assert result.code == 2 and "Traceback" not in result.err and len(result.err.strip().splitlines()) == 1
+    assert "'foo' is a value this transformers does not know" in result.err and "hidden_act" in result.err

@@ -243,6 +243,10 @@ def meta_model(model_config: PretrainedConfig, trust_remote_code: bool = False) 
     except ValueError as exc:  # no text-classification class for this model type (e.g. vit), or a bad config value
         raise UserError(f"cannot build a text classifier from the {model_config.model_type} config: "
                         f"{str(exc).splitlines()[0].rstrip('.')}; use a text encoder such as roberta-base") from None
+    except KeyError as exc:  # a config value this transformers has no class for (hidden_act: foo): was a traceback
+        raise UserError(f"cannot build the {model_config.model_type} model from its config: {exc} is a value this "
+                        "transformers does not know (an activation in hidden_act, say); fix config.json, or "
+                        "upgrade transformers if the model is newer than it") from None
 
 
 def load_pretrained_model(model_cfg: ModelConfig, model_config: PretrainedConfig) -> torch.nn.Module:
