@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,14 +158,10 @@ EVALUATION_NAME_MAX_BYTES = runs.NAME_MAX_BYTES - runs.TEMP_FILE_EXTRA - len("-c
 
 
 def fitting_name(name: str, reserve: int = 0) -> str:
-    """`name`, or as much of it as fits (with `reserve` bytes left for a suffix) and a hash of it all: the name
-    comes from the --data file's, and a legal one whose stem had 228 bytes or more gave the chart's temporary copy
-    a name past the limit: a raw 'File name too long' after every row was predicted. Cut between characters."""
-    limit = EVALUATION_NAME_MAX_BYTES - reserve
-    if len(os.fsencode(name)) <= limit:
-        return name
-    head = os.fsencode(name)[:limit - len("-XXXXXXXX")].decode("utf-8", "ignore")  # a cut character is dropped
-    return f"{head}-{hashlib.sha256(os.fsencode(name)).hexdigest()[:8]}"
+    """`name` cut to fit (runs.fitting_name) with `reserve` bytes left for a suffix: the name comes from the --data
+    file's, and a legal one whose stem had 228 bytes or more gave the chart's temporary copy a name past the limit: a
+    raw 'File name too long' after every row was predicted."""
+    return runs.fitting_name(name, EVALUATION_NAME_MAX_BYTES - reserve, digest_chars=8)
 
 
 def _refuse_folders(out_dir: Path, name: str) -> None:

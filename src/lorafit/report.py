@@ -134,7 +134,7 @@ class RunRecord:
     @property
     def note(self) -> str:
         if self.writer is not None:
-            stale = "" if self.writer_live else f" (if it is no longer running, delete {self.path / locks.LOCK})"
+            stale = "" if self.writer_live else f" ({runs.stale_lock_fix(self.path)})"
             return f"being trained by {locks.describe_holder(self.writer)}{stale}"
         if self.problem is not None:
             return "; ".join(filter(None, [self.problem.reason, self.problem.fix]))

@@ -529,6 +529,51 @@ def _check_config(run_dir: Path, manifest: Optional[dict]):
         raise RunFolderError(run_dir, CONFIG, f"holds an invalid config ({exc})") from None
 
 
+def _saved_values(saved: Path, cfg) -> Any:
+    """The run folder's config as read, with a relative local model path an older lorafit saved replaced by this
+    config's absolute one when both name the same folder: the same model, only written another way."""
+    from lorafit.config import same_local_folder
+
+    values = yaml_load(saved.read_text(encoding="utf-8", errors="replace"))
+    model = values.get("model") if isinstance(values, dict) else None
+    if isinstance(model, dict) and model.get("name_or_path") != cfg.model.name_or_path and same_local_folder(
+            model.get("name_or_path"), cfg.model.name_or_path, [Path.cwd(), cfg.run_dir.parent]):
+        model["name_or_path"] = cfg.model.name_or_path
+    return values
+
+
+def saved_settings(saved: Path, cfg) -> Any:
+    """The run folder's config as this lorafit reads it: a field an older lorafit did not write takes its default
+    (what that run did). As written where this lorafit cannot read it; None where the file is not YAML."""
+    from lorafit.config import config_from_dict
+
+    try:
+        values = _saved_values(saved, cfg)
+    except (OSError, ValueError):
+        return None
+    try:
+        return config_from_dict(values).to_dict()
+    except UserError:  # unknown keys or invalid values here: compare what the file says
+        return values
+
+
+def without_location(values: Any) -> Any:
+    """Settings less output_dir: the folder found is the run wherever it lies. A moved run folder (or one named
+    `runs` once and `/abs/runs` next) was refused by train as 'a different config' with --overwrite offered, which
+    deleted the checkpoint the user moved to keep; and a sweep worker whose shared folder is mounted elsewhere did not
+    reuse a finished trial, which training then refused as 'already holds a finished run'."""
+    return {k: v for k, v in values.items() if k != "output_dir"} if isinstance(values, dict) else values
+
+
+def holds_config(saved: Path, cfg) -> bool:
+    """Whether a run folder's config.yaml is this config: the same text, or the same settings once read as this
+    lorafit reads them (saved_settings), wherever the folder lies (without_location). OSError where it cannot be
+    read."""
+    if saved.read_text(encoding="utf-8", errors="replace") == cfg.to_yaml():
+        return True
+    return without_location(saved_settings(saved, cfg)) == without_location(cfg.to_dict())
+
+
 def yaml_load(text: str) -> Any:
     """yaml.safe_load with YAML errors as ValueError."""
     import yaml
@@ -774,7 +819,12 @@ def stale_lock_hint(run_dir: str | Path, live: bool) -> str:
     """A writer only the lock file names (another machine's run, which no flock here vouches for; no flock at all)
     may have been killed, leaving that file for good: readers said "wait for that run to finish" (and report said
     "running") forever, where `lorafit train` says which file to delete."""
-    return "" if live else f", or, if it is no longer running, delete {Path(run_dir) / LOCK}"
+    return "" if live else f", or, {stale_lock_fix(run_dir)}"
+
+
+def stale_lock_fix(run_dir: str | Path) -> str:
+    """What to do about a lock file whose writer no flock here vouches for (stale_lock_hint, report, sweep)."""
+    return f"if it is no longer running, delete {Path(run_dir) / LOCK}"
 
 
 def _wait_for_writer(run_dir: str | Path, live: bool) -> str:
@@ -852,6 +902,16 @@ def clear_run_dir(run_dir: Path) -> None:
 NAME_MAX_BYTES = 255  # a file name's limit on ext4, XFS, btrfs, tmpfs, APFS and NTFS
 TEMP_FILE_EXTRA = len("..XXXXXXXX.tmp")  # what atomic_write_bytes's temporary copy adds: .NAME.XXXXXXXX.tmp
 TEMP_FOLDER_EXTRA = len("..XXXXXXXX")  # atomic_replace_dir's: .NAME.XXXXXXXX (its .NAME.lock, .NAME.old: less)
+
+
+def fitting_name(name: str, max_bytes: int, digest_chars: int) -> str:
+    """`name`, or as much of its start as fits `max_bytes` (cut between characters) and a hash of it all, so that
+    two long names never become one: names lorafit makes from a user's data file or grid values."""
+    raw = os.fsencode(name)
+    if len(raw) <= max_bytes:
+        return name
+    head = raw[:max_bytes - 1 - digest_chars].decode("utf-8", "ignore")  # a cut character is dropped
+    return f"{head}-{hashlib.sha256(raw).hexdigest()[:digest_chars]}"
 
 
 def check_name_fits(path: Path, option: str, extra: int = TEMP_FILE_EXTRA) -> None:

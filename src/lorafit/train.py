@@ -22,7 +22,6 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-import yaml
 from peft.optimizers import create_loraplus_optimizer
 from transformers import (
     DataCollatorWithPadding,
@@ -36,7 +35,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from lorafit import card, device, locks, runs, teacher
 from lorafit.budget import BudgetReport, check_budget, count_trainable, resolve_rank
-from lorafit.config import RunConfig, config_from_dict, flatten_config, same_local_folder
+from lorafit.config import RunConfig, flatten_config
 from lorafit.console import say
 from lorafit.data import (
     LabelledData,
@@ -403,58 +402,22 @@ def _saved_teacher_fingerprints(manifest: dict) -> dict:
     return saved
 
 
-def _saved_values(saved: Path, cfg: RunConfig) -> Any:
-    """The run folder's config as read, with a relative local model path an older lorafit saved replaced by this
-    config's absolute one when both name the same folder: the same model, only written another way."""
-    values = yaml.safe_load(saved.read_text(encoding="utf-8", errors="replace"))
-    model = values.get("model") if isinstance(values, dict) else None
-    if isinstance(model, dict) and model.get("name_or_path") != cfg.model.name_or_path and same_local_folder(
-            model.get("name_or_path"), cfg.model.name_or_path, [Path.cwd(), cfg.run_dir.parent]):
-        model["name_or_path"] = cfg.model.name_or_path
-    return values
-
-
-def _saved_settings(saved: Path, cfg: RunConfig) -> Any:
-    """The run folder's config as this lorafit reads it: a field an older lorafit did not write takes its default
-    (what that run did). As written where this lorafit cannot read it; None where the file is not YAML."""
-    try:
-        values = _saved_values(saved, cfg)
-    except (yaml.YAMLError, OSError, ValueError):
-        return None
-    try:
-        return config_from_dict(values).to_dict()
-    except UserError:  # unknown keys or invalid values here: compare what the file says
-        return values
-
-
 def _same_saved_config(saved: Path, cfg: RunConfig) -> bool:
-    """Whether the run folder holds this config: the same text, or the same settings once read as this lorafit
-    reads them (_saved_settings; an old relative model path that names this model's folder counts as the same
-    path, so a resume of such a run is not refused unless typed absolute). open_run_dir then saves the config in
-    today's form."""
+    """runs.holds_config, with an unreadable config.yaml (a folder in its place, say) a damaged run folder, not a
+    different config. open_run_dir then saves the config in today's form."""
     try:
-        text = saved.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:  # e.g. a folder named config.yaml: a damaged run folder, not a different config
+        return runs.holds_config(saved, cfg)
+    except OSError as exc:
         raise runs.RunFolderError(saved.parent, runs.CONFIG, f"cannot be read ({exc.strerror or type(exc).__name__})",
                                   RESUME_FIX) from None
-    if text == cfg.to_yaml():
-        return True
-    return _without_location(_saved_settings(saved, cfg)) == _without_location(cfg.to_dict())
-
-
-def _without_location(values: Any) -> Any:
-    """Settings less output_dir: the folder found is the run wherever it lies, and a moved run folder (or one named
-    `runs` once and `/abs/runs` next) was refused as 'a different config' with --overwrite offered, which deleted the
-    checkpoint the user moved to keep. open_run_dir saves the config with today's output_dir."""
-    return {k: v for k, v in values.items() if k != "output_dir"} if isinstance(values, dict) else values
 
 
 def _config_differences(saved: Path, cfg: RunConfig, shown: int = 3) -> str:
     """' (train.batch_size: 128 there, 32 here)': the settings that differ, so a user sees why a rerun is refused.
     batch_size auto is the usual surprise: it resolves per device, so a run begun on a GPU differs on a CPU."""
-    values = _without_location(_saved_settings(saved, cfg))
+    values = runs.without_location(runs.saved_settings(saved, cfg))
     there = flatten_config(values) if isinstance(values, dict) else {}
-    here = flatten_config(_without_location(cfg.to_dict()))
+    here = flatten_config(runs.without_location(cfg.to_dict()))
     # key=str: a damaged file's key may be no string (`on:` reads as True), which sorts with no str
     keys = [k for k in sorted(set(there) | set(here), key=str) if there.get(k) != here.get(k)]
     if not keys:

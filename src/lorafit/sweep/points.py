@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from lorafit import runs
 from lorafit.budget import auto_rank, budget_report, check_budget, largest_fitting_rank
 from lorafit.config import RunConfig, apply_overrides, new_config
 from lorafit.errors import UserError
@@ -53,12 +54,7 @@ POINT_NAME_MAX_BYTES = 200
 
 
 def fitting_point_name(name: str) -> str:
-    """`name`, or its start cut between characters and a hash of it all, so that two long names never share a folder."""
-    raw = name.encode()
-    if len(raw) <= POINT_NAME_MAX_BYTES:
-        return name
-    head = raw[:POINT_NAME_MAX_BYTES - len("-XXXXXXXXXXXX")].decode("utf-8", "ignore")
-    return f"{head}-{hashlib.sha256(raw).hexdigest()[:12]}"
+    return runs.fitting_name(name, POINT_NAME_MAX_BYTES, digest_chars=12)
 
 
 @dataclass(frozen=True)

@@ -96,33 +96,15 @@ def _completed_result(run_dir: Path) -> Optional[dict]:
 
 
 def _finished_result(run_dir: Path, cfg: RunConfig) -> Optional[dict]:
-    """The result of a completed run of exactly this config already in the folder (e.g. a study recreated), checked
+    """The result of a completed run of this config already in the folder (e.g. a study recreated), checked
     like any finished run before it is reused (a damaged one raises runs.RunFolderError)."""
     try:
-        same = _same_config_text((run_dir / runs.CONFIG).read_text(encoding="utf-8"), cfg)
+        same = runs.holds_config(run_dir / runs.CONFIG, cfg)
     except OSError:
         return None
     if not same or _completed_result(run_dir) is None:
         return None
     return runs.check_run_folder(run_dir, runs.FINISHED).result
-
-
-def _same_config_text(text: str, cfg: RunConfig) -> bool:
-    """Whether a folder's config.yaml is this config, wherever the folder lies: output_dir is where the run is, not
-    what it trained with (as train takes it). A worker whose shared folder is mounted at another path (or a rerun
-    given --output-dir another way) found the finished run 'different' here, and training then refused it as
-    'already holds a finished run': the trial failed."""
-    if text == cfg.to_yaml():
-        return True
-    import yaml
-
-    try:
-        saved = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return False
-    if not isinstance(saved, dict) or not isinstance(saved.get("output_dir"), str):
-        return False
-    return text == dataclasses.replace(cfg, output_dir=saved["output_dir"]).to_yaml()
 
 
 def _held_by_other(run_dir: Path) -> Optional[dict]:
@@ -204,7 +186,7 @@ class SweepRunner:
         if holder is not None and ("folder", frozen.number) not in self._said_waits:
             self._said_waits.add(("folder", frozen.number))
             here = holder.get("host") in (None, socket.gethostname())
-            gone = "" if here else f"; if that run is gone, delete {run_dir / locks.LOCK}"
+            gone = "" if here else f"; {runs.stale_lock_fix(run_dir)}"
             _log(f"trial {frozen.number} {run_dir.name}: waits, its run folder is in use by "
                  f"{locks.describe_holder(holder)}{gone}")
         return holder is not None
