@@ -285,7 +285,7 @@ def check_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Optional[str
         return None
     saved = run_dir / runs.CONFIG
     if saved.exists() and not _same_saved_config(saved, cfg):
-        raise UserError(f"{run_dir} holds a run with a different config{_config_differences(saved, cfg)}; "
+        raise UserError(f"{run_dir} holds a run with a different config{config_differences(saved, cfg)}; "
                         "use another --name, or --overwrite to replace it")
     saved_status = (_resumable_json(run_dir, runs.RESULT) or {}).get("status")
     if saved_status == "completed":
@@ -412,7 +412,7 @@ def _same_saved_config(saved: Path, cfg: RunConfig) -> bool:
                                   RESUME_FIX) from None
 
 
-def _config_differences(saved: Path, cfg: RunConfig, shown: int = 3) -> str:
+def config_differences(saved: Path, cfg: RunConfig, shown: int = 3) -> str:
     """' (train.batch_size: 128 there, 32 here)': the settings that differ, so a user sees why a rerun is refused.
     batch_size auto is the usual surprise: it resolves per device, so a run begun on a GPU differs on a CPU."""
     values = runs.without_location(runs.saved_settings(saved, cfg))

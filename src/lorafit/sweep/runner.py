@@ -87,17 +87,19 @@ def _has_checkpoint(run_dir: Path) -> bool:
 
 
 def _completed_result(run_dir: Path) -> Optional[dict]:
-    """The folder's result.json if it records a completed run."""
+    """The folder's result.json if it records a finished run: completed, or cut short by the pruner (its adapter
+    is its best evaluation's, as a completed run's)."""
     try:
         result = runs.read_json(run_dir / runs.RESULT)
     except (OSError, ValueError):
         return None
-    return result if result.get("status") == "completed" else None
+    return result if result.get("status") in ("completed", "pruned") else None
 
 
 def _finished_result(run_dir: Path, cfg: RunConfig) -> Optional[dict]:
-    """The result of a completed run of this config already in the folder (e.g. a study recreated), checked
-    like any finished run before it is reused (a damaged one raises runs.RunFolderError)."""
+    """The result of a completed or pruned run of this config already in the folder (e.g. a study recreated),
+    checked like any finished run before it is reused (a damaged one raises runs.RunFolderError). A pruned run is
+    finished too: found by a new study, it was resumed from its checkpoint and trained on."""
     try:
         same = runs.holds_config(run_dir / runs.CONFIG, cfg)
     except OSError:
@@ -105,6 +107,16 @@ def _finished_result(run_dir: Path, cfg: RunConfig) -> Optional[dict]:
     if not same or _completed_result(run_dir) is None:
         return None
     return runs.check_run_folder(run_dir, runs.FINISHED).result
+
+
+def _holds_other_config(run_dir: Path, cfg: RunConfig) -> bool:
+    """The folder holds a run of another config worth keeping: its checkpoints or its finished result (what holds
+    neither is an attempt's leftovers, cleared)."""
+    try:
+        other = not runs.holds_config(run_dir / runs.CONFIG, cfg)
+    except OSError:  # no config.yaml: nothing says whose run it is
+        return False
+    return other and (_has_checkpoint(run_dir) or _completed_result(run_dir) is not None)
 
 
 def _held_by_other(run_dir: Path) -> Optional[dict]:
@@ -292,8 +304,17 @@ class SweepRunner:
             previous = _finished_result(run_dir, cfg)
         except UserError as exc:  # a user's damaged folder (or one without its adapter): say so, never overwrite it
             return TrialOutcome(FAILED, note=str(exc))
+        if previous is not None and previous.get("status") == "pruned":
+            return TrialOutcome(PRUNED, previous.get("best_eval_accuracy"),
+                                f"pruned at step {previous.get('pruned_at_step')}, already in the folder")
         if previous is not None:  # trained before under this name and config: never rerun a finished run
             return TrialOutcome(COMPLETED, previous.get("best_eval_accuracy"), "already in the folder")
+        if _holds_other_config(run_dir, cfg):  # training would refuse it with train's --name / --overwrite advice
+            from lorafit.train import config_differences
+
+            return TrialOutcome(FAILED, note=f"{run_dir} holds a run of another config (an earlier sweep's)"
+                                f"{config_differences(run_dir / runs.CONFIG, cfg)}; move it away, or use another "
+                                "--output-dir")
         if not _has_checkpoint(run_dir) and _completed_result(run_dir) is None:
             # leftovers of an attempt that never checkpointed: start clean (a finished run of another config whose
             # checkpoints were deleted is no leftover: training refuses its folder, and the trial fails saying so)
