@@ -88,25 +88,56 @@ def local_folder_problem(what: str, folder: Path) -> Optional[str]:
                 "(model.safetensors), as save_pretrained writes them: point model.name_or_path at such a folder")
     if what == "model" and not any(folder.glob("*.safetensors")):
         if any(folder.glob("pytorch_model*.bin")):
-            return ("it has only pytorch_model.bin weights, which lorafit does not load (unpickling can run code); "
-                    "convert them to safetensors: load the folder with transformers' from_pretrained and "
-                    "save_pretrained it to a new folder (that writes model.safetensors), then point "
-                    "model.name_or_path there")
+            return _only_pickled_weights("convert them to safetensors: load the folder")
         return "it has no safetensors weights; put them back (model.safetensors)"
     return None
 
 
-def _uncached_revision(name: str, revision: Optional[str]) -> Optional[str]:
-    """When the Hub cache holds this model but not at `revision`: that revision and what is cached; else None."""
+def _only_pickled_weights(convert: str) -> str:
+    return ("it has only pytorch_model.bin weights, which lorafit does not load (unpickling can run code); "
+            f"{convert} with transformers' from_pretrained and save_pretrained it to a new folder (that writes "
+            "model.safetensors), then point model.name_or_path there")
+
+
+def _hub_pickled_only(name: str, revision: Optional[str], text: str) -> bool:
+    """The Hub model has pytorch_model.bin weights and no safetensors: transformers says so when the Hub answers
+    (and advises dropping use_safetensors, which lorafit sets on purpose); offline, the cached snapshot shows it
+    (where lorafit said the model was not in the cache)."""
+    if "use_safetensors" in text:
+        return True
+    repo = _cached_repo(name)
+    if repo is None:
+        return False
+    wanted = revision or "main"
+    with contextlib.suppress(OSError):
+        ref = repo / "refs" / wanted
+        snapshot = repo / "snapshots" / (ref.read_text().strip() if ref.is_file() else wanted)
+        return any(snapshot.glob("pytorch_model*.bin")) and not any(snapshot.glob("*.safetensors"))
+    return False
+
+
+def _cached_repo(name: str) -> Optional[Path]:
+    """The model's folder in the Hub cache, or None where there is none (or name is no plain repo id)."""
     from huggingface_hub import constants
     from huggingface_hub.file_download import repo_folder_name
 
     try:
         repo = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=name, repo_type="model")
+        return repo if repo.is_dir() else None
+    except (OSError, ValueError):
+        return None
+
+
+def _uncached_revision(name: str, revision: Optional[str]) -> Optional[str]:
+    """When the Hub cache holds this model but not at `revision`: that revision and what is cached; else None."""
+    repo = _cached_repo(name)
+    if repo is None:
+        return None
+    try:
         snapshots = {p.name for p in (repo / "snapshots").iterdir() if p.is_dir()}
         refs = {str(p.relative_to(repo / "refs")): p.read_text().strip() for p in sorted((repo / "refs").rglob("*"))
                 if p.is_file()} if (repo / "refs").is_dir() else {}
-    except (OSError, ValueError):  # not in the cache at all, or not a plain repo id
+    except OSError:
         return None
     wanted = revision or "main"
     if not snapshots or refs.get(wanted, wanted) in snapshots:
@@ -131,6 +162,10 @@ def _hub_error(what: str, name: str, exc: Exception, revision: Optional[str] = N
         problem = local_folder_problem(what, local)
         return UserError(f"cannot load the {what} from local path '{name}': "
                          f"{problem or (text.splitlines()[0] if text else type(exc).__name__)}")
+    if what == "model" and isinstance(exc, OSError) and _hub_pickled_only(name, revision, text):
+        return UserError(f"cannot load the model '{name}': "
+                         + _only_pickled_weights("pick a model.revision that has model.safetensors, or convert them: "
+                                                 "load the model"))
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     reason = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else "the Hugging Face Hub could not be reached"
     # Only missing files (OSError) are the network's or the cache's fault; a ValueError means they were found but
