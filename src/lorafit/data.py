@@ -69,6 +69,24 @@ def _read_json(path: Path, lines: bool) -> pd.DataFrame:
     return pd.read_json(path, lines=lines, dtype=False, dtype_backend="numpy_nullable", encoding="utf-8-sig")
 
 
+def _read_parquet(source) -> pd.DataFrame:
+    """A parquet file's columns with nullable dtypes, as JSON's: with numpy's, a whole-number column with a null in a
+    file written without pandas metadata (pyarrow, polars, Spark) became float, so the text 2024 read "2024.0"."""
+    return pd.read_parquet(source, dtype_backend="numpy_nullable")
+
+
+def _dataset_frame(dataset) -> pd.DataFrame:
+    """A datasets.Dataset's rows, in its order (a select or shuffle included), read as a parquet file is: its own
+    to_pandas() has numpy dtypes, the same float for a whole-number column with a gap."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(dataset.with_format("arrow")[:], buffer)  # [:] applies the rows' order
+    return _read_parquet(buffer)
+
+
 def read_table(path: str | Path, trust_pickle: bool = False) -> pd.DataFrame:
     """A local file as a DataFrame of its columns; text stays text (no NA guessing on CSV/TSV)."""
     path = Path(path)
@@ -88,7 +106,7 @@ def read_table(path: str | Path, trust_pickle: bool = False) -> pd.DataFrame:
             except ValueError:
                 frame = _read_json(path, lines=True)
         elif suffix == ".parquet":
-            frame = pd.read_parquet(path)
+            frame = _read_parquet(path)
         elif suffix in PICKLE_EXTENSIONS:
             frame = _read_pickle(path, trust_pickle)
         else:
@@ -218,7 +236,7 @@ def _read_pickle(path: Path, trust_pickle: bool) -> pd.DataFrame:
         raise UserError(f"{path} holds several splits ({', '.join(map(str, obj))}); pickle one of them, "
                         f"e.g. pickle.dump(dataset[{next(iter(obj))!r}], handle)")
     if hasattr(obj, "to_pandas"):  # datasets.Dataset, the competition's format
-        frame = obj.to_pandas()
+        frame = _dataset_frame(obj) if hasattr(obj, "with_format") else obj.to_pandas()  # else a polars frame, say
         # ClassLabel columns become ids: their names go with the frame, as a Hub split's do (load_hub_split)
         frame.attrs[CLASS_NAMES] = {column: [str(n) for n in feature.names]
                                     for column, feature in getattr(obj, "features", {}).items()

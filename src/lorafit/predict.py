@@ -174,16 +174,24 @@ def prediction_rows(frame: pd.DataFrame, source: str, text_columns: list[str], s
         if len(missing):
             raise UserError(f"{source} has missing ids in '{id_column}' at rows {', '.join(map(str, missing[:5]))}; "
                             "fill them, or leave out --id-column to number the rows")
+        ids = [id_as_written(v) for v in values.tolist()]
         # Compared as the CSV will spell them: 1 and "1" (mixed JSON types) would be one ID there.
-        duplicated = values.map(str).duplicated(keep=False).to_numpy().nonzero()[0]
+        duplicated = pd.Series([str(v) for v in ids]).duplicated(keep=False).to_numpy().nonzero()[0]
         if len(duplicated):
             raise UserError(f"{source} has duplicate ids in '{id_column}' at rows {', '.join(map(str, duplicated[:5]))}; "
                             "ids must be unique: fix those rows, or leave out --id-column to number the rows")
     empty = sum(1 for t in texts if not t.strip())
     if empty:  # checked after every error, so a refused input gives exactly one line
         log.warning("%d of %d input texts are empty; they are predicted all the same", empty, len(texts))
-    ids = list(range(len(frame))) if id_column is None else frame[id_column].tolist()
-    return ids, texts
+    return (list(range(len(frame))) if id_column is None else ids), texts
+
+
+def id_as_written(value):
+    """An id as the CSV spells it: a whole number without ".0". pandas reads a JSON id column of 1 and 2.5 as floats,
+    and the submission said 1.0 for the id 1 (JSON's 1 and 1.0 are one number; a column of 1 and 2.0 reads as ints)."""
+    if isinstance(value, (float, np.floating)) and value.is_integer():
+        return int(value)
+    return value
 
 
 def input_text_columns(frame: pd.DataFrame, text_column: Optional[str], run_columns: list[str]) -> list[str]:
@@ -230,7 +238,8 @@ def predict_file(run_dir: str | Path, input_path: str | Path, output_path: str |
     probs = predict_probabilities(loaded.model, loaded.tokenizer, texts, cfg.data.max_length,
                                   batch_size or loaded.batch_size, bf16=loaded.bf16, progress="predicting",
                                   pad_to_multiple_of=loaded.pad_multiple)
-    table = pd.DataFrame({"ID": ids, "Label": probs.argmax(axis=1)})
+    # object: a list of ints and fractions would be made floats again (1.0, 2.5)
+    table = pd.DataFrame({"ID": pd.Series(ids, dtype=object), "Label": probs.argmax(axis=1)})
     if probabilities:
         for i, name in enumerate(loaded.label_names):
             table[f"prob_{name}"] = probs[:, i]
