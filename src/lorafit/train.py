@@ -772,16 +772,22 @@ class ResumableTrainer(Trainer):
         # save_total_limit 1: as training ends the Trainer deletes every checkpoint but the best, so a run stopped
         # by a signal lost the checkpoint it had just saved to resume from (result.json's resume_from); keep it.
         # Its resume applies the limit again.
-        interrupted = not self.early_stopped() and any(
-            isinstance(callback, GracefulInterrupt) and callback.stopped_training
-            for callback in self.callback_handler.callbacks)
-        if not (interrupted and self.args.save_total_limit == 1):
+        if not (self.stopped_by_signal() and self.args.save_total_limit == 1):
             return super()._finalize_training(*args, **kwargs)
         self.args.save_total_limit = 2
         try:
             return super()._finalize_training(*args, **kwargs)
         finally:
             self.args.save_total_limit = 1
+
+    def stopped_by_signal(self) -> bool:
+        """A signal cut training short: not when early stopping or a divergence ended it at that step's evaluation
+        anyway. A Ctrl-C in the step whose evaluation was NaN ended as 'interrupted', resumable from that NaN
+        checkpoint: the rerun trained NaN on to its next evaluation and recorded that step as where it diverged."""
+        callbacks = self.callback_handler.callbacks
+        return (any(isinstance(c, GracefulInterrupt) and c.stopped_training for c in callbacks)
+                and not self.early_stopped()
+                and not any(isinstance(c, StopOnNonFiniteLoss) and c.diverged_at is not None for c in callbacks))
 
     def early_stopped(self) -> bool:
         """Early stopping's patience is spent: read from transformers' EarlyStoppingCallback, whose count the
@@ -1164,9 +1170,9 @@ def _train_in_locked_folder(prepared: Prepared, resume: bool, overwrite: bool, e
         interrupt.uninstall()
     train_seconds = time.time() - train_started
 
-    # A signal that came after the last step, or in the step whose evaluation stopped training early, did not cut
-    # training short: the run is complete.
-    status = "interrupted" if interrupt.stopped_training and not trainer.early_stopped() else "completed"
+    # A signal that came after the last step, or in the step whose evaluation stopped training (early stopping, a
+    # divergence), did not cut training short: the run is complete (or diverged).
+    status = "interrupted" if trainer.stopped_by_signal() else "completed"
     if divergence.diverged_at is not None and status == "completed" and not _finite_trainable(trainer.model):
         status = "diverged"  # no evaluation before the divergence left finite weights to restore
     result = summarize(runs.read_eval_curve(run_dir), status, prepared, trainer.state, train_seconds,
