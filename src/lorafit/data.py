@@ -432,7 +432,10 @@ def encode_labels(values, label_names: Optional[list[str]], num_labels: int, sou
                   class_label: bool = False) -> tuple[np.ndarray, list[str]]:
     """Class ids for a label column of ints or names; names map through label_names (else sorted). class_label: the
     column is a ClassLabel's (a Hub split, a pickled Dataset), whose integers are ids whatever the names."""
-    parsed = [_label_value(v) for v in values]
+    # A ClassLabel column holds ids; where class_ids_as_names has put its names in their place, they are names, even
+    # numbered ones ('1'..'4'), which _label_value would read as integers and so as ids, by position
+    names_given = class_label and all(isinstance(v, str) for v in values)
+    parsed = list(values) if names_given else [_label_value(v) for v in values]
     missing = [i for i, v in enumerate(parsed) if v is None]
     if missing:
         raise UserError(f"{source} has {len(missing)} missing (NaN/empty) labels at rows {_rows(missing)}; fill or remove those rows")
