@@ -9,7 +9,7 @@ import shutil
 from optuna.trial import TrialState
 
 from lorafit import runs
-from lorafit.sweep import run_sweep
+from lorafit.sweep import DUPLICATE, run_sweep
 from test_sweep import base_config, load_study, write_sweep
 
 
@@ -60,3 +60,20 @@ def test_a_pruned_run_found_in_its_folder_stays_pruned(tmp_path, tiny_roberta, s
     (trial,) = load_study(out / "pruned", "pruned").get_trials()
     assert trial.state == TrialState.PRUNED and "already in the folder" in trial.user_attrs["note"]
     assert runs.read_json(run_dir / runs.RESULT) == pruned and runs.read_eval_curve(run_dir) == curve
+
+
+def test_workers_that_reach_the_sweep_folder_by_other_paths_share_a_configs_run(tmp_path, tiny_roberta, small_agnews,
+                                                                                monkeypatch):
+    """The config key held output_dir, so a worker whose --output-dir named the same folder another way (relative
+    and absolute here; a share mounted elsewhere) did not see that a trial had trained its config, and trained it
+    again."""
+    search = {"n_trials": 2, "sampler": "random", "seed": 0, "params": {"lora.dropout": {"choices": [0.05]}}}
+    sweep = write_sweep(tmp_path, "paths", base_config(tiny_roberta, small_agnews), search=search)
+    monkeypatch.chdir(tmp_path)
+    first = run_sweep(sweep, output_dir="runs", n_trials=1)
+    assert first.exit_code == 0 and first.ran == {"completed": 1}, first
+    second = run_sweep(sweep, output_dir=str(tmp_path / "runs"), n_trials=1)
+    assert second.exit_code == 0 and second.ran == {DUPLICATE: 1}, second
+    trials = load_study(tmp_path / "runs" / "paths", "paths").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    assert trials[1].user_attrs["duplicate_of"] == 0

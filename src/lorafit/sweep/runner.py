@@ -127,8 +127,9 @@ def _held_by_other(run_dir: Path) -> Optional[dict]:
 
 
 def _config_key(cfg: RunConfig) -> str:
-    """What makes two trials the same run: the whole config but the trial's name (its folder)."""
-    values = cfg.to_dict()
+    """What makes two trials the same run: the whole config but the trial's folder (its name, and where the sweep
+    folder lies: workers that mount it at other paths, or give --output-dir relative and absolute, share a study)."""
+    values = runs.without_location(cfg.to_dict())
     values.pop("name", None)
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
