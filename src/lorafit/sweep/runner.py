@@ -29,7 +29,7 @@ from lorafit.errors import UserError
 from lorafit.model import load_model_config
 from lorafit.sweep.points import BASE_POINT, OverBudget, TrialFactory, apply_budget_policy, format_value
 from lorafit.sweep.spec import SweepSpec, load_sweep
-from lorafit.sweep.storage import (_redact, _stale_trials_failed, claim_lock_for, claim_waiting_trial,
+from lorafit.sweep.storage import (STARTED_ATTR, _redact, _stale_trials_failed, claim_lock_for, claim_waiting_trial,
                                    default_storage_url, heartbeat, open_study, planning_lock, with_installed_driver)
 
 SWEEP_INFO = runs.SWEEP_INFO  # in each trial's run folder: sweep, trial number, settings
@@ -261,7 +261,8 @@ class SweepRunner:
     def run_trial(self, trial: optuna.Trial) -> TrialOutcome:
         name = self._trial_name(trial)
         run_dir = self.factory.sweep_dir / name
-        for key, value in (("run_name", name), ("run_dir", str(run_dir)), ("worker", self.worker)):
+        for key, value in ((STARTED_ATTR, trial.number), ("run_name", name), ("run_dir", str(run_dir)),
+                           ("worker", self.worker)):
             trial.set_user_attr(key, value)
         settings = self._settings(trial)
         point = ", ".join(f"{key}={format_value(value)}" for key, value in settings.items()) or "the base settings"
@@ -497,7 +498,7 @@ class SweepRunner:
             if timeout is not None and time.monotonic() - started >= timeout:
                 break
             with self.planning_lock():
-                _stale_trials_failed(self.study)
+                _stale_trials_failed(self.study, self.storage)
             trial = self.next_trial()
             if trial is None:
                 break

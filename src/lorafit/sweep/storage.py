@@ -6,6 +6,7 @@ machines run each point exactly once, and a dead worker's trial is failed and qu
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import hashlib
 import inspect
@@ -203,9 +204,39 @@ def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
     return pruner_from(spec.search.pruner)
 
 
-def _stale_trials_failed(study: optuna.Study) -> None:
+# The user attr a trial gets once its heartbeat runs (SweepRunner.run_trial): its own number, since Optuna's retry
+# copies the failed trial's user attrs into the retry
+STARTED_ATTR = "started_as_trial"
+
+
+def _stale_trials_failed(study: optuna.Study, storage: optuna.storages.RDBStorage) -> None:
     """Trials whose worker stopped sending heartbeats are failed; the retry callback queues them again."""
     optuna.storages.fail_stale_trials(study)
+    _unstarted_trials_failed(study, storage)
+
+
+def _unstarted_trials_failed(study: optuna.Study, storage: optuna.storages.RDBStorage) -> None:
+    """Running trials that never sent a heartbeat, older than the grace period, are failed and retried too. Optuna
+    sees only trials with a heartbeat as stale: a worker killed between claiming a trial and its first heartbeat (or
+    whose first heartbeat failed) left the trial running for good, and every other worker waited on it forever.
+    Their start time is the claiming machine's clock; the window it guards is milliseconds, the grace period minutes."""
+    grace = storage.grace_period or 2 * storage.get_heartbeat_interval()
+    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace)
+    study_id = storage.get_study_id_from_name(study.study_name)
+    retry = getattr(storage, "get_heartbeat_stale_trial_callback", None) or storage.get_failed_trial_callback
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        started = frozen.user_attrs.get(STARTED_ATTR) == frozen.number
+        if started or frozen.datetime_start is None or frozen.datetime_start > cutoff:
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
+        try:
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it first
+            continue
+        callback = retry()
+        if callback is not None:
+            callback(study, storage.get_trial(trial_id))
 
 
 def queue_grid_points(study: optuna.Study, points: list[Point]) -> int:
@@ -330,7 +361,7 @@ def open_study(spec: SweepSpec, url: str, sweep_dir: Path, points: list[Point], 
         recorded_space = study.user_attrs.get("search_space")  # None: a grid, or a study from before it was recorded
         if None not in (space, recorded_space) and recorded_space != space:
             _refuse_changed(spec, url, _changed_space(recorded_space, space))
-        _stale_trials_failed(study)
+        _stale_trials_failed(study, storage)
         queued = queue_grid_points(study, points) if points else 0
         if space is not None:
             study.set_user_attr("search_space", space)
