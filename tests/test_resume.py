@@ -204,6 +204,8 @@ def test_a_run_begun_with_the_gpu_batch_names_the_batch_when_resumed_on_the_cpu(
     """batch_size auto resolves to 128 on CUDA and 32 here: the refusal says so and how to resume."""
     import yaml
 
+    from lorafit import runs
+
     config = resume_config(tmp_path / "auto", tiny_roberta, keyword_csv)
     values = yaml.safe_load(config.read_text())
     values["train"]["batch_size"] = "auto"
@@ -214,6 +216,9 @@ def test_a_run_begun_with_the_gpu_batch_names_the_batch_when_resumed_on_the_cpu(
     assert saved["train"]["batch_size"] == 32
     saved["train"].update(batch_size=128, learning_rate=saved["train"]["learning_rate"] * 2)  # as a GPU wrote it
     (run_dir / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    manifest = json.loads((run_dir / "manifest.json").read_text())  # and its manifest names that config
+    manifest["config_sha256"] = runs.config_digest((run_dir / "config.yaml").read_text())
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
     (run_dir / "result.json").unlink()  # unfinished: a resume, not a finished run
     result = cli("train", config)
     assert result.code == 2

@@ -490,7 +490,8 @@ def test_a_replaced_folder_is_on_disk_before_it_is_renamed_into_place(tmp_path, 
         (folder / "sub" / "config.json").write_text("{}")
 
     runs.atomic_replace_dir(build, tmp_path / "adapter")
-    renamed = next(i for i, (kind, _) in enumerate(events) if kind == "rename")
+    # the rename of the built folder (not of the folder the target's lock made, renamed aside before it)
+    renamed = next(i for i, (kind, path) in enumerate(events) if kind == "rename" and Path(path).name != "adapter")
     flushed = {Path(path).relative_to(events[renamed][1]).as_posix() for kind, path in events[:renamed]
                if kind == "fsync" and path.startswith(events[renamed][1])}
     assert {"weights.bin", "sub/config.json", "sub", "."} <= flushed, events

@@ -187,6 +187,9 @@ class RunLock:
                 if not path.exists():
                     raise  # the folder is not writable: disk_errors_explained says so
                 raise self._unreadable(path) from None
+            except IsADirectoryError:  # made by hand, or by an older lorafit's export --output RUN/.lock
+                raise UserError(f"{path} is a folder, where lorafit keeps the lock file of {self.run_dir}; move it "
+                                "away and try again") from None
             try:
                 if self._lock_fd(fd, created, path):
                     _write_fd(fd, self._holder())

@@ -43,6 +43,7 @@ from lorafit.locks import (
     LOCK,
     held_here,
     ReplaceLock,
+    RunLock,
     describe_holder,
     disk_errors_explained,
     lock_state,
@@ -155,7 +156,8 @@ def atomic_replace_dir(build, target: str | Path, check=None, locked_by_caller: 
 
     All of it runs under the target's lock (ReplaceLock): a second writer of the same target is refused in one line
     instead of racing the first one's renames (the aside name is fixed), and the holder knows that any other hidden
-    folder of this target was left by a killed writer, and removes it. check(): called under the lock before the
+    folder of this target was left by a killed writer, and removes it. The swap holds the target's own RunLock too
+    (_folder_lock), so a run folder some process writes is never swapped away. check(): called under the lock before the
     build (e.g. an export's "refuse an existing output without --overwrite", which an earlier writer may have changed).
     locked_by_caller: the caller's own lock already makes it target's only writer (a training run's adapter, under the
     run folder's lock): no second lock, which could only add a way to fail (a stale one from a killed save, on a
@@ -173,12 +175,13 @@ def atomic_replace_dir(build, target: str | Path, check=None, locked_by_caller: 
             build(tmp)
             share_tree(tmp)
             _fsync_tree(tmp)
-            if target.exists() or target.is_symlink():
-                os.replace(target, old)
-                moved = True
-            os.replace(tmp, target)
-            if moved:
-                _remove_path(old)
+            with _folder_lock(target, locked_by_caller):
+                if target.exists() or target.is_symlink():
+                    os.replace(target, old)
+                    moved = True
+                os.replace(tmp, target)
+                if moved:
+                    _remove_path(old)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             if moved and not (target.exists() or target.is_symlink()):
@@ -186,6 +189,17 @@ def atomic_replace_dir(build, target: str | Path, check=None, locked_by_caller: 
                     os.replace(old, target)
             raise
         _fsync_dir(target.parent)
+
+
+def _folder_lock(target: Path, locked_by_caller: bool):
+    """The target folder's own lock (RunLock: target/.lock), held for the swap: a training run or an evaluation that
+    took the folder while the build ran (an export's --output naming a run folder) was swapped away mid-run and went on
+    writing into the new folder; now the writer that comes second is refused. Only for the swap, not the build: a
+    folder made for the lock would stand, empty, beside a build that takes minutes (and stay, if it is killed). Not
+    for a symbolic link: the swap replaces the link, not what it points to."""
+    if locked_by_caller or target.is_symlink():
+        return contextlib.nullcontext()
+    return RunLock(target)
 
 
 def _remove_leftovers(target: Path) -> None:
@@ -567,11 +581,22 @@ def without_location(values: Any) -> Any:
 
 def holds_config(saved: Path, cfg) -> bool:
     """Whether a run folder's config.yaml is this config: the same text, or the same settings once read as this
-    lorafit reads them (saved_settings), wherever the folder lies (without_location). OSError where it cannot be
-    read."""
-    if saved.read_text(encoding="utf-8", errors="replace") == cfg.to_yaml():
+    lorafit reads them (saved_settings), wherever the folder lies (without_location); or a config.yaml cut or
+    overwritten since manifest.json named this config's text as the run's. OSError where it cannot be read."""
+    if saved.read_text(encoding="utf-8", errors="replace") == cfg.to_yaml() or _manifest_names(saved.parent, cfg):
         return True
     return without_location(saved_settings(saved, cfg)) == without_location(cfg.to_dict())
+
+
+def _manifest_names(run_dir: Path, cfg) -> bool:
+    """Whether the run's manifest.json records this config as the one it trained with (its checksum of config.yaml
+    as written): a truncated or emptied config.yaml was 'a different config' (its missing settings read as defaults
+    or None), and --overwrite was offered, which deleted the checkpoints that resume."""
+    try:
+        manifest = read_json(Path(run_dir) / MANIFEST)
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("config_sha256") == config_digest(cfg.to_yaml())
 
 
 def yaml_load(text: str) -> Any:
