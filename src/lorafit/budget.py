@@ -171,14 +171,20 @@ def largest_fitting_rank(cfg: RunConfig, model_config=None) -> int:
         raise UserError("the chosen target modules add no LoRA parameters; check lora.target_modules")
     max_r = (cfg.budget - fixed) // per_rank
     if max_r < 1:
-        # head: linear is the smallest head; suggesting it where it is already chosen sent users in a circle
-        smaller_head = "" if cfg.model.head == "linear" else " or a smaller head (model.head: linear)"
         raise UserError(
             f"even r=1 needs {at_1.total:,} trainable parameters (the head {at_1.head_params:,} of them), over the "
-            f"budget of {cfg.budget:,}; use fewer target modules{smaller_head}"
+            f"budget of {cfg.budget:,}; {_smaller_setup(cfg)}"
         )
     assert _report_for_rank(cfg, model_config, max_r).total <= cfg.budget
     return int(max_r)
+
+
+def _smaller_setup(cfg: RunConfig) -> str:
+    """Only advice that changes the count: suggesting fewer targets to a one-target config, or head: linear (the
+    smallest head) where it is already chosen, sent users in a circle."""
+    fixes = ["fewer target modules"] if len(cfg.lora.target_modules) > 1 else []
+    fixes += [] if cfg.model.head == "linear" else ["a smaller head (model.head: linear)"]
+    return f"use {' or '.join(fixes)}" if fixes else "raise the budget, or choose a smaller model"
 
 
 def full_rank(cfg: RunConfig, model_config) -> int:
@@ -206,11 +212,22 @@ def resolve_rank(cfg: RunConfig, model_config=None) -> int:
 
 def budget_report(cfg: RunConfig, fit: bool = False, model_config=None) -> BudgetReport:
     model_config = model_config or load_model_config(cfg.model)
-    max_r = largest_fitting_rank(cfg, model_config) if (fit or cfg.lora.r == "auto") else None
     r = auto_rank(cfg, model_config) if cfg.lora.r == "auto" else int(cfg.lora.r)
     report = _report_for_rank(cfg, model_config, r)
-    report.max_r = max_r
+    if fit or cfg.lora.r == "auto":
+        report.max_r = _fitting_rank(cfg, model_config, report)
     return report
+
+
+def _fitting_rank(cfg: RunConfig, model_config, report: BudgetReport) -> Optional[int]:
+    """--fit's largest rank, or None where no rank fits: the config is then over budget, which `lorafit budget`
+    says with the count and exit status 1 (--fit made it an error, exit 2, with no count printed)."""
+    try:
+        return largest_fitting_rank(cfg, model_config)
+    except UserError:
+        if report.fits:  # e.g. budget null: no rank to find, a mistake in the command
+            raise
+        return None
 
 
 def check_budget(cfg: RunConfig, model_config=None) -> BudgetReport:

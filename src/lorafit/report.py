@@ -193,14 +193,24 @@ def _read_sweep(path: Path) -> dict:
 RUN_MARKERS = (runs.CONFIG, runs.RESULT, runs.MANIFEST)  # any one makes a run folder (a damaged one may lack the rest)
 
 
-def find_run_dirs(root: Path, skip: Optional[Path] = None) -> list[Path]:
+def find_run_dirs(root: Path) -> list[Path]:
     """Every run folder (holding config.yaml, or result.json / manifest.json when damaged), not looking inside run
-    folders or hidden (temporary) folders. Symlinked folders are followed (runs gathered from elsewhere), each
-    real folder once (a second name for a run, a link back up)."""
+    folders or hidden (temporary) folders. The report's own folder is searched like any other: it holds no run
+    markers, and skipping it hid every run under an --out that named a folder of runs. Symlinked folders are
+    followed (runs gathered from elsewhere), each real folder once (a second name for a run, a link back up). A
+    folder that may not be listed (another user's private run) is listed as a run all the same, which load_run
+    calls unreadable: os.walk skipped it without a word."""
     found, seen = [], set()
-    for folder, subfolders, files in os.walk(root, followlinks=True):
+
+    def unlistable(error: OSError) -> None:  # not a folder removed meanwhile (FileNotFoundError): that run is gone
+        folder = Path(error.filename)
+        if isinstance(error, PermissionError) and folder.resolve() not in seen:
+            seen.add(folder.resolve())
+            found.append(folder)
+
+    for folder, subfolders, files in os.walk(root, onerror=unlistable, followlinks=True):
         here, real = Path(folder), Path(folder).resolve()
-        if real in seen or (skip is not None and real == skip.resolve()):
+        if real in seen:
             subfolders[:] = []
             continue
         seen.add(real)
@@ -252,7 +262,9 @@ def folder_problem(path: Path, result: dict) -> Optional[runs.RunFolderError]:
     if result.get("status") == "completed":
         need = runs.FINISHED
     else:
-        need = {name for name, file in (("result", runs.RESULT), ("manifest", runs.MANIFEST)) if (path / file).exists()}
+        # os.path.exists: False where the folder may not be searched; check_run_folder then calls it unreadable
+        need = {name for name, file in (("result", runs.RESULT), ("manifest", runs.MANIFEST))
+                if os.path.exists(path / file)}
     try:
         runs.check_run_folder(path, need)
     except runs.RunFolderError as exc:
@@ -262,12 +274,12 @@ def folder_problem(path: Path, result: dict) -> Optional[runs.RunFolderError]:
     return None
 
 
-def load_runs(root: str | Path, skip: Optional[Path] = None) -> list[RunRecord]:
+def load_runs(root: str | Path) -> list[RunRecord]:
     root = Path(root)
     if not root.is_dir():  # e.g. the sweep's YAML file instead of the folder the sweep wrote
         problem = f"{root} is a file, not a folder" if root.exists() else f"folder not found: {root}"
         raise UserError(f"{problem} (give a sweep folder or a folder of run folders)")
-    records = sorted((load_run(p) for p in find_run_dirs(root, skip)), key=lambda r: r.order)
+    records = sorted((load_run(p) for p in find_run_dirs(root)), key=lambda r: r.order)
     if not records:
         raise UserError(f"no run folders (folders with {runs.CONFIG}) under {root}; run `lorafit train` or `lorafit sweep` first")
     return records
@@ -447,11 +459,13 @@ def plot_scope(records: list[RunRecord], path: Path) -> list[str]:
 def _line_label(key: str, value: Any, record: RunRecord, is_base: bool) -> str:
     text = f"{label(key)} = {format_value(value)}"
     if key == "lora.alpha_over_r":  # unset (None) in runs that give alpha itself
-        r, alpha = record.config.get("lora.r"), record.config.get("lora.alpha")
-        if value is not None and isinstance(r, (int, float)):
-            text += f" (alpha {float(value) * r:g})"
+        # finite_number: a damaged config's text or NaN is shown as it is, without the alpha it cannot give
+        ratio, r = runs.finite_number(value), runs.finite_number(record.config.get("lora.r"))
+        alpha = runs.finite_number(record.config.get("lora.alpha"))
+        if ratio is not None and r is not None:
+            text += f" (alpha {ratio * r:g})"
         elif value is None and alpha is not None:
-            text += f" (alpha {float(alpha):g})"
+            text += f" (alpha {alpha:g})"
     if is_base:
         text += " (base)"
     return text
@@ -648,12 +662,11 @@ def _writing_to(out_dir: Path):
 def make_report(root: str | Path, out: Optional[str | Path] = None) -> Report:
     root = Path(root)
     out_dir = Path(out) if out else root / REPORT_DIR
-    # the report folder holds no runs; but --out DIR naming DIR itself must not hide every run
-    skip = None if out_dir.resolve() == root.resolve() else out_dir
-    if skip is not None and any((out_dir / name).exists() for name in RUN_MARKERS):  # e.g. a run named "report"
-        raise UserError(f"{out_dir} is a run folder: a report there would leave that run out and write among its "
-                        "files; give another folder with --out DIR")
-    records = load_runs(root, skip=skip)
+    # e.g. a run named "report", where the report goes by default
+    if out_dir.resolve() != root.resolve() and any((out_dir / name).exists() for name in RUN_MARKERS):
+        raise UserError(f"{out_dir} is a run folder: a report there would write among its files; give another "
+                        "folder with --out DIR")
+    records = load_runs(root)
     plots: dict[str, list[str]] = {}
     with _writing_to(out_dir), rc_context({"text.parse_math": False}):  # a "$" in a run name is text, not math
         out_dir.mkdir(parents=True, exist_ok=True)
