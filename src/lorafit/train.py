@@ -32,6 +32,7 @@ from transformers import (
     TrainingArguments,
 )
 from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from lorafit import card, device, locks, runs, teacher
 from lorafit.budget import BudgetReport, check_budget, count_trainable, resolve_rank
@@ -619,6 +620,19 @@ class FinalEvaluationCallback(TrainerCallback):
             control.should_save = True
 
 
+class BestCheckpointFoundAgain(TrainerCallback):
+    """A resumed run whose folder was moved: the Trainer drops the best checkpoint's absolute path, which names the
+    old place, and finds it again by its step only at the next save. A run resumed from its last step (killed
+    while its adapter was written) saves nothing more, so it ended with the last step's weights as its adapter
+    while result.json named the best step's. The path is found again at once, in the folder the run is now in."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.best_model_checkpoint is None and state.best_global_step:
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.best_global_step}"
+            if folder.is_dir():
+                state.best_model_checkpoint = str(folder)
+
+
 class GracefulInterrupt(TrainerCallback):
     """First SIGINT/SIGTERM: finish the step, checkpoint, stop. Second: exit at once."""
 
@@ -955,7 +969,8 @@ def training_collator(tokenizer, cfg: RunConfig) -> DataCollatorWithPadding:
 def build_trainer(prepared: Prepared, model, run_dir: Path, interrupt: GracefulInterrupt,
                   resumed_from_step: int = 0) -> Trainer:
     cfg = prepared.cfg
-    callbacks = [EvalCurveCallback(run_dir / runs.EVAL_CURVE), FinalEvaluationCallback(), interrupt]
+    callbacks = [EvalCurveCallback(run_dir / runs.EVAL_CURVE), FinalEvaluationCallback(), interrupt,
+                 BestCheckpointFoundAgain()]
     names = trackers(cfg.train.report_to)
     if "tensorboard" in names:
         callbacks += tensorboard_callbacks(run_dir, cfg, resumed_from_step)
