@@ -1,6 +1,8 @@
 """Command line: `lorafit budget | train | evaluate | predict | export | sweep | report`.
 
-Exit codes: 0 success, 2 user error (one line on stderr, no traceback), 1 anything else.
+Exit codes: 0 success, 2 user error (one line on stderr, no traceback; train over budget too), 1 `lorafit budget`
+over budget, a failed trial (sweep) or anything else, 128 + the signal number when interrupted (130 Ctrl-C, 143
+SIGTERM), 141 when the reader of stdout left first.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import warnings
 from typing import Optional
@@ -68,9 +71,10 @@ def _split_dotted(argv: list[str]) -> tuple[list[str], list[str], Optional[str]]
     argparse sees them. A command that does not know them read their values as positionals: `lorafit budget --model
     M --lora.r 4` made '4' the config path, `lorafit budget --name X C` made X the config, and a value that looks like
     a negative number or is blank (`--train.max_steps -1`, `--data.text_separator ' '`) was lost. train and sweep,
-    which name them as options too, get the same value as an override. A top-level override without its value is
-    returned, to be named once argparse has read the rest (_missing_value): in `predict RUN --output --name` the
-    mistake argparse names, --output's missing value, comes first."""
+    which name them as options too, get the same value as an override. An override without its value (a top-level
+    one, or a dotted one followed by an option) is returned, to be named once argparse has read the rest
+    (_missing_value): in `predict RUN --output --name` the mistake argparse names, --output's missing value, comes
+    first."""
     rest, dotted, missing, i = [], [], None, 0
     while i < len(argv):
         arg = argv[i]
@@ -81,6 +85,12 @@ def _split_dotted(argv: list[str]) -> tuple[list[str], list[str], Optional[str]]
         top_level = key.replace("-", "_") in TOP_LEVEL_OVERRIDES
         if top_level and "=" not in arg and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
             # `--name --resume` named the run '--resume', `--name -v` '-v'; such a name can still be `--name=-v`
+            missing = missing or arg
+            i += 1
+            continue
+        if "." in key and "=" not in arg and i + 1 < len(argv) and re.match(r"--[A-Za-z]", argv[i + 1]):
+            # `budget --lora.r --train.max_steps 5` read 5 as the config, `train C --lora.r 4 --data.eval_file
+            # --overwrite` dropped --overwrite; a value may still start with a dash: -1, ' -- ', `--key=--x`
             missing = missing or arg
             i += 1
             continue
@@ -95,12 +105,12 @@ def _split_dotted(argv: list[str]) -> tuple[list[str], list[str], Optional[str]]
 
 
 def _missing_value(args, flag: str) -> None:
-    """--name / --output-dir given without a value: a command that takes no overrides does not know the option
-    (`predict ... --name` asked for a value, then refused `--name x` as unrecognized). The commands that take
-    --section.key overrides mark themselves with takes_overrides where their parser is built."""
+    """--name / --output-dir / --section.key given without a value: a command that takes no overrides does not know
+    the option (`predict ... --name` asked for a value, then refused `--name x` as unrecognized). The commands that
+    take --section.key overrides mark themselves with takes_overrides where their parser is built."""
     if not getattr(args, "takes_overrides", False):
         _no_extra([flag])
-    example = "runs" if flag.startswith("--output") else "my-run"
+    example = "runs" if flag.startswith("--output") else "my-run" if flag == "--name" else "8"
     raise UserError(f"{flag} needs a value, e.g. {flag} {example}")
 
 

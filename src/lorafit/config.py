@@ -371,7 +371,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return yaml.dump(self.to_dict(), Dumper=_ConfigDumper, sort_keys=False)
 
 
 SECTIONS = {"model": ModelConfig, "lora": LoraSpec, "data": DataConfig, "train": TrainConfig}
@@ -433,8 +433,8 @@ def _did_you_mean(word: str, candidates) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
+_TYPE_WORDS = {int: "a whole number", float: "a number", bool: "true/false", str: "text", list: "a list",
+               type(None): "null"}
 
 
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -447,15 +447,19 @@ def _coerce(path: str, value: Any, annotation: Any) -> Any:
         options = typing.get_args(annotation)
         if value is None and type(None) in options:
             return None
-        errors = []
+        numeric_error = None
         for option in options:
             if option is type(None):
                 continue
             try:
                 return _coerce(path, value, option)
             except UserError as exc:
-                errors.append(exc)
-        names = " or ".join(_type_name(o) for o in options if o is not type(None))
+                if option in (int, float) and _kind(value) == "a number":
+                    numeric_error = exc  # `lora.r: 2.5`: 'expected a whole number' says it, 'int or str' did not
+        if numeric_error:
+            raise numeric_error
+        # in words a config file uses, null included: `budget: unlimited` was told "expected int"
+        names = " or ".join(_TYPE_WORDS[o] for o in options)
         raise UserError(f"{path} is {value!r} ({type(value).__name__}); expected {names}")
     if annotation is list or origin is list:
         if isinstance(value, str):  # "query,value" from the command line
@@ -606,7 +610,16 @@ _ConfigLoader.add_constructor("tag:yaml.org,2002:int", _ConfigLoader.construct_d
 _ConfigLoader.add_constructor("tag:yaml.org,2002:float", _ConfigLoader.construct_float_unless_sexagesimal)
 _ConfigLoader.add_constructor("tag:yaml.org,2002:timestamp", _ConfigLoader.construct_date_as_text)
 # YAML 1.1's int pattern takes a leading zero for octal and so leaves out 08 and 09: read every one as an int
-_ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?0[0-9_]+$"), list("-+0"))
+_LEADING_ZERO_INT = re.compile(r"^[-+]?0[0-9_]+$")
+_ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:int", _LEADING_ZERO_INT, list("-+0"))
+
+
+class _ConfigDumper(yaml.SafeDumper):
+    """safe_dump that quotes text _ConfigLoader reads as a number: config.yaml wrote `name: '08'` bare, and
+    `lorafit train RUN/config.yaml` read it back as 8."""
+
+
+_ConfigDumper.add_implicit_resolver("tag:yaml.org,2002:int", _LEADING_ZERO_INT, list("-+0"))
 
 
 def load_yaml_text(text: str):
@@ -653,15 +666,17 @@ def parse_override_value(text: str) -> Any:
 def parse_override(key: str, text: str) -> Any:
     """The value of `--KEY TEXT`: a field that holds text takes TEXT as typed (YAML would cut ' | ' to '', 'a #b' to
     'a', read ' ' and '' as null and 1234567 as a number); null / ~ still unset an optional one. Other fields:
-    parse_override_value. A blank TEXT is refused unless the field holds text: YAML reads it as null, so
-    `--model.dropout "$UNSET"` kept the checkpoint's dropout and `--data.train_file "$UNSET"` trained on the Hub
-    dataset, without a word; null must be said."""
+    parse_override_value. A blank TEXT is refused unless the field holds text other than a path: YAML reads it as
+    null, so `--model.dropout "$UNSET"` kept the checkpoint's dropout and `--data.train_file "$UNSET"` trained on the
+    Hub dataset, without a word; null must be said."""
     section, _, name = key.rpartition(".")
     cls = SECTIONS.get(section) if section else RunConfig
     hint = typing.get_type_hints(cls).get(name) if cls is not None else None
     optional = typing.get_origin(hint) in (Union, types.UnionType) and set(typing.get_args(hint)) == {str, type(None)}
     options = typing.get_args(hint)
-    if hint is not None and hint is not str and not text.strip():  # an unknown key's own error comes later
+    # nor a path: `--output-dir "$UNSET"` put the run folder in the working folder, and a sweep in the file's folder
+    path = cls is not None and any(f.name == name and f.metadata.get("path") for f in dataclasses.fields(cls))
+    if hint is not None and (hint is not str or path) and not text.strip():  # an unknown key's own error comes later
         unset = ", or null for none" if type(None) in options else ""
         raise UserError(f"--{key} is blank; give it a value{unset} (an unset shell variable?)")
     if type(None) in options and str not in options and text.strip().lower() in ("null", "none"):
@@ -746,6 +761,13 @@ def load_config(path: Optional[str | Path], overrides: Optional[dict[str, Any]] 
     return new_config(read_yaml(path) if path else {}, overrides)
 
 
+def _as_yaml(value: Any) -> str:
+    """A value as a config file spells it (null, false, [query, value]): Python's `None`, copied into a config, is
+    the text 'None'."""
+    text = yaml.dump(value, Dumper=_ConfigDumper, default_flow_style=True, width=math.inf)
+    return text.removesuffix("\n...\n").strip()
+
+
 def describe_fields() -> str:
     """Every config key with its default and help, for `lorafit train --help-config` and the README."""
     lines = []
@@ -753,7 +775,7 @@ def describe_fields() -> str:
         if f.name in SECTIONS:
             for sub in dataclasses.fields(SECTIONS[f.name]):
                 default = sub.default if sub.default is not dataclasses.MISSING else sub.default_factory()
-                lines.append(f"{f.name}.{sub.name} (default {default!r}): {sub.metadata['help']}")
+                lines.append(f"{f.name}.{sub.name} (default {_as_yaml(default)}): {sub.metadata['help']}")
         else:
-            lines.append(f"{f.name} (default {f.default!r}): {f.metadata['help']}")
+            lines.append(f"{f.name} (default {_as_yaml(f.default)}): {f.metadata['help']}")
     return "\n".join(lines)
