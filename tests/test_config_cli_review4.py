@@ -102,3 +102,10 @@ def test_a_wrong_type_in_an_optional_or_either_or_setting_names_what_it_takes(va
     with pytest.raises(UserError) as error:
         config_from_dict(values)
     assert message in str(error.value)
+
+
+def test_a_text_column_named_twice_is_refused():
+    """[text, text] was accepted and each row's text was joined to itself: the model trained on doubled texts."""
+    with pytest.raises(UserError) as caught:
+        config_from_dict({"data": {"train_file": "t.csv", "text_columns": ["text", "title", "text"]}})
+    assert str(caught.value) == "data.text_columns names text twice; list each column once"

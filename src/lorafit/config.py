@@ -196,6 +196,9 @@ class DataConfig:
         if not all(isinstance(c, str) and c for c in self.text_columns):  # [[text]] crashed mid-load (unhashable)
             raise UserError(f"data.text_columns is {self.text_columns}; list column names as text, e.g. [title, "
                             "description] (quote names that YAML reads otherwise: '1', 'yes')")
+        repeated = sorted({c for c in self.text_columns if self.text_columns.count(c) > 1})
+        if repeated:  # [text, text] joined each row's text to itself, silently
+            raise UserError(f"data.text_columns names {', '.join(repeated)} twice; list each column once")
         if self.label_names is not None and (
                 not all(isinstance(n, str) and n for n in self.label_names)
                 or len(set(self.label_names)) != len(self.label_names)):
