@@ -109,3 +109,12 @@ def test_a_text_column_named_twice_is_refused():
     with pytest.raises(UserError) as caught:
         config_from_dict({"data": {"train_file": "t.csv", "text_columns": ["text", "title", "text"]}})
     assert str(caught.value) == "data.text_columns names text twice; list each column once"
+
+
+def test_label_names_and_a_class_count_that_disagree_are_refused_before_the_budget(tmp_path, cli):
+    """`lorafit budget` counted a 4-class head for a config that lists 3 class names (exit 0, or over budget by a head
+    the data would refuse); training said so only once the data had loaded."""
+    config = write_config(tmp_path / "c.yaml", model={"name_or_path": "roberta-base", "num_labels": 4},
+                          data={"train_file": "t.csv", "label_names": ["a", "b", "c"]})
+    refused = cli("budget", config)
+    one_line_error(refused, "data.label_names lists 3 classes", "model.num_labels is 4", "model.num_labels: 3")

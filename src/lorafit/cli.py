@@ -324,14 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, **kwargs) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=shared, **kwargs)
 
-    p = add("budget", help="exact trainable-parameter count, from the model config alone")
+    p = add("budget", help="exact trainable-parameter count, from the model config alone",
+            epilog="Any config field can be overridden as --section.key value, e.g. --lora.r 8. Exit status 1 when "
+                   "the count is over the budget (train would refuse it).")
     p.add_argument("config", nargs="?", type=_path_argument, help="YAML config (optional)")
     p.add_argument("--model", type=_path_argument, help="Hub id or local folder (overrides model.name_or_path)")
     p.add_argument("--target-modules", help="comma-separated module names, e.g. query,value")
     p.add_argument("--r", help="LoRA rank or 'auto'")
-    p.add_argument("--num-labels", type=int)
+    p.add_argument("--num-labels", type=int, help="number of classes (overrides model.num_labels)")
     _add_budget_option(p)
-    p.add_argument("--head", choices=["full", "linear", "lora"])
+    p.add_argument("--head", choices=["full", "linear", "lora"], help="classifier head (overrides model.head)")
     p.add_argument("--fit", action="store_true", help="also print the largest rank that fits the budget")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_budget, takes_overrides=True)
@@ -359,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "DATASET_ID:CONFIG:SPLIT (glue:sst2:validation)")
     p.add_argument("--model", type=_path_argument, help="base model location, if it moved since training")
     p.add_argument("--trust-pickle", action="store_true", help="allow a pickle file (it can run code: only files you trust)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     add_quantize_option(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -371,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-column", type=_column_argument, help="text column (default: the run's text columns, else 'text')")
     p.add_argument("--probabilities", action="store_true", help="add one prob_<class> column per class")
     p.add_argument("--trust-pickle", action="store_true", help="allow a pickle input (it can run code: only for files you trust)")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="rows per batch (default: the run's train.eval_batch_size; auto = "
+                                                 "64 on the CPU, 512 on CUDA; at most 32 with --quantize int8)")
     p.add_argument("--model", type=_path_argument, help="base model location, if it moved since training")
     add_quantize_option(p)
     p.set_defaults(func=cmd_predict)

@@ -269,7 +269,8 @@ class TrainConfig:
         path=True,
     )
     distill_weight: float = _field(
-        0.5, "Distillation: loss = (1 - w) * CE(labels) + w * T^2 * KL(teacher || student), both at temperature T.",
+        0.5, "Distillation: loss = (1 - w) * CE(labels) + w * T^2 * KL(teacher || student), teacher and student "
+             "softened at temperature T.",
     )
     distill_temperature: float = _field(2.0, "Distillation: softmax temperature T of teacher and student.")
 
@@ -338,6 +339,10 @@ class RunConfig:
             raise UserError(f"budget is {self.budget}; it must be a positive number of parameters, or null for no limit")
         for section in (self.model, self.lora, self.data, self.train):
             section.validate()
+        if self.data.label_names is not None and len(self.data.label_names) != self.model.num_labels:
+            # the head (and so the budget) is sized by num_labels: `lorafit budget` counted a head the data refuses
+            raise UserError(f"data.label_names lists {len(self.data.label_names)} classes but model.num_labels is "
+                            f"{self.model.num_labels}; set model.num_labels: {len(self.data.label_names)}")
         if self.budget is None and self.lora.r == "auto":
             raise UserError("lora.r is 'auto' but budget is null (unlimited); give a rank, e.g. lora.r: 16, or a budget")
         if self.lora.init == "eva" and self.model.head == "lora":
