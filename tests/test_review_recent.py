@@ -94,8 +94,8 @@ def test_a_hub_dataset_that_cannot_load_names_the_config_settings_that_take_loca
         load_hub_split("ag_news", None, "train", "label")
     message = str(caught.value)
     assert "\n" not in message and "cannot load dataset 'ag_news' split 'train'" in message
-    assert message.endswith("(--train-file PATH and --eval-file PATH, or data.train_file and data.eval_file in the "
-                            "config)")
+    assert message.endswith("(--train-file PATH, and --eval-file PATH if you have a validation file; or "
+                            "data.train_file and data.eval_file in the config)")
 
 
 def test_a_run_folder_whose_config_yaml_is_a_folder_is_refused_as_damaged(tmp_path):

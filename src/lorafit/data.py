@@ -270,7 +270,9 @@ def parse_hub_spec(spec: str, setting: str = "--data") -> tuple[str, Optional[st
 
 
 # train takes --train-file and --eval-file; sweep only --train-file, but every command reads the config's settings
-LOCAL_DATA_INSTEAD = "--train-file PATH and --eval-file PATH, or data.train_file and data.eval_file in the config"
+# the eval file is optional: without one a validation split is carved from the training file
+LOCAL_DATA_INSTEAD = ("--train-file PATH, and --eval-file PATH if you have a validation file; or data.train_file and "
+                      "data.eval_file in the config")
 
 
 def _hub_dataset_error(dataset: str, config_name: Optional[str], split: str, exc: Exception,
