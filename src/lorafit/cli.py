@@ -175,7 +175,7 @@ def cmd_predict(args, extra) -> int:
     table = predict_file(args.run_dir, args.input, args.output, id_column=args.id_column, text_column=args.text_column,
                          probabilities=args.probabilities, trust_pickle=args.trust_pickle, model_path=args.model,
                          batch_size=args.batch_size, quantize=args.quantize)
-    print(f"wrote {len(table)} predictions to {args.output}", file=sys.stderr)
+    print(f"wrote {len(table)} prediction{'' if len(table) == 1 else 's'} to {args.output}", file=sys.stderr)
     return 0
 
 
