@@ -105,3 +105,15 @@ def test_over_budget_advice_names_only_changes_that_shrink_the_count(cli, robert
                  "--budget", "5000")
     assert result.code == 1
     assert result.err.strip().endswith(f"over the budget of 5,000; {advice}"), result.err
+
+
+def test_a_largest_fitting_rank_past_the_layers_full_rank_says_it_adds_nothing(tmp_path, tiny_roberta, cli):
+    """A big budget fits ranks far past the layers' width: `largest rank that fits: 78115` beside `r=32` (what r: auto
+    uses) read as advice to train at 78,115, which only adds parameters."""
+    result = cli("budget", "--model", tiny_roberta, "--target-modules", "value", "--r", "auto", "--budget",
+                 "10000000", "--fit")
+    assert result.code == 0, result.err
+    line = result.out.strip().splitlines()[-1]
+    assert line.startswith("  largest rank that fits: ") and "ranks above 32, the layers' full rank" in line, line
+    as_json = cli("budget", "--model", tiny_roberta, "--target-modules", "value", "--r", "4", "--fit", "--json")
+    assert json.loads(as_json.out)["full_r"] == 32

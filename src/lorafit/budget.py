@@ -38,6 +38,7 @@ class BudgetReport:
     lora_by_module: dict = field(default_factory=dict)
     head_by_module: dict = field(default_factory=dict)
     max_r: Optional[int] = None
+    full_r: Optional[int] = None  # with max_r: the targeted layers' full rank, past which a rank adds only parameters
 
     @property
     def total(self) -> int:
@@ -61,6 +62,7 @@ class BudgetReport:
         }
         if self.max_r is not None:
             out["max_r"] = self.max_r
+            out["full_r"] = self.full_r
         return out
 
     def table(self) -> str:
@@ -74,7 +76,10 @@ class BudgetReport:
         lines += [f"  {label:<{width}}  {'unlimited' if n is None else format(n, ','):>12}" for label, n in rows]
         lines.append(f"  {'fits' if self.fits else 'OVER BUDGET'}")
         if self.max_r is not None:
-            lines.append(f"  largest rank that fits: {self.max_r}")
+            # a big budget fits ranks far past the layers' width (78,115 on a tiny model): say where they stop helping
+            useless = (f" (ranks above {self.full_r}, the layers' full rank, add parameters and nothing else)"
+                       if self.full_r is not None and self.max_r > self.full_r else "")
+            lines.append(f"  largest rank that fits: {self.max_r}{useless}")
         return "\n".join(lines)
 
 
@@ -216,6 +221,7 @@ def budget_report(cfg: RunConfig, fit: bool = False, model_config=None) -> Budge
     report = _report_for_rank(cfg, model_config, r)
     if fit or cfg.lora.r == "auto":
         report.max_r = _fitting_rank(cfg, model_config, report)
+        report.full_r = full_rank(cfg, model_config) if report.max_r is not None else None
     return report
 
 
