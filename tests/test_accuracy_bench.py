@@ -350,6 +350,28 @@ def test_self_training_gain_pairs_the_exact_accuracies(bench):
     assert bench.gain([], baseline) is None
 
 
+def test_best_self_training_arm_is_the_largest_mean_gain_over_every_seed(bench):
+    """self_training.labelled_only / with_unlabelled keep the first arm's figures (the issue's layout); `best` names
+    the arm to quote: the largest mean gain over its own labelled-only runs, among arms with every seed done."""
+    def arm(accuracy, points, seeds=(42, 43, 44)):
+        return {"model": "minilm", "accuracy": accuracy, "mean": round(sum(accuracy) / len(accuracy), 4),
+                "config": "c.yaml", "gain_over_labelled_only": {"seeds": list(seeds), "points": points,
+                                                               "mean_points": round(sum(points) / len(points), 2)}}
+    out = {"labelled_only": {"model": "minilm", "accuracy": [0.89, 0.89, 0.89], "mean": 0.89},
+           "default_2x_labelled_only": {"model": "minilm", "accuracy": [0.90, 0.90, 0.90], "mean": 0.90},
+           "with_unlabelled": arm([0.90, 0.90, 0.90], [1.0, 1.0, 1.0]),
+           "default_2x_with_unlabelled_mpnet_2x_teacher": arm([0.912, 0.912, 0.912], [1.2, 1.2, 1.2]),
+           "default_2x_with_unlabelled_mpnet_2x_teacher_noised": arm([0.93], [3.0], seeds=(42,)),  # one seed: not
+           "labelled_rows": 4000}
+    best = bench.best_self_training(out, [42, 43, 44])
+    assert best["arm"] == "default_2x_with_unlabelled_mpnet_2x_teacher"
+    assert best["labelled_only"] == "default_2x_labelled_only" and best["labelled_only_mean"] == 0.90
+    assert best["gain_over_labelled_only"]["mean_points"] == 1.2
+    assert bench.best_self_training({"labelled_rows": 4000}, [42, 43, 44]) is None
+    report = {"results": {}, "self_training": {"best": best, "labelled_rows": 4000}}
+    assert "self-training" not in bench.markdown_table(report)  # `best` names a row, it is none
+
+
 # --- best ------------------------------------------------------------------------------------------------------
 
 
