@@ -236,7 +236,9 @@ def _read_pickle(path: Path, trust_pickle: bool) -> pd.DataFrame:
         raise UserError(f"{path} holds several splits ({', '.join(map(str, obj))}); pickle one of them, "
                         f"e.g. pickle.dump(dataset[{next(iter(obj))!r}], handle)")
     if hasattr(obj, "to_pandas"):  # datasets.Dataset, the competition's format
-        frame = _dataset_frame(obj) if hasattr(obj, "with_format") else obj.to_pandas()  # else a polars frame, say
+        # a datasets.Dataset (unpickling it imported datasets); else an IterableDataset or a polars frame, say
+        arrow_dataset = getattr(sys.modules.get("datasets"), "Dataset", None)
+        frame = _dataset_frame(obj) if arrow_dataset is not None and isinstance(obj, arrow_dataset) else obj.to_pandas()
         # ClassLabel columns become ids: their names go with the frame, as a Hub split's do (load_hub_split)
         frame.attrs[CLASS_NAMES] = {column: [str(n) for n in feature.names]
                                     for column, feature in getattr(obj, "features", {}).items()

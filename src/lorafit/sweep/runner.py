@@ -318,8 +318,8 @@ class SweepRunner:
                                 f"{config_differences(run_dir / runs.CONFIG, cfg)}; move it away, or use another "
                                 "--output-dir")
         if not _has_checkpoint(run_dir) and _completed_result(run_dir) is None:
-            # leftovers of an attempt that never checkpointed: start clean (a finished run of another config whose
-            # checkpoints were deleted is no leftover: training refuses its folder, and the trial fails saying so)
+            # leftovers of an attempt that never checkpointed: start clean (another config's finished run is no
+            # leftover: _holds_other_config failed the trial above)
             runs.clear_run_dir(run_dir)  # not the lock file this worker holds
         runs.atomic_write_json(run_dir / SWEEP_INFO, self._sweep_info(trial, name, settings, fitted_from, cfg))
         return None
@@ -402,9 +402,10 @@ class SweepRunner:
 
     def _skip(self, run_dir: Path, cfg: RunConfig, trial, name: str, settings: dict, over: OverBudget) -> TrialOutcome:
         """A small run folder (config, result with the reason, no weights) so reports list the point."""
-        if _completed_result(run_dir) is not None:  # a finished run of another config (an earlier study): keep it
-            return TrialOutcome(FAILED, note=f"{run_dir} holds a finished run of another config; move it away or "
-                                "use another --output-dir")
+        # a finished run, or the checkpoints, of another config (an earlier study's): keep it, as _ready_folder does
+        if _completed_result(run_dir) is not None or _holds_other_config(run_dir, cfg):
+            return TrialOutcome(FAILED, note=f"{run_dir} holds a run of another config (an earlier sweep's); move it "
+                                "away, or use another --output-dir")
         runs.clear_run_dir(run_dir)  # not the lock file this worker holds
         runs.atomic_write_text(run_dir / runs.CONFIG, cfg.to_yaml())
         runs.atomic_write_json(run_dir / SWEEP_INFO, self._sweep_info(trial, name, settings, None, cfg))
