@@ -39,7 +39,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_dotted_overrides(extra: list[str]) -> dict:
     """`--train.learning_rate 3e-4` / `--lora.r=16` pairs from the arguments argparse did not know."""
-    from lorafit.config import check_override_key, parse_override
+    from lorafit.config import check_override_key, example_value, parse_override
 
     overrides, i = {}, 0
     while i < len(extra):
@@ -60,7 +60,7 @@ def parse_dotted_overrides(extra: list[str]) -> dict:
             value = extra[i + 1]
             i += 2
         else:
-            raise UserError(f"{arg} needs a value, e.g. {arg} {_example_value(key)}")
+            raise UserError(f"{arg} needs a value, e.g. {arg} {example_value(key)}")
         key = key.replace("-", "_") if "." not in key else key
         overrides[key] = parse_override(key, value)
     return overrides
@@ -110,25 +110,10 @@ def _missing_value(args, flag: str) -> None:
     take --section.key overrides mark themselves with takes_overrides where their parser is built."""
     if not getattr(args, "takes_overrides", False):
         _no_extra([flag])
-    example = "runs" if flag.startswith("--output") else "my-run" if flag == "--name" else _example_value(flag[2:])
+    from lorafit.config import example_value
+
+    example = "runs" if flag.startswith("--output") else "my-run" if flag == "--name" else example_value(flag[2:])
     raise UserError(f"{flag} needs a value, e.g. {flag} {example}")
-
-
-def _example_value(key: str) -> str:
-    """What 'needs a value' shows after --section.key: 8 where the field takes a number, not for every field
-    (`--data.train_file needs a value, e.g. --data.train_file 8`)."""
-    import dataclasses
-    import typing
-
-    from lorafit.config import SECTIONS
-
-    section, _, name = key.partition(".")
-    cls = SECTIONS.get(section)
-    hint = typing.get_type_hints(cls).get(name) if cls is not None else None
-    if hint is None or {int, float} & set(typing.get_args(hint) or (hint,)):
-        return "8"  # an unknown key's own error comes first; a number is the usual override
-    path = any(f.name == name and f.metadata.get("path") for f in dataclasses.fields(cls))
-    return "PATH" if path else "VALUE"
 
 
 def _shortcut_overrides(args) -> dict:

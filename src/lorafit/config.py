@@ -671,19 +671,36 @@ def parse_override_value(text: str) -> Any:
     return value
 
 
+def setting_type(key: str) -> tuple[Any, bool]:
+    """The type annotation of a config key (`lora.r`, `output_dir`; None for an unknown key) and whether it holds a
+    path."""
+    section, _, name = key.rpartition(".")
+    cls = SECTIONS.get(section) if section else RunConfig
+    if cls is None:
+        return None, False
+    path = any(f.name == name and f.metadata.get("path") for f in dataclasses.fields(cls))
+    return typing.get_type_hints(cls).get(name), path
+
+
+def example_value(key: str) -> str:
+    """What 'needs a value' shows after --KEY: 8 where the setting takes a number (and for an unknown key, whose own
+    error comes first), PATH for a path, VALUE otherwise (`--data.train_file 8` told a user nothing)."""
+    hint, path = setting_type(key)
+    if hint is None or {int, float} & set(typing.get_args(hint) or (hint,)):
+        return "8"
+    return "PATH" if path else "VALUE"
+
+
 def parse_override(key: str, text: str) -> Any:
     """The value of `--KEY TEXT`: a field that holds text takes TEXT as typed (YAML would cut ' | ' to '', 'a #b' to
     'a', read ' ' and '' as null and 1234567 as a number); null / ~ still unset an optional one. Other fields:
     parse_override_value. A blank TEXT is refused unless the field holds text other than a path: YAML reads it as
     null, so `--model.dropout "$UNSET"` kept the checkpoint's dropout and `--data.train_file "$UNSET"` trained on the
     Hub dataset, without a word; null must be said."""
-    section, _, name = key.rpartition(".")
-    cls = SECTIONS.get(section) if section else RunConfig
-    hint = typing.get_type_hints(cls).get(name) if cls is not None else None
+    hint, path = setting_type(key)
     optional = typing.get_origin(hint) in (Union, types.UnionType) and set(typing.get_args(hint)) == {str, type(None)}
     options = typing.get_args(hint)
     # nor a path: `--output-dir "$UNSET"` put the run folder in the working folder, and a sweep in the file's folder
-    path = cls is not None and any(f.name == name and f.metadata.get("path") for f in dataclasses.fields(cls))
     if hint is not None and (hint is not str or path) and not text.strip():  # an unknown key's own error comes later
         unset = ", or null for none" if type(None) in options else ""
         raise UserError(f"--{key} is blank; give it a value{unset} (an unset shell variable?)")
