@@ -91,7 +91,8 @@ class ModelConfig:
 @dataclass
 class LoraSpec:
     r: Union[int, str] = _field(8, "LoRA rank, or 'auto' for the largest rank that fits the budget.")
-    alpha: float = _field(16.0, "LoRA scaling numerator (lora_alpha); the update is scaled by alpha / r.")
+    alpha: float = _field(16.0, "LoRA scaling numerator (lora_alpha); the update is scaled by alpha / r. Not used "
+                          "where alpha_over_r is set.")
     alpha_over_r: Optional[float] = _field(
         None, "If set, alpha = alpha_over_r * r (useful when sweeping r, or with r: auto)."
     )
@@ -378,8 +379,19 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def to_yaml(self) -> str:
-        return yaml.dump(self.to_dict(), Dumper=_ConfigDumper, sort_keys=False)
+    def to_yaml(self, notes: bool = True) -> str:
+        """The config as config.yaml holds it; with notes, a YAML comment on a setting this config does not use."""
+        text = yaml.dump(self.to_dict(), Dumper=_ConfigDumper, sort_keys=False)
+        return _note_unused_alpha(text, self.lora) if notes else text
+
+
+def _note_unused_alpha(text: str, lora: LoraSpec) -> str:
+    """Marks lora.alpha as unused where alpha_over_r sets it: every default config's run folder showed `alpha: 16.0`
+    beside `alpha_over_r: 2.0`, and a user reading it took 16 for the adapter's scale (it is 2r)."""
+    if lora.alpha_over_r is None:
+        return text
+    note = f"  # not used: alpha_over_r gives alpha = {lora.alpha_over_r:g} * r"
+    return re.sub(r"(?m)^(lora:\n(?:  .*\n)*?  alpha: [^\n]*)$", lambda m: m.group(1) + note, text, count=1)
 
 
 SECTIONS = {"model": ModelConfig, "lora": LoraSpec, "data": DataConfig, "train": TrainConfig}

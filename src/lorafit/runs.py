@@ -596,7 +596,13 @@ def _manifest_names(run_dir: Path, cfg) -> bool:
         manifest = read_json(Path(run_dir) / MANIFEST)
     except (OSError, ValueError):
         return False
-    return isinstance(manifest, dict) and manifest.get("config_sha256") == config_digest(cfg.to_yaml())
+    return isinstance(manifest, dict) and names_config(manifest, cfg)
+
+
+def names_config(manifest: dict, cfg) -> bool:
+    """Whether manifest.json's checksum is of this config's config.yaml, as this lorafit writes it or as one before
+    the note on an unused lora.alpha wrote it (the same settings)."""
+    return manifest.get("config_sha256") in {config_digest(cfg.to_yaml()), config_digest(cfg.to_yaml(notes=False))}
 
 
 def yaml_load(text: str) -> Any:

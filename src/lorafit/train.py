@@ -315,7 +315,7 @@ def _refuse_unrecorded_checkpoint(run_dir: Path, checkpoint: Path, cfg: RunConfi
     if manifest is None:
         raise runs.RunFolderError(run_dir, runs.MANIFEST, f"is missing, so what {checkpoint.name} trained on cannot "
                                   "be checked", RESUME_FIX)
-    if not (run_dir / runs.CONFIG).exists() and manifest.get("config_sha256") != runs.config_digest(cfg.to_yaml()):
+    if not (run_dir / runs.CONFIG).exists() and not runs.names_config(manifest, cfg):
         raise runs.RunFolderError(run_dir, runs.CONFIG, f"is missing, and {runs.MANIFEST} says {checkpoint.name} "
                                   "trained with another config than this one", RESUME_FIX)
 
