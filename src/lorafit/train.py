@@ -795,13 +795,16 @@ class ResumableTrainer(Trainer):
             self.args.save_total_limit = 1
 
     def stopped_by_signal(self) -> bool:
-        """A signal cut training short: not when early stopping or a divergence ended it at that step's evaluation
-        anyway. A Ctrl-C in the step whose evaluation was NaN ended as 'interrupted', resumable from that NaN
-        checkpoint: the rerun trained NaN on to its next evaluation and recorded that step as where it diverged."""
+        """A signal cut training short: not when early stopping, a divergence or a caller's callback (a sweep's
+        pruner: `ended_training`) ended it at that step's evaluation anyway. A Ctrl-C in the step whose evaluation
+        was NaN ended as 'interrupted', resumable from that NaN checkpoint: the rerun trained NaN on to its next
+        evaluation and recorded that step as where it diverged; in the step the pruner cut, the trial was recorded
+        interrupted, not pruned."""
         callbacks = self.callback_handler.callbacks
         return (any(isinstance(c, GracefulInterrupt) and c.stopped_training for c in callbacks)
                 and not self.early_stopped()
-                and not any(isinstance(c, StopOnNonFiniteLoss) and c.diverged_at is not None for c in callbacks))
+                and not any(isinstance(c, StopOnNonFiniteLoss) and c.diverged_at is not None for c in callbacks)
+                and not any(getattr(c, "ended_training", False) for c in callbacks))
 
     def early_stopped(self) -> bool:
         """Early stopping's patience is spent: read from transformers' EarlyStoppingCallback, whose count the

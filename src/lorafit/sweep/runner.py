@@ -50,6 +50,11 @@ class OptunaReportCallback(TrainerCallback):
         self.trial = trial
         self.pruned_at: Optional[int] = None
 
+    @property
+    def ended_training(self) -> bool:
+        """Read by the Trainer: a signal in the step the pruner cut stopped nothing the pruner had not."""
+        return self.pruned_at is not None
+
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if not state.is_world_process_zero or not metrics or "eval_accuracy" not in metrics:
             return
