@@ -45,8 +45,11 @@ def test_a_run_folder_this_user_may_not_list_is_listed_as_unreadable(tmp_path):
     runs_dir = tmp_path / "runs"
     write_run(runs_dir / "mine", curve=evals(0.5))
     private = write_run(runs_dir / "private", curve=evals(0.9))
+    recovery = runs_dir / "lost+found"  # a mounted disk's own folder, root's: never a run, so not listed
+    recovery.mkdir()
     prefix = _without_root_override()
     private.chmod(0)
+    recovery.chmod(0)
     try:
         listing = subprocess.run([*prefix, sys.executable, "-c", f"import os; os.listdir({str(private)!r})"],
                                  capture_output=True, text=True, check=False)
@@ -56,6 +59,7 @@ def test_a_run_folder_this_user_may_not_list_is_listed_as_unreadable(tmp_path):
                                 capture_output=True, text=True, timeout=300, check=False)
     finally:
         private.chmod(0o755)
+        recovery.chmod(0o755)
     assert result.returncode == 0, result.stderr
     rows = table_rows(runs_dir / "report")
     assert sorted(rows) == ["mine", "private"]

@@ -199,11 +199,14 @@ def find_run_dirs(root: Path) -> list[Path]:
     markers, and skipping it hid every run under an --out that named a folder of runs. Symlinked folders are
     followed (runs gathered from elsewhere), each real folder once (a second name for a run, a link back up). A
     folder that may not be listed (another user's private run) is listed as a run all the same, which load_run
-    calls unreadable: os.walk skipped it without a word."""
+    calls unreadable: os.walk skipped it without a word. Not a file system's own `lost+found` (root's, mode 0700, at
+    the top of every ext4 disk mounted as a runs folder): it is never a run."""
     found, seen = [], set()
 
     def unlistable(error: OSError) -> None:  # not a folder removed meanwhile (FileNotFoundError): that run is gone
         folder = Path(error.filename)
+        if folder.name == "lost+found":
+            return
         if isinstance(error, PermissionError) and folder.resolve() not in seen:
             seen.add(folder.resolve())
             found.append(folder)
