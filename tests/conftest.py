@@ -5,6 +5,7 @@ Nothing here reads the shared/ folder beside the checkout: a bare clone runs the
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import subprocess
@@ -234,3 +235,24 @@ def lock_held_by_another_process(run_dir: Path):
     finally:
         holder.stdin.close()
         holder.wait()
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """bench/accuracy.py loaded as a module, for its tests."""
+    spec = importlib.util.spec_from_file_location("accuracy_bench", ROOT / "bench" / "accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def committed(bench, tmp_path, monkeypatch):
+    """For bench/accuracy.py's tests: an empty docs/results/accuracy-runs, and a trainable-parameter count that
+    loads no model."""
+    folder = tmp_path / "committed"
+    folder.mkdir()
+    monkeypatch.setattr(bench, "COMMITTED", folder)
+    monkeypatch.setattr(bench, "counted_params", lambda values: 973_060)
+    return folder

@@ -5,9 +5,7 @@ bench's small files (config.yaml, result.json) into a temporary stand-in for doc
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -19,27 +17,8 @@ DEFAULT = ROOT / "configs" / "agnews-minilm-proxy.yaml"
 MINILM_DIR, MPNET_DIR = "/models/all-MiniLM-L6-v2", "/models/all-mpnet-base-v2"
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("accuracy_bench", ROOT / "bench" / "accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture
-def committed(bench, tmp_path, monkeypatch):
-    """An empty docs/results/accuracy-runs, and a trainable-parameter count that loads no model."""
-    folder = tmp_path / "committed"
-    folder.mkdir()
-    monkeypatch.setattr(bench, "COMMITTED", folder)
-    monkeypatch.setattr(bench, "counted_params", lambda values: 973_060)
-    return folder
-
-
 def split(tmp_path: Path) -> tuple[Path, Path]:
-    """The carved split's files, by the names the bench gives them (only their names are compared)."""
+    """The carved split's files, by the names the bench gives them."""
     data = tmp_path / "elsewhere" / "data"
     data.mkdir(parents=True, exist_ok=True)
     rows = pd.DataFrame({"label": [0, 1, 2, 3] * 5, "text": [f"row {i}" for i in range(20)]})

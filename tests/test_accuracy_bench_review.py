@@ -3,47 +3,13 @@ run_training is replaced by a stand-in that writes what a real run leaves in its
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT = ROOT / "configs" / "agnews-minilm-proxy.yaml"
-MINILM_DIR = "/models/all-MiniLM-L6-v2"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("accuracy_bench_review", ROOT / "bench" / "accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture
-def committed(bench, tmp_path, monkeypatch):
-    """An empty docs/results/accuracy-runs, and a trainable-parameter count that loads no model."""
-    folder = tmp_path / "committed"
-    folder.mkdir()
-    monkeypatch.setattr(bench, "COMMITTED", folder)
-    monkeypatch.setattr(bench, "counted_params", lambda values: 973_060)
-    return folder
-
-
-def split(tmp_path: Path) -> tuple[Path, Path]:
-    data = tmp_path / "runs" / "accuracy" / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    rows = pd.DataFrame({"label": [0, 1, 2, 3] * 5, "text": [f"row {i}" for i in range(20)]})
-    paths = data / "train.csv", data / "validation.csv"
-    for path in paths:
-        rows.to_csv(path, index=False)
-    return paths
+from test_accuracy_bench import DEFAULT, MINILM_DIR, split
 
 
 def cfg_for(bench, tmp_path, name: str = "minilm-default-seed42", config: Path = DEFAULT, **train):
