@@ -89,9 +89,19 @@ def check_output(output: Path, run_dir: Path, overwrite: bool, models: Sequence[
         raise UserError(f"--output {output} is a file; give a folder to create, e.g. --output exports/{run_dir.name}")
     if output.is_dir():  # a run folder another process trains or evaluates: never swapped away from under it
         locks.RunLock(output).refuse_if_held()
+        refuse_run_folder(output, run_dir)
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         raise UserError(f"--output {output} already exists; add --overwrite to replace it, or choose another folder")
     runs.writable_dir_check(output.parent, need_bytes=2**20, option="--output")
+
+
+def refuse_run_folder(output: Path, run_dir: Path) -> None:
+    """A lorafit run folder is never an export's --output: --overwrite is for an earlier export, and it swapped a
+    whole finished run (adapter, checkpoints, results) away without a word."""
+    found = [name for name in runs.RUN_MARKERS if (output / name).exists()]
+    if found:
+        raise UserError(f"--output {output} is a lorafit run folder (it holds {found[0]}); the export would delete that "
+                        f"run: export to another folder, e.g. --output exports/{run_dir.name}")
 
 
 def check_exportable(cfg: RunConfig) -> None:
@@ -172,7 +182,8 @@ def export_run(run_dir: str | Path, output: str | Path, model_path: Optional[str
         runs.atomic_write_text(folder / card.CARD, card.card_text(run_dir, library="transformers"))
 
     with _sigterm_as_interrupt():  # the check again, under the output's lock: another export may have written it
-        runs.atomic_replace_dir(build, output, check=lambda: check_output(output, run_dir, overwrite, models))
+        runs.atomic_replace_dir(build, output, check=lambda: check_output(output, run_dir, overwrite, models),
+                                check_at_swap=lambda: refuse_run_folder(output, run_dir))  # one trained meanwhile
     return output
 
 

@@ -150,7 +150,8 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def atomic_replace_dir(build, target: str | Path, check=None, locked_by_caller: bool = False) -> None:
+def atomic_replace_dir(build, target: str | Path, check=None, locked_by_caller: bool = False,
+                       check_at_swap=None) -> None:
     """Fill a fresh temporary folder with build(tmp_dir), then swap it in for target: the old target is renamed
     aside, the new one renamed in, then the old one removed (or put back if the second rename fails).
 
@@ -159,6 +160,8 @@ def atomic_replace_dir(build, target: str | Path, check=None, locked_by_caller: 
     folder of this target was left by a killed writer, and removes it. The swap holds the target's own RunLock too
     (_folder_lock), so a run folder some process writes is never swapped away. check(): called under the lock before the
     build (e.g. an export's "refuse an existing output without --overwrite", which an earlier writer may have changed).
+    check_at_swap(): called under target's own lock just before the swap (an export's "no run folder", since a run may
+    have trained into the target during the build and released its lock).
     locked_by_caller: the caller's own lock already makes it target's only writer (a training run's adapter, under the
     run folder's lock): no second lock, which could only add a way to fail (a stale one from a killed save, on a
     disk without flock, refused after hours of training) and a folder beside the adapter."""
@@ -176,6 +179,8 @@ def atomic_replace_dir(build, target: str | Path, check=None, locked_by_caller: 
             share_tree(tmp)
             _fsync_tree(tmp)
             with _folder_lock(target, locked_by_caller):
+                if check_at_swap is not None:
+                    check_at_swap()
                 if target.exists() or target.is_symlink():
                     os.replace(target, old)
                     moved = True
