@@ -90,18 +90,21 @@ def test_an_export_over_a_folder_a_training_run_took_meanwhile_is_one_line(cli, 
     folder gone. Now the one line names the folder and its writer, and writes nothing."""
     from lorafit import export
 
-    target = _target_with_a_run(tmp_path / "runs" / "other")
+    target = tmp_path / "runs" / "other"  # an earlier export's folder as the export starts: --overwrite replaces it
+    target.mkdir(parents=True)
+    (target / "config.json").write_text("{}")
     real_verify = export.verify_export
     with contextlib.ExitStack() as others:
         def verify_then_training_starts(model, tokenizer, folder):
             real_verify(model, tokenizer, folder)
+            (target / runs.CONFIG).write_text("name: other\n")  # `lorafit train --name other` starts there
             assert others.enter_context(_another_process_takes(target)) == "locked"
 
         monkeypatch.setattr(export, "verify_export", verify_then_training_starts)
         one_line_error(cli("export", finished_copy, "--output", target, "--overwrite"), str(target),
                        "is in use by process", "wait for that run to finish")
         assert (target / runs.CONFIG).read_text() == "name: other\n"
-    assert sorted(os.listdir(target)) == [runs.CONFIG]
+    assert sorted(os.listdir(target)) == ["config.json", runs.CONFIG]
     assert sorted(os.listdir(tmp_path / "runs")) == ["other"], "no half-built export left"
 
 

@@ -10,6 +10,7 @@ run's own logits, and only then swapped in: a failure leaves nothing.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from pathlib import Path
@@ -84,6 +85,11 @@ def check_output(output: Path, run_dir: Path, overwrite: bool, models: Sequence[
     if out.is_relative_to(run) and out.relative_to(run).parts[0] in _RUN_FILES:
         raise UserError(f"--output {output} would take the name of the run's own {out.relative_to(run).parts[0]}; "
                         f"export to another folder, e.g. --output exports/{run_dir.name}")
+    for folder in out.parents:  # another run's adapter/, checkpoints/...: replaced, that run's weights lost
+        part = out.relative_to(folder).parts[0]
+        if part in _RUN_FOLDERS + _RUN_FILES and any((folder / name).exists() for name in runs.RUN_MARKERS):
+            raise UserError(f"--output {output} is the {part} of the run folder {folder}; the export would replace "
+                            f"it: export to another folder, e.g. --output exports/{run_dir.name}")
     _refuse_base_model(output, out, models, run_dir)
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output} is a file; give a folder to create, e.g. --output exports/{run_dir.name}")
@@ -92,6 +98,8 @@ def check_output(output: Path, run_dir: Path, overwrite: bool, models: Sequence[
         refuse_run_folder(output, run_dir)
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         raise UserError(f"--output {output} already exists; add --overwrite to replace it, or choose another folder")
+    if output.is_dir():
+        refuse_runs_inside(output, run_dir)
     runs.writable_dir_check(output.parent, need_bytes=2**20, option="--output")
 
 
@@ -102,6 +110,15 @@ def refuse_run_folder(output: Path, run_dir: Path) -> None:
     if found:
         raise UserError(f"--output {output} is a lorafit run folder (it holds {found[0]}); the export would delete that "
                         f"run: export to another folder, e.g. --output exports/{run_dir.name}")
+
+
+def refuse_runs_inside(output: Path, run_dir: Path) -> None:
+    """Nor is a folder holding a run folder at any depth (a folder of runs, a sweep's folder): --overwrite swapped it,
+    every run in it, away. Links are not followed, as the swap's removal follows none."""
+    for here, folders, files in os.walk(output):
+        if any(name in runs.RUN_MARKERS for name in folders + files):
+            raise UserError(f"--output {output} holds a lorafit run folder ({here}); the export would delete it: "
+                            f"export to another folder, e.g. --output exports/{run_dir.name}")
 
 
 def check_exportable(cfg: RunConfig) -> None:

@@ -214,10 +214,27 @@ def check_output_path(output_path: Path, input_path: Optional[Path] = None) -> N
         other = output_path.with_name(f"{output_path.stem}-predictions.csv")
         raise UserError(f"--output {output_path} is the --input file; writing it would replace your texts: "
                         f"give another name, e.g. --output {other}")
+    if not _replaceable(output_path):  # the run's training CSV, a data file: replaced by ID,Label rows unasked
+        raise UserError(f"--output {output_path} exists and is not a predictions file (its first line is not "
+                        f"'ID,Label...'); writing it would replace that file: give another name, e.g. --output "
+                        f"{output_path.with_name(f'{output_path.stem}-predictions.csv')}")
     folder = output_path.parent
     if not folder.exists():
         raise UserError(f"output folder {folder} does not exist; create it first")
     runs.writable_dir_check(folder, need_bytes=2**20, option="--output")
+
+
+PREDICTIONS_HEADER = b"ID,Label"  # what every file predict writes starts with
+
+
+def _replaceable(output_path: Path) -> bool:
+    """Whether an --output may be replaced: absent, empty, or an earlier predictions file (ID,Label...)."""
+    try:
+        with open(output_path, "rb") as existing:
+            first = existing.readline(4096)
+    except OSError:  # none yet (or unreadable: the write's own checks say so)
+        return True
+    return not first or first.rstrip(b"\r\n") == PREDICTIONS_HEADER or first.startswith(PREDICTIONS_HEADER + b",")
 
 
 def predict_file(run_dir: str | Path, input_path: str | Path, output_path: str | Path, id_column: Optional[str] = None,

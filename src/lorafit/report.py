@@ -19,6 +19,7 @@ import contextlib
 import io
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -38,6 +39,7 @@ SCOPE_KEY = "lora.target_modules"
 IGNORED_KEYS = {"name", "output_dir"}  # differ between every pair of runs by construction
 MAX_LINES = 10
 REPORT_DIR = "report"
+REPORT_HEADING = "# lorafit report: "  # report.md's first line: an earlier report, not a user's file
 CURVE_PREFIX = "curve-"  # a report removes the curve-*.png files of an earlier one that it does not rewrite
 LABELS = {  # readable names for the usual settings; any other key shows as itself
     "lora.target_modules": "adapter scope",
@@ -614,7 +616,7 @@ def markdown(root: Path, records: list[RunRecord], plots: dict[str, list[str]], 
     for r in records:
         counts[r.status] = counts.get(r.status, 0) + 1
     best = best_run(records)
-    lines = [f"# lorafit report: {root}", "",
+    lines = [f"{REPORT_HEADING}{root}", "",
              f"{len(records)} runs: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + "."]
     if best is None:
         lines.append("Best: none (no run finished undamaged with a validation accuracy).")
@@ -662,6 +664,19 @@ def _writing_to(out_dir: Path):
                         "with --out DIR") from None
 
 
+def _earlier_report_plots(path: Path) -> set[str]:
+    """The curve plots an earlier report.md at path showed: only those a new report removes when it no longer draws
+    them (every curve-*.png went, a user's own too). A report.md that is not lorafit's is refused: it was replaced."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:  # none yet (a folder in its place: writing it says so)
+        return set()
+    if text and not text.startswith(REPORT_HEADING):
+        raise UserError(f"{path} is not a lorafit report (its first line is not '{REPORT_HEADING.strip()} ...'), and "
+                        "a report there would replace it; give another folder with --out DIR")
+    return set(re.findall(rf"\]\(({re.escape(CURVE_PREFIX)}[^)/]*\.png)\)", text))
+
+
 def make_report(root: str | Path, out: Optional[str | Path] = None) -> Report:
     root = Path(root)
     out_dir = Path(out) if out else root / REPORT_DIR
@@ -669,6 +684,7 @@ def make_report(root: str | Path, out: Optional[str | Path] = None) -> Report:
     if out_dir.resolve() != root.resolve() and any((out_dir / name).exists() for name in RUN_MARKERS):
         raise UserError(f"{out_dir} is a run folder: a report there would write among its files; give another "
                         "folder with --out DIR")
+    earlier_plots = _earlier_report_plots(out_dir / "report.md")
     records = load_runs(root)
     plots: dict[str, list[str]] = {}
     with _writing_to(out_dir), rc_context({"text.parse_math": False}):  # a "$" in a run name is text, not math
@@ -682,8 +698,9 @@ def make_report(root: str | Path, out: Optional[str | Path] = None) -> Report:
         table_keys = varying_keys(records)
         markdown_path = out_dir / "report.md"
         runs.atomic_write_text(markdown_path, _displayable(markdown(root, records, plots, table_keys)) + "\n")
-        for stale in out_dir.glob(f"{CURVE_PREFIX}*.png"):  # an earlier report's, for a setting that no longer varies
-            if stale.name not in plots and stale.is_file() and not stale.is_symlink():
+        for name in earlier_plots - set(plots):  # an earlier report's, for a setting that no longer varies
+            stale = out_dir / name
+            if stale.is_file() and not stale.is_symlink():
                 stale.unlink()
     return Report(out_dir, records, plots, markdown_path)
 

@@ -20,6 +20,7 @@ meanwhile (unchanged_while_loading), so it never uses a mix of two runs (train -
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -212,8 +213,11 @@ def _remove_leftovers(target: Path) -> None:
     this, and only the lock holder makes such folders, so none of them belongs to a live writer. A writer killed
     between its two renames left the old target aside and none in place: that is put back, not removed, so a
     failing rewrite still leaves the last good copy."""
-    # mkdtemp's folder (its random part has no dot, so no other target's names match) and the old target set aside
-    pattern, old = re.compile(rf"\.{re.escape(target.name)}\.({_TEMP_NAME}|old)"), f".{target.name}.old"
+    # mkdtemp's folder (its random part has no dot, so no other target's names match; nor digits alone: a user's
+    # dated backup .NAME.20240101 was removed as a leftover; mkdtemp picks such a name once in ~35,000, whose leftover
+    # then stays) and the old target set aside
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.((?![0-9]{{8}}$){_TEMP_NAME}|old)")
+    old = f".{target.name}.old"
     aside = target.with_name(old)
     if (aside.exists() or aside.is_symlink()) and not (target.exists() or target.is_symlink()):
         log.warning("putting back %s, set aside by an interrupted write", target)
@@ -906,17 +910,37 @@ def run_content(run_dir: Path) -> list[Path]:
 RUN_MARKERS = (CONFIG, SWEEP_INFO, MANIFEST, RESULT, ADAPTER, CHECKPOINTS)
 
 
-def check_is_run_folder(run_dir: Path) -> None:
+def check_is_run_folder(run_dir: Path, harm: str = "--overwrite would delete it") -> None:
     """--overwrite empties the folder: refuse one that holds something, none of it a run's (a mistyped --name or
     --output-dir naming a user's own folder), rather than delete its files. Killed writes' copies of a run's files
     (.config.yaml.XXXXXXXX.tmp) count as a run's."""
     content = [p for p in run_content(run_dir) if not p.name.startswith(f"{LOCK}.")]  # a killed unlock's copy
     leftover = _interrupted_write_name(RUN_MARKERS)
-    if not content or any(p.name in RUN_MARKERS or leftover.fullmatch(p.name) for p in content):
+    foreign = _foreign_config_key(run_dir / CONFIG)
+    if not content or any((p.name in RUN_MARKERS and not (p.name == CONFIG and foreign)) or leftover.fullmatch(p.name)
+                          for p in content):
         return
     names = ", ".join(sorted(p.name for p in content)[:3]) + (", ..." if len(content) > 3 else "")
-    raise UserError(f"{run_dir} holds no lorafit run ({names}), and --overwrite would delete it; "
+    why = f"; its {CONFIG} is another tool's (no lorafit config has '{foreign}')" if foreign else ""
+    raise UserError(f"{run_dir} holds no lorafit run ({names}{why}), and {harm}; "
                     "choose another --name or --output-dir")
+
+
+def _foreign_config_key(path: Path) -> Optional[str]:
+    """A top-level key of path no lorafit config has, in a file without the `lora` section every run's config.yaml
+    has (another tool's config.yaml: Hydra's `defaults`, say), else None: a file named config.yaml made a user's own
+    project folder a run's, which --overwrite emptied. A run's config.yaml with a key added by hand, and one that
+    cannot be read or parsed (a damaged run's), are a run's."""
+    from lorafit.config import RunConfig
+
+    try:
+        values = yaml_load(path.read_text(encoding="utf-8", errors="replace")) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(values, dict) or "lora" in values:
+        return None
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    return next((str(k) for k in values if k not in known), None)
 
 
 def clear_run_dir(run_dir: Path) -> None:

@@ -284,6 +284,9 @@ def check_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Optional[str
         if resume:
             raise UserError(f"nothing to resume: no run in {run_dir}; drop --resume to start a new run")
         return None
+    # a user's own folder: training wrote among its files, and over its labels.json or eval_curve.jsonl
+    runs.check_is_run_folder(run_dir, harm="training would write the run's files among them, replacing any of the "
+                             "same name")
     saved = run_dir / runs.CONFIG
     if saved.exists() and not _same_saved_config(saved, cfg):
         raise UserError(f"{run_dir} holds a run with a different config{config_differences(saved, cfg)}; "

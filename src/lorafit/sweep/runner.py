@@ -600,6 +600,7 @@ def run_sweep(path: str | Path, storage: Optional[str] = None, n_trials: Optiona
             raise UserError("a search needs an end: set search.n_trials or search.timeout, or pass --n-trials / --timeout")
     _preflight(factory)
 
+    _refuse_other_sweep_copy(factory.sweep_dir / SWEEP_COPY)
     url = with_installed_driver(storage) if storage else default_storage_url(factory.sweep_dir)
     study, optuna_storage, queued = open_study(spec, url, factory.sweep_dir, points, trial_base(factory))
     runs.atomic_write_text(factory.sweep_dir / SWEEP_COPY, _resolved_sweep_yaml(spec, factory))
@@ -622,6 +623,23 @@ def run_sweep(path: str | Path, storage: Optional[str] = None, n_trials: Optiona
     print(json.dumps({"sweep": spec.name, "study": spec.study, "sweep_dir": str(factory.sweep_dir),
                       "storage": _redact(url), "ran": ran, "study_trials": outcome.study_counts, "best": outcome.best}))
     return outcome
+
+
+def _refuse_other_sweep_copy(path: Path) -> None:
+    """The sweep folder's sweep.yaml is the sweep's resolved copy, rewritten each run: a file of that name that is no
+    such copy (a sweep file kept in its own sweep folder, runs/NAME/sweep.yaml) was replaced by it."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:  # none yet
+        return
+    try:
+        values = runs.yaml_load(text)
+    except ValueError:
+        values = None
+    if text.strip() and not (isinstance(values, dict) and "sweep_file" in values):
+        raise UserError(f"{path} is not the resolved copy of the sweep that lorafit keeps there, and the sweep would "
+                        f"replace it with that copy: move your file out of the sweep folder {path.parent}, or set "
+                        "another output_dir")
 
 
 def trial_base(factory: TrialFactory) -> dict:
