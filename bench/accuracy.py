@@ -280,9 +280,7 @@ def same_validation(folder: Path, wanted: dict) -> bool:
     they were carved from, so a --train-file of another pool reused every run of this one (its 1,863-row
     accuracies reported for a 500-row split). A run kept without its manifest (early committed runs) cannot tell
     and counts as the same."""
-    manifest = folder / "manifest.json"
-    settings = read_small_file(manifest, json.loads) if manifest.exists() else None
-    data = (settings or {}).get("data")
+    data = (run_manifest(folder) or {}).get("data")
     recorded = data.get("eval_fingerprint") if isinstance(data, dict) else None
     return recorded is None or recorded == split_fingerprint(wanted["data"]["eval_file"])
 
@@ -305,6 +303,12 @@ def saved_run(folder: Path) -> tuple[Optional[dict], Optional[dict]]:
     if not (result.exists() and config.exists()):
         return None, None
     return read_small_file(result, json.loads), read_small_file(config, yaml.safe_load)
+
+
+def run_manifest(folder: Path) -> Optional[dict]:
+    """A run folder's manifest.json; None where an earlier bench kept none, or it is damaged (then: not recorded)."""
+    manifest = folder / "manifest.json"
+    return read_small_file(manifest, json.loads) if manifest.exists() else None
 
 
 def diverged_here(cfg) -> bool:
@@ -355,9 +359,7 @@ def damaged(path: Path, why: str) -> None:
 def with_precision(result: dict, folder: Path) -> dict:
     """result.json plus `bf16` from the run's manifest (None where an earlier bench kept no manifest): runs made on
     different machines differ in precision (lorafit's `auto` takes bf16 on CPUs with AVX512-BF16, fp32 on AVX2)."""
-    manifest = folder / "manifest.json"
-    settings = read_small_file(manifest, json.loads) if manifest.exists() else None  # damaged: not recorded
-    bf16 = settings.get("bf16") if settings else None
+    bf16 = (run_manifest(folder) or {}).get("bf16")
     return {**result, "bf16": bf16 if isinstance(bf16, bool) else None}  # a list stopped --markdown (unhashable)
 
 

@@ -79,17 +79,13 @@ def check_output(output: Path, run_dir: Path, overwrite: bool, models: Sequence[
     if out == run or run.is_relative_to(out):
         raise UserError(f"--output {output} contains the run folder {run_dir}; export to another folder, "
                         f"e.g. --output exports/{run_dir.name}")
-    if out.is_relative_to(run) and out.relative_to(run).parts[0] in _RUN_FOLDERS:
-        raise UserError(f"--output {output} is inside the run's {out.relative_to(run).parts[0]}/ folder; "
-                        f"export to another folder, e.g. --output exports/{run_dir.name}")
-    if out.is_relative_to(run) and out.relative_to(run).parts[0] in _RUN_FILES:
-        raise UserError(f"--output {output} would take the name of the run's own {out.relative_to(run).parts[0]}; "
-                        f"export to another folder, e.g. --output exports/{run_dir.name}")
-    for folder in out.parents:  # another run's adapter/, checkpoints/...: replaced, that run's weights lost
+    for folder in out.parents:  # the run's own or another run's adapter/, checkpoints/, .lock...: its files replaced
         part = out.relative_to(folder).parts[0]
         if part in _RUN_FOLDERS + _RUN_FILES and any((folder / name).exists() for name in runs.RUN_MARKERS):
-            raise UserError(f"--output {output} is the {part} of the run folder {folder}; the export would replace "
-                            f"it: export to another folder, e.g. --output exports/{run_dir.name}")
+            what = f"is inside the run folder {folder}'s {part}/ folder" if part in _RUN_FOLDERS else \
+                f"would take the name of the run folder {folder}'s own {part}"
+            raise UserError(f"--output {output} {what}; the export would replace it: export to another folder, "
+                            f"e.g. --output exports/{run_dir.name}")
     _refuse_base_model(output, out, models, run_dir)
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output} is a file; give a folder to create, e.g. --output exports/{run_dir.name}")

@@ -917,8 +917,8 @@ def check_is_run_folder(run_dir: Path, harm: str = "--overwrite would delete it"
     content = [p for p in run_content(run_dir) if not p.name.startswith(f"{LOCK}.")]  # a killed unlock's copy
     leftover = _interrupted_write_name(RUN_MARKERS)
     foreign = _foreign_config_key(run_dir / CONFIG)
-    if not content or any((p.name in RUN_MARKERS and not (p.name == CONFIG and foreign)) or leftover.fullmatch(p.name)
-                          for p in content):
+    markers = [name for name in RUN_MARKERS if not (foreign and name == CONFIG)]  # another tool's config.yaml
+    if not content or any(p.name in markers or leftover.fullmatch(p.name) for p in content):
         return
     names = ", ".join(sorted(p.name for p in content)[:3]) + (", ..." if len(content) > 3 else "")
     why = f"; its {CONFIG} is another tool's (no lorafit config has '{foreign}')" if foreign else ""
